@@ -1,0 +1,13 @@
+// Everything a user needs: the tape, every op family, and gradcheck.
+#pragma once
+
+#include "autodiff/gradcheck.hpp"
+#include "autodiff/tape.hpp"
+#include "ops/activation.hpp"
+#include "ops/blas.hpp"
+#include "ops/conv2d.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/flatten.hpp"
+#include "ops/loss.hpp"
+#include "ops/matmul.hpp"
+#include "ops/pool.hpp"

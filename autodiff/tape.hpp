@@ -1,0 +1,226 @@
+// The tape: a Wengert list of plain nodes, and reverse-mode backward over it.
+//
+// A forward pass appends one Node per op. Values (inputs, parameters, op results)
+// live in slots on the tape and are named by light `Value` handles. `backward(loss)`
+// walks the nodes once, last to first, and calls each op's VJP through one `switch`
+// (autodiff/backward.cpp), so `break conv2d_vjp` and `p tape.nodes()[7]` work in gdb.
+//
+// The VJP contract, stated once for every op: given grad_out = dJ/d(output) of the
+// output's shape, a VJP ADDS (+=) dJ/d(input) into each non-null grad_<input>
+// buffer, which already has the input's shape. It never overwrites: a value used by
+// two ops gets both contributions. A null buffer means "no gradient wanted" and the
+// VJP skips that work.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <source_location>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "autodiff/tensor.hpp"
+
+namespace ad {
+
+// A light handle to a value on a tape (index of its slot). id < 0 means "none",
+// e.g. a conv2d without bias.
+struct Value {
+  int32_t id = -1;
+  bool valid() const { return id >= 0; }
+  friend bool operator==(Value a, Value b) { return a.id == b.id; }
+};
+
+enum class OpKind : uint8_t {
+  Input,      // leaf: constant (no gradient)
+  Parameter,  // leaf: trainable, gradient accumulates into Parameter::grad
+  Conv2d,
+  AvgPool2d,
+  MaxPool2d,
+  Relu,
+  LeakyRelu,
+  Sigmoid,
+  Tanh,
+  Flatten,
+  Linear,
+  Matmul,
+  Add,
+  BiasAdd,
+  Mul,
+  Scale,
+  Sum,
+  Mean,
+  SoftmaxCrossEntropy,
+  Mse,
+};
+
+// "conv2d", "max_pool2d", ...
+std::string_view op_name(OpKind op);
+
+// How padding behaves in max pooling (appendix B vs PyTorch).
+enum class MaxPoolPadding : uint8_t {
+  NegInf,  // padding never wins the max (PyTorch); the default
+  Zero,    // padding zeros take part in the max, as in appendix B's example
+};
+
+// The attributes of any node; each op reads the fields it documents.
+struct Attrs {
+  std::array<int, 2> window{0, 0};   // pooling window (h_l, w_l)
+  std::array<int, 2> stride{1, 1};   // (h_s, w_s)
+  std::array<int, 2> padding{0, 0};  // (h_p, w_p), zeros on both sides
+  MaxPoolPadding max_padding = MaxPoolPadding::NegInf;
+  double alpha = 0.0;                // leaky_relu slope, scale factor
+};
+
+// Where an op was recorded (file:line), captured by std::source_location.
+struct SourceLoc {
+  const char* file = "";
+  uint32_t line = 0;
+  const char* function = "";
+  static SourceLoc from(const std::source_location& l) {
+    return {l.file_name(), l.line(), l.function_name()};
+  }
+};
+
+// One recorded op. Plain data: print it, copy it, look at it in a debugger.
+template <class T>
+struct Node {
+  OpKind op = OpKind::Input;
+  std::array<int32_t, 3> inputs{-1, -1, -1};  // value ids; -1 = unused
+  int32_t output = -1;                        // value id of the result
+  Attrs attrs;
+  Tensor<T> saved;                   // extra tensor saved for backward (softmax probabilities)
+  std::vector<int32_t> saved_index;  // integer data saved for backward (max-pool switches, labels)
+  std::string label;                 // optional, e.g. "conv1.pool"
+  SourceLoc where;                   // call site of the op
+
+  int num_inputs() const {
+    int n = 0;
+    for (int32_t id : inputs) n += id >= 0;
+    return n;
+  }
+};
+
+// A trainable tensor that outlives any one tape. backward() accumulates into
+// `grad` (same shape as `value`); call zero_grad() between steps.
+template <class T>
+struct Parameter {
+  std::string name;
+  Tensor<T> value;
+  Tensor<T> grad;
+
+  Parameter() = default;
+  Parameter(std::string n, Tensor<T> v) : name(std::move(n)), value(std::move(v)) { zero_grad(); }
+  void zero_grad() {
+    grad.resize(value.shape());
+    grad.fill(T(0));
+  }
+};
+
+// One value on the tape.
+template <class T>
+struct Slot {
+  Tensor<T> data;                // the value (unused for parameters: see param)
+  Tensor<T> grad;                // dJ/d(value) during backward (unused for parameters)
+  Parameter<T>* param = nullptr; // set for parameter leaves: value and grad live there
+  int32_t producer = -1;         // index of the node that produced it; -1 for leaves
+  bool requires_grad = false;    // some parameter upstream: backward must reach it
+  bool grad_ready = false;       // grad holds this backward's accumulated value
+};
+
+struct BackwardOptions {
+  // Keep the tape usable for another backward(). Without it a second call throws
+  // instead of silently adding the same gradients twice.
+  bool retain_graph = false;
+};
+
+template <class T>
+class Tape {
+ public:
+  Tape() = default;
+  Tape(const Tape&) = delete;  // parameters and slots point into each other
+  Tape& operator=(const Tape&) = delete;
+
+  // A constant leaf (input image, target): copied into a reused slot, no gradient.
+  Value input(const Tensor<T>& x, std::string label = {},
+              std::source_location loc = std::source_location::current());
+  // A parameter leaf: the value is read from `p`, the gradient accumulates into p.grad.
+  // `p` must outlive the tape's use of it.
+  Value param(Parameter<T>& p, std::source_location loc = std::source_location::current());
+
+  const Tensor<T>& value(Value v) const;
+  // dJ/dv after backward(). Throws if v needs no gradient or backward did not reach it.
+  const Tensor<T>& grad(Value v) const;
+  bool requires_grad(Value v) const { return slot(v).requires_grad; }
+  Shape shape(Value v) const { return to_shape(value(v).shape()); }
+
+  // Names the node that produced v (shown when the tape is printed). Returns v.
+  Value set_label(Value v, std::string label);
+
+  // Reverse pass from a scalar (shape () or size 1) value, seeded with 1.
+  void backward(Value loss, BackwardOptions opt = {});
+  // Reverse pass seeded with dJ/d(out) = seed (same shape as out).
+  void backward(Value out, const Tensor<T>& seed, BackwardOptions opt = {});
+
+  // Forget every node and value but keep their buffers, so the next step with the
+  // same shapes allocates nothing. Parameters are untouched.
+  void reset();
+
+  // While false (see NoGradGuard), ops compute values but record no nodes.
+  bool grad_enabled() const { return grad_enabled_; }
+  void set_grad_enabled(bool on) { grad_enabled_ = on; }
+
+  const std::vector<Node<T>>& nodes() const { return nodes_; }
+  std::size_t num_values() const { return slots_.size(); }
+  const Slot<T>& slot(Value v) const;
+
+  // ---- for op implementations (ops/*.cpp) ----
+
+  // A fresh result slot of the given shape (contents unspecified), reusing a
+  // buffer from the previous step when there is one.
+  Value new_value(const Shape& shape, bool requires_grad);
+  Tensor<T>& mutable_value(Value v);
+  bool any_requires_grad(std::initializer_list<Value> vs) const;
+  // Appends a node producing `out` and returns it, or nullptr when nothing is recorded
+  // (no-grad mode). Saved buffers in the node are recycled from the previous step.
+  Node<T>* record(OpKind op, std::array<Value, 3> inputs, Value out, const Attrs& attrs,
+                  const std::source_location& loc);
+  // The gradient buffer of v for the current backward (zeroed on first use), or
+  // nullptr if v needs no gradient. Parameters hand out their own grad.
+  Tensor<T>* grad_buffer(Value v);
+
+ private:
+  Slot<T>& slot_mut(Value v);
+  void run_backward(Value out, const Tensor<T>& seed, BackwardOptions opt);
+  void dispatch_vjp(const Node<T>& node);  // autodiff/backward.cpp
+
+  std::vector<Node<T>> nodes_;
+  // A deque: references to values stay valid while new values are appended.
+  std::deque<Slot<T>> slots_;
+  // Buffers of the previous step, handed out again in the same order.
+  std::vector<Tensor<T>> spare_data_, spare_grad_, spare_saved_;
+  std::vector<std::vector<int32_t>> spare_index_;
+  std::size_t next_data_ = 0, next_grad_ = 0, next_saved_ = 0, next_index_ = 0;
+  bool grad_enabled_ = true;
+  bool consumed_ = false;  // a backward() ran without retain_graph
+};
+
+// Scope in which ops record nothing (inference): `{ NoGradGuard g(tape); ... }`.
+template <class T>
+class NoGradGuard {
+ public:
+  explicit NoGradGuard(Tape<T>& t) : tape_(t), prev_(t.grad_enabled()) { t.set_grad_enabled(false); }
+  ~NoGradGuard() { tape_.set_grad_enabled(prev_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  Tape<T>& tape_;
+  bool prev_;
+};
+
+extern template class Tape<float>;
+extern template class Tape<double>;
+
+}  // namespace ad

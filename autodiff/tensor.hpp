@@ -1,0 +1,54 @@
+// Tensors, shapes and the error types shared by the tape and every op.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <xtensor/xarray.hpp>
+
+namespace ad {
+
+// Every value on a tape is a dense row-major xarray: (N, C, H, W) for images,
+// (C_out, C_in, KH, KW) for kernels, (N, D) for flattened features, () for a scalar loss.
+template <class T>
+using Tensor = xt::xarray<T>;
+
+using Shape = std::vector<std::size_t>;
+
+template <class S>
+Shape to_shape(const S& s) {
+  return Shape(s.begin(), s.end());
+}
+
+// "(1,3,28,28)"; "()" for a scalar.
+template <class S>
+std::string shape_str(const S& s) {
+  return fmt::format("({})", fmt::join(s, ","));
+}
+
+// A recorded op received arguments whose shapes or attributes break its rule.
+// The message names the op, the argument, both shapes and the rule.
+struct ShapeError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// The tape was used against its contract (unknown handle, backward twice, ...).
+struct TapeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Anomaly mode found a NaN or an infinity (see Tape::set_anomaly_mode).
+struct AnomalyError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Throws ShapeError("<op>: <formatted message>").
+template <class... Args>
+[[noreturn]] void shape_error(const char* op, fmt::format_string<Args...> f, Args&&... args) {
+  throw ShapeError(fmt::format("{}: {}", op, fmt::format(f, std::forward<Args>(args)...)));
+}
+
+}  // namespace ad

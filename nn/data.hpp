@@ -1,0 +1,73 @@
+// Datasets of 2-D uint8 images with integer labels (MNIST / Fashion-MNIST), and
+// deterministic shuffled mini-batches of them as float tensors (N, 1, H, W).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <xtensor/xarray.hpp>
+
+#include "nn/idx.hpp"
+
+namespace nn {
+
+// Where Debian's dataset-fashion-mnist package installs the four .gz files.
+inline constexpr const char* kDefaultFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+// `count` images of rows x cols bytes, stored back to back (count*rows*cols
+// bytes), and one label per image; num_classes = max label + 1.
+struct Dataset {
+  std::vector<std::uint8_t> images;
+  std::vector<std::uint8_t> labels;
+  std::size_t count = 0, rows = 0, cols = 0;
+  std::size_t num_classes = 0;
+};
+
+// Reads an images file (rank 3: count, rows, cols) and a labels file (rank 1:
+// count). Throws DataError if a file is malformed or the counts disagree.
+Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path);
+
+// Loads split "train" or "t10k" from `dir` (<split>-images-idx3-ubyte[.gz],
+// <split>-labels-idx1-ubyte[.gz]; .gz preferred). Throws DataError with an install hint.
+Dataset load_fashion_mnist(const std::string& dir, const std::string& split);
+
+// Walks a Dataset in mini-batches, one epoch at a time. Uses the first `limit`
+// examples (0 = all); keeps a reference, so the Dataset must outlive it.
+class BatchIterator {
+ public:
+  // Throws std::invalid_argument if batch_size is 0. Ready for epoch 0.
+  BatchIterator(const Dataset& data, std::size_t batch_size, bool shuffle, std::uint64_t seed,
+                std::size_t limit = 0);
+  // A temporary Dataset would dangle: refused at compile time.
+  BatchIterator(Dataset&&, std::size_t, bool, std::uint64_t, std::size_t = 0) = delete;
+
+  // Rewinds; with shuffle, the order is a Fisher-Yates permutation that depends
+  // only on (seed, epoch), identical on every platform.
+  void start_epoch(std::uint64_t epoch);
+
+  // Fills images (B, 1, rows, cols) with byte/255 and labels (B); B = batch_size
+  // except for a smaller last batch. Returns false once the epoch is exhausted.
+  // The images buffer is reallocated only when its shape changes.
+  template <class T>
+  bool next(xt::xarray<T>& images, std::vector<int>& labels);
+
+  // Batches per epoch: ceil(size() / batch_size).
+  std::size_t num_batches() const;
+  // Examples per epoch: min(limit, count), or count when limit is 0.
+  std::size_t size() const { return order_.size(); }
+
+ private:
+  const Dataset* data_;
+  std::size_t batch_size_;
+  bool shuffle_;
+  std::uint64_t seed_;
+  std::vector<std::size_t> order_;
+  std::size_t pos_ = 0;
+};
+
+extern template bool BatchIterator::next<float>(xt::xarray<float>&, std::vector<int>&);
+extern template bool BatchIterator::next<double>(xt::xarray<double>&, std::vector<int>&);
+
+}  // namespace nn

@@ -1,0 +1,113 @@
+// Activations, forward and VJP. Design document: section 3.1.4. The Jacobian
+// d_vI/d_vZ of an elementwise f is diagonal with f'(z) on the diagonal, so the VJP
+// is dJ/dz = dJ/di * f'(z), element by element:
+//   relu:       f'(z) = [z > 0]
+//   leaky_relu: f'(z) = z > 0 ? 1 : slope
+//   sigmoid:    f'(z) = s (1 - s), s = sigmoid(z) = the saved output
+//   tanh:       f'(z) = 1 - t^2,   t = tanh(z)    = the saved output
+#include "ops/activation.hpp"
+
+#include <cmath>
+
+namespace ad {
+
+namespace {
+
+// y[i] = f(x[i]) over raw buffers.
+template <class T, class F>
+void map(const Tensor<T>& x, Tensor<T>& y, F f) {
+  const T* xp = x.data();
+  T* yp = y.data();
+  const std::size_t n = x.size();
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (std::size_t i = 0; i < n; ++i) yp[i] = f(xp[i]);
+}
+
+// gx[i] += g[i] * d(s[i]) where s is the saved x or y.
+template <class T, class D>
+void accumulate(const Tensor<T>& g, const Tensor<T>& s, Tensor<T>* grad_x, D d) {
+  if (!grad_x) return;
+  const T* gp = g.data();
+  const T* sp = s.data();
+  T* gx = grad_x->data();
+  const std::size_t n = g.size();
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (std::size_t i = 0; i < n; ++i) gx[i] += gp[i] * d(sp[i]);
+}
+
+// A sigmoid that neither overflows exp for large |x| nor loses precision.
+template <class T>
+T stable_sigmoid(T x) {
+  if (x >= 0) return T(1) / (T(1) + std::exp(-x));
+  const T e = std::exp(x);
+  return e / (T(1) + e);
+}
+
+template <class T, class Forward>
+Value record_unary(Tape<T>& tape, OpKind op, Value x, double alpha, std::source_location loc, Forward fwd) {
+  Value y = tape.new_value(tape.shape(x), tape.any_requires_grad({x}));
+  fwd(tape.value(x), tape.mutable_value(y));
+  Attrs a;
+  a.alpha = alpha;
+  tape.record(op, {x}, y, a, loc);
+  return y;
+}
+
+}  // namespace
+
+template <class T> void relu_forward(const Tensor<T>& x, Tensor<T>& y) {
+  map(x, y, [](T v) { return v > T(0) ? v : T(0); });
+}
+template <class T> void leaky_relu_forward(const Tensor<T>& x, T slope, Tensor<T>& y) {
+  map(x, y, [slope](T v) { return v > T(0) ? v : slope * v; });
+}
+template <class T> void sigmoid_forward(const Tensor<T>& x, Tensor<T>& y) { map(x, y, stable_sigmoid<T>); }
+template <class T> void tanh_forward(const Tensor<T>& x, Tensor<T>& y) {
+  map(x, y, [](T v) { return std::tanh(v); });
+}
+
+template <class T> void relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, Tensor<T>* grad_x) {
+  accumulate(grad_out, x, grad_x, [](T z) { return z > T(0) ? T(1) : T(0); });
+}
+template <class T> void leaky_relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, T slope, Tensor<T>* grad_x) {
+  accumulate(grad_out, x, grad_x, [slope](T z) { return z > T(0) ? T(1) : slope; });
+}
+template <class T> void sigmoid_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, Tensor<T>* grad_x) {
+  accumulate(grad_out, y, grad_x, [](T s) { return s * (T(1) - s); });
+}
+template <class T> void tanh_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, Tensor<T>* grad_x) {
+  accumulate(grad_out, y, grad_x, [](T t) { return T(1) - t * t; });
+}
+
+template <class T> Value relu(Tape<T>& tape, Value x, std::source_location loc) {
+  return record_unary(tape, OpKind::Relu, x, 0.0, loc, [](const Tensor<T>& in, Tensor<T>& out) { relu_forward(in, out); });
+}
+template <class T> Value leaky_relu(Tape<T>& tape, Value x, double slope, std::source_location loc) {
+  return record_unary(tape, OpKind::LeakyRelu, x, slope, loc,
+                      [slope](const Tensor<T>& in, Tensor<T>& out) { leaky_relu_forward(in, static_cast<T>(slope), out); });
+}
+template <class T> Value sigmoid(Tape<T>& tape, Value x, std::source_location loc) {
+  return record_unary(tape, OpKind::Sigmoid, x, 0.0, loc, [](const Tensor<T>& in, Tensor<T>& out) { sigmoid_forward(in, out); });
+}
+template <class T> Value tanh(Tape<T>& tape, Value x, std::source_location loc) {
+  return record_unary(tape, OpKind::Tanh, x, 0.0, loc, [](const Tensor<T>& in, Tensor<T>& out) { tanh_forward(in, out); });
+}
+
+#define AD_INSTANTIATE(T)                                                                      \
+  template void relu_forward<T>(const Tensor<T>&, Tensor<T>&);                                \
+  template void leaky_relu_forward<T>(const Tensor<T>&, T, Tensor<T>&);                       \
+  template void sigmoid_forward<T>(const Tensor<T>&, Tensor<T>&);                             \
+  template void tanh_forward<T>(const Tensor<T>&, Tensor<T>&);                                \
+  template void relu_vjp<T>(const Tensor<T>&, const Tensor<T>&, Tensor<T>*);                  \
+  template void leaky_relu_vjp<T>(const Tensor<T>&, const Tensor<T>&, T, Tensor<T>*);         \
+  template void sigmoid_vjp<T>(const Tensor<T>&, const Tensor<T>&, Tensor<T>*);               \
+  template void tanh_vjp<T>(const Tensor<T>&, const Tensor<T>&, Tensor<T>*);                  \
+  template Value relu<T>(Tape<T>&, Value, std::source_location);                              \
+  template Value leaky_relu<T>(Tape<T>&, Value, double, std::source_location);                \
+  template Value sigmoid<T>(Tape<T>&, Value, std::source_location);                           \
+  template Value tanh<T>(Tape<T>&, Value, std::source_location);
+AD_INSTANTIATE(float)
+AD_INSTANTIATE(double)
+#undef AD_INSTANTIATE
+
+}  // namespace ad

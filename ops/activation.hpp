@@ -1,0 +1,30 @@
+// Elementwise activations I = f(Z) and their VJPs dJ/dZ = dJ/dI .* f'(Z).
+// Design document: section 2 (f_activation) and section 3.1.4.
+#pragma once
+
+#include <source_location>
+
+#include "autodiff/tape.hpp"
+
+namespace ad {
+
+// Forwards: y = f(x), y already shaped like x. Any shape.
+template <class T> void relu_forward(const Tensor<T>& x, Tensor<T>& y);
+template <class T> void leaky_relu_forward(const Tensor<T>& x, T slope, Tensor<T>& y);
+template <class T> void sigmoid_forward(const Tensor<T>& x, Tensor<T>& y);
+template <class T> void tanh_forward(const Tensor<T>& x, Tensor<T>& y);
+
+// VJPs: grad_x += grad_out .* f'. ReLU and leaky ReLU read x (f'(0) = 0 resp. slope,
+// as in PyTorch); sigmoid and tanh read their output y.
+template <class T> void relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, Tensor<T>* grad_x);
+template <class T> void leaky_relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, T slope, Tensor<T>* grad_x);
+template <class T> void sigmoid_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, Tensor<T>* grad_x);
+template <class T> void tanh_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, Tensor<T>* grad_x);
+
+// Record on the tape.
+template <class T> Value relu(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+template <class T> Value leaky_relu(Tape<T>& tape, Value x, double slope = 0.01, std::source_location loc = std::source_location::current());
+template <class T> Value sigmoid(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+template <class T> Value tanh(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+
+}  // namespace ad

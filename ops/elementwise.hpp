@@ -1,0 +1,31 @@
+// Elementwise arithmetic, the channel bias add, and reductions to a scalar.
+#pragma once
+
+#include <source_location>
+
+#include "autodiff/tape.hpp"
+
+namespace ad {
+
+// c = a + b, a and b of the same shape.          VJP: ga += g, gb += g.
+template <class T> Value add(Tape<T>& tape, Value a, Value b, std::source_location loc = std::source_location::current());
+// c = a .* b, a and b of the same shape.         VJP: ga += g .* b, gb += g .* a.
+template <class T> Value mul(Tape<T>& tape, Value a, Value b, std::source_location loc = std::source_location::current());
+// y = s x.                                       VJP: gx += s g.
+template <class T> Value scale(Tape<T>& tape, Value x, double s, std::source_location loc = std::source_location::current());
+// y[n,c,...] = x[n,c,...] + b[c] for x (N, C, ...) and b (C): the b_j 1 term of section 2.
+// VJP: gx += g, gb[c] += sum of g over every axis but 1 (section 3.1.5, dJ/db).
+template <class T> Value bias_add(Tape<T>& tape, Value x, Value b, std::source_location loc = std::source_location::current());
+// Scalar () sum / mean of every element.         VJP: gx += g (sum), g / size (mean).
+template <class T> Value sum(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+template <class T> Value mean(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+
+// The VJPs, called by backward().
+template <class T> void add_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_a, Tensor<T>* grad_b);
+template <class T> void mul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a, Tensor<T>* grad_b);
+template <class T> void scale_vjp(const Tensor<T>& grad_out, T s, Tensor<T>* grad_x);
+template <class T> void bias_add_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x, Tensor<T>* grad_b);
+// grad_out is a scalar (); grad_x += grad_out * factor everywhere (1 for sum, 1/size for mean).
+template <class T> void broadcast_scalar_vjp(const Tensor<T>& grad_out, T factor, Tensor<T>* grad_x);
+
+}  // namespace ad

@@ -1,0 +1,48 @@
+// flatten, forward and VJP. Design document: section 3.1.2 (B^[2] = [vec(A_1); ...]
+// and the reshape of dJ/dB^[2] into the c x (h w) matrix dJ/d_vA^[2]). Flattening
+// only renames entries, so its Jacobian is a permutation (the identity in our
+// row-major order) and the VJP copies the gradient back.
+#include "ops/flatten.hpp"
+
+#include <algorithm>
+
+#include "ops/shape_check.hpp"
+
+namespace ad {
+
+Shape flatten_output_shape(const Shape& x) {
+  if (x.size() < 2) shape_error("flatten", "input {} must have rank >= 2 (N, ...), not rank {}", shape_str(x), x.size());
+  check_nonempty("flatten", "input", x);
+  std::size_t d = 1;
+  for (std::size_t i = 1; i < x.size(); ++i) d *= x[i];
+  return {x[0], d};
+}
+
+template <class T> void flatten_forward(const Tensor<T>& x, Tensor<T>& y) {
+  std::copy(x.data(), x.data() + x.size(), y.data());
+}
+
+template <class T> void flatten_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x) {
+  if (!grad_x) return;
+  // dx[n,c,h,w] += g[n, (c*H + h)*W + w]
+  const T* g = grad_out.data();
+  T* gx = grad_x->data();
+  for (std::size_t i = 0; i < grad_out.size(); ++i) gx[i] += g[i];
+}
+
+template <class T> Value flatten(Tape<T>& tape, Value x, std::source_location loc) {
+  Value y = tape.new_value(flatten_output_shape(tape.shape(x)), tape.any_requires_grad({x}));
+  flatten_forward(tape.value(x), tape.mutable_value(y));
+  tape.record(OpKind::Flatten, {x}, y, Attrs{}, loc);
+  return y;
+}
+
+#define AD_INSTANTIATE(T)                                               \
+  template void flatten_forward<T>(const Tensor<T>&, Tensor<T>&);      \
+  template void flatten_vjp<T>(const Tensor<T>&, Tensor<T>*);          \
+  template Value flatten<T>(Tape<T>&, Value, std::source_location);
+AD_INSTANTIATE(float)
+AD_INSTANTIATE(double)
+#undef AD_INSTANTIATE
+
+}  // namespace ad

@@ -1,0 +1,101 @@
+// linear and matmul, forward and VJP. Design document: section 3.1.1.
+// The document works on one column B^[2] (D_in x 1):
+//   Z = W^T B + b,   dJ/dW = (dJ/dZ)^T B^T (numerator layout, a D_out x D_in Jacobian,
+//   i.e. the gradient B (dJ/dZ) of W's shape), dJ/db = dJ/dZ, dJ/dB = dJ/dZ W^T.
+// With the N samples as the rows of x (N, D_in) and g = dJ/dy (N, D_out):
+//   y = x W + b,  grad_W = x^T g  (sum over samples of B (dJ/dZ)),
+//   grad_b = sum_n g[n,:],  grad_x = g W^T.
+#include "ops/matmul.hpp"
+
+#include "ops/blas.hpp"
+#include "ops/shape_check.hpp"
+
+namespace ad {
+
+Shape linear_output_shape(const Shape& x, const Shape& w, const Shape* b) {
+  check_rank("linear", "input", x, 2, "(N, D_in)");
+  check_rank("linear", "weight", w, 2, "(D_in, D_out)");
+  check_nonempty("linear", "input", x);
+  check_nonempty("linear", "weight", w);
+  if (x[1] != w[0])
+    shape_error("linear", "input {} and weight {} disagree on D_in ({} vs {})", shape_str(x), shape_str(w), x[1], w[0]);
+  if (b) {
+    check_rank("linear", "bias", *b, 1, "(D_out)");
+    if ((*b)[0] != w[1])
+      shape_error("linear", "bias {} and weight {} disagree on D_out ({} vs {})", shape_str(*b), shape_str(w), (*b)[0], w[1]);
+  }
+  return {x[0], w[1]};
+}
+
+Shape matmul_output_shape(const Shape& a, const Shape& b) {
+  check_rank("matmul", "left operand", a, 2, "(M, K)");
+  check_rank("matmul", "right operand", b, 2, "(K, N)");
+  check_nonempty("matmul", "left operand", a);
+  check_nonempty("matmul", "right operand", b);
+  if (a[1] != b[0])
+    shape_error("matmul", "left operand {} and right operand {} disagree on K ({} vs {})", shape_str(a), shape_str(b), a[1], b[0]);
+  return {a[0], b[1]};
+}
+
+template <class T>
+void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, Tensor<T>& y) {
+  const std::size_t N = x.shape()[0], Din = x.shape()[1], Dout = w.shape()[1];
+  T* yp = y.data();
+  // y (N, D_out) = x (N, D_in) W (D_in, D_out) [+ 1 b^T]
+  if (b)
+    for (std::size_t n = 0; n < N; ++n) std::copy(b->data(), b->data() + Dout, yp + n * Dout);
+  gemm<T>(false, false, N, Dout, Din, T(1), x.data(), w.data(), b ? T(1) : T(0), yp);
+}
+
+template <class T>
+void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a,
+                Tensor<T>* grad_b) {
+  const std::size_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
+  // grad_a (M, K) += g (M, N) b^T (N, K)
+  if (grad_a) gemm<T>(false, true, M, K, N, T(1), grad_out.data(), b.data(), T(1), grad_a->data());
+  // grad_b (K, N) += a^T (K, M) g (M, N)
+  if (grad_b) gemm<T>(true, false, K, N, M, T(1), a.data(), grad_out.data(), T(1), grad_b->data());
+}
+
+template <class T>
+void linear_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& w, Tensor<T>* grad_x,
+                Tensor<T>* grad_w, Tensor<T>* grad_b) {
+  matmul_vjp(grad_out, x, w, grad_x, grad_w);
+  if (grad_b) {
+    // db[d] += sum_n g[n,d]   (dJ/db = dJ/dZ, summed over samples)
+    const std::size_t N = grad_out.shape()[0], Dout = grad_out.shape()[1];
+    for (std::size_t n = 0; n < N; ++n)
+      for (std::size_t d = 0; d < Dout; ++d) grad_b->data()[d] += grad_out.data()[n * Dout + d];
+  }
+}
+
+template <class T>
+Value linear(Tape<T>& tape, Value x, Value w, Value b, std::source_location loc) {
+  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
+  Value y = tape.new_value(linear_output_shape(tape.shape(x), tape.shape(w), b.valid() ? &bs : nullptr),
+                           tape.any_requires_grad({x, w, b}));
+  linear_forward(tape.value(x), tape.value(w), b.valid() ? &tape.value(b) : nullptr, tape.mutable_value(y));
+  tape.record(OpKind::Linear, {x, w, b}, y, Attrs{}, loc);
+  return y;
+}
+
+template <class T>
+Value matmul(Tape<T>& tape, Value a, Value b, std::source_location loc) {
+  Value y = tape.new_value(matmul_output_shape(tape.shape(a), tape.shape(b)), tape.any_requires_grad({a, b}));
+  linear_forward<T>(tape.value(a), tape.value(b), nullptr, tape.mutable_value(y));
+  tape.record(OpKind::Matmul, {a, b}, y, Attrs{}, loc);
+  return y;
+}
+
+#define AD_INSTANTIATE(T)                                                                                 \
+  template void linear_forward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*, Tensor<T>&);    \
+  template void linear_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*,         \
+                              Tensor<T>*, Tensor<T>*);                                                  \
+  template void matmul_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*, Tensor<T>*); \
+  template Value linear<T>(Tape<T>&, Value, Value, Value, std::source_location);                        \
+  template Value matmul<T>(Tape<T>&, Value, Value, std::source_location);
+AD_INSTANTIATE(float)
+AD_INSTANTIATE(double)
+#undef AD_INSTANTIATE
+
+}  // namespace ad

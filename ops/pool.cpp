@@ -1,0 +1,195 @@
+// Pooling, forward and VJP. Design document (shared/design/cnn_backprop_derivation.md):
+//   average pooling: section 3.1.3, A_j = I_j * P with P the (h_l, w_l) matrix of
+//                    1/(h_l w_l): a convolution, so padding zeros count in the mean
+//                    and the VJP spreads g/(h_l w_l) over each window's taps.
+//   max pooling:     section 3.1.3 ("switches") and appendix B: the forward stores
+//                    the argmax i_pq of every window; the VJP is the mask of eq. b-1,
+//                    one 1 per row at the winner, i.e. grad_x[winner] += g.
+// Padding: see MaxPoolPadding in autodiff/tape.hpp.
+#include "ops/pool.hpp"
+
+#include <cmath>
+#include <limits>
+
+#include "ops/shape_check.hpp"
+
+namespace ad {
+
+namespace {
+
+struct PoolGeom {
+  std::size_t planes, H, W, OH, OW, KH, KW;
+  std::ptrdiff_t sh, sw, ph, pw;
+};
+
+PoolGeom geom(const Shape& xs, const Shape& ys, const Attrs& a) {
+  return {xs[0] * xs[1], xs[2], xs[3], ys[2], ys[3],
+          static_cast<std::size_t>(a.window[0]), static_cast<std::size_t>(a.window[1]),
+          a.stride[0], a.stride[1], a.padding[0], a.padding[1]};
+}
+
+}  // namespace
+
+Shape pool2d_output_shape(const char* op, const Shape& x, const Attrs& a) {
+  check_rank(op, "input", x, 4, "(N, C, H, W)");
+  check_nonempty(op, "input", x);
+  if (a.window[0] < 1 || a.window[1] < 1)
+    shape_error(op, "window ({},{}) must be >= 1 on both axes", a.window[0], a.window[1]);
+  auto [oh, ow] = check_window(op, "window", x,
+                               {static_cast<std::size_t>(a.window[0]), static_cast<std::size_t>(a.window[1])},
+                               a.stride, a.padding);
+  return {x[0], x[1], oh, ow};
+}
+
+template <class T>
+void avg_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y) {
+  const PoolGeom g = geom(to_shape(x.shape()), to_shape(y.shape()), a);
+  const T inv = T(1) / static_cast<T>(g.KH * g.KW);
+#pragma omp parallel for schedule(static)
+  for (std::size_t pl = 0; pl < g.planes; ++pl) {
+    const T* xp = x.data() + pl * g.H * g.W;
+    T* yp = y.data() + pl * g.OH * g.OW;
+    for (std::size_t i = 0; i < g.OH; ++i)
+      for (std::size_t j = 0; j < g.OW; ++j) {
+        // y[i,j] = sum_{p,q} P[p,q] x[i*sh+p-ph, j*sw+q-pw], P = 1/(h_l w_l)
+        T s = 0;
+        for (std::size_t p = 0; p < g.KH; ++p) {
+          const std::ptrdiff_t ih = static_cast<std::ptrdiff_t>(i) * g.sh + static_cast<std::ptrdiff_t>(p) - g.ph;
+          if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(g.H)) continue;
+          for (std::size_t q = 0; q < g.KW; ++q) {
+            const std::ptrdiff_t iw = static_cast<std::ptrdiff_t>(j) * g.sw + static_cast<std::ptrdiff_t>(q) - g.pw;
+            if (iw >= 0 && iw < static_cast<std::ptrdiff_t>(g.W)) s += xp[ih * static_cast<std::ptrdiff_t>(g.W) + iw];
+          }
+        }
+        yp[i * g.OW + j] = s * inv;
+      }
+  }
+}
+
+template <class T>
+void avg_pool2d_vjp(const Tensor<T>& grad_out, const Attrs& a, Tensor<T>* grad_x) {
+  if (!grad_x) return;
+  const PoolGeom g = geom(to_shape(grad_x->shape()), to_shape(grad_out.shape()), a);
+  const T inv = T(1) / static_cast<T>(g.KH * g.KW);
+#pragma omp parallel for schedule(static)
+  for (std::size_t pl = 0; pl < g.planes; ++pl) {
+    const T* gp = grad_out.data() + pl * g.OH * g.OW;
+    T* gx = grad_x->data() + pl * g.H * g.W;
+    for (std::size_t i = 0; i < g.OH; ++i)
+      for (std::size_t j = 0; j < g.OW; ++j) {
+        // dx[i*sh+p-ph, j*sw+q-pw] += g[i,j] / (h_l w_l)   (padding taps dropped)
+        const T v = gp[i * g.OW + j] * inv;
+        for (std::size_t p = 0; p < g.KH; ++p) {
+          const std::ptrdiff_t ih = static_cast<std::ptrdiff_t>(i) * g.sh + static_cast<std::ptrdiff_t>(p) - g.ph;
+          if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(g.H)) continue;
+          for (std::size_t q = 0; q < g.KW; ++q) {
+            const std::ptrdiff_t iw = static_cast<std::ptrdiff_t>(j) * g.sw + static_cast<std::ptrdiff_t>(q) - g.pw;
+            if (iw >= 0 && iw < static_cast<std::ptrdiff_t>(g.W)) gx[ih * static_cast<std::ptrdiff_t>(g.W) + iw] += v;
+          }
+        }
+      }
+  }
+}
+
+template <class T>
+void max_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y, int32_t* argmax) {
+  const PoolGeom g = geom(to_shape(x.shape()), to_shape(y.shape()), a);
+  const bool zero_pad = a.max_padding == MaxPoolPadding::Zero;
+#pragma omp parallel for schedule(static)
+  for (std::size_t pl = 0; pl < g.planes; ++pl) {
+    const T* xp = x.data() + pl * g.H * g.W;
+    T* yp = y.data() + pl * g.OH * g.OW;
+    int32_t* am = argmax ? argmax + pl * g.OH * g.OW : nullptr;
+    for (std::size_t i = 0; i < g.OH; ++i)
+      for (std::size_t j = 0; j < g.OW; ++j) {
+        // A[i,j] = max_{p,q} I[i*sh+p-ph, j*sw+q-pw]; i_pq = the first winner in
+        // row-major window order; NaN wins and propagates (as in PyTorch).
+        T best = -std::numeric_limits<T>::infinity();
+        int32_t where = -1;
+        bool have = false;
+        for (std::size_t p = 0; p < g.KH; ++p) {
+          const std::ptrdiff_t ih = static_cast<std::ptrdiff_t>(i) * g.sh + static_cast<std::ptrdiff_t>(p) - g.ph;
+          const bool row_in = ih >= 0 && ih < static_cast<std::ptrdiff_t>(g.H);
+          for (std::size_t q = 0; q < g.KW; ++q) {
+            const std::ptrdiff_t iw = static_cast<std::ptrdiff_t>(j) * g.sw + static_cast<std::ptrdiff_t>(q) - g.pw;
+            const bool in = row_in && iw >= 0 && iw < static_cast<std::ptrdiff_t>(g.W);
+            if (!in && !zero_pad) continue;
+            const T v = in ? xp[ih * static_cast<std::ptrdiff_t>(g.W) + iw] : T(0);
+            if (!have || v > best || std::isnan(v)) {
+              best = v;
+              where = in ? static_cast<int32_t>(ih * static_cast<std::ptrdiff_t>(g.W) + iw) : -1;
+              have = true;
+              if (std::isnan(v)) break;
+            }
+          }
+          if (std::isnan(best)) break;
+        }
+        yp[i * g.OW + j] = best;
+        if (am) am[i * g.OW + j] = where;
+      }
+  }
+}
+
+template <class T>
+void max_pool2d_vjp(const Tensor<T>& grad_out, const std::vector<int32_t>& argmax, Tensor<T>* grad_x) {
+  if (!grad_x) return;
+  const std::size_t planes = grad_out.shape()[0] * grad_out.shape()[1];
+  const std::size_t out_plane = grad_out.shape()[2] * grad_out.shape()[3];
+  const std::size_t in_plane = grad_x->shape()[2] * grad_x->shape()[3];
+#pragma omp parallel for schedule(static)
+  for (std::size_t pl = 0; pl < planes; ++pl) {
+    const T* gp = grad_out.data() + pl * out_plane;
+    const int32_t* am = argmax.data() + pl * out_plane;
+    T* gx = grad_x->data() + pl * in_plane;
+    // Row (i,j) of the mask (eq. b-1) has its single 1 at the switch; a padding winner
+    // (-1, zero padding only) routes the gradient nowhere.
+    for (std::size_t o = 0; o < out_plane; ++o)
+      if (am[o] >= 0) gx[am[o]] += gp[o];
+  }
+}
+
+template <class T>
+Value avg_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt, std::source_location loc) {
+  Attrs a;
+  a.window = opt.window, a.stride = opt.stride, a.padding = opt.padding;
+  const Shape ys = pool2d_output_shape("avg_pool2d", tape.shape(x), a);
+  Value y = tape.new_value(ys, tape.any_requires_grad({x}));
+  avg_pool2d_forward(tape.value(x), a, tape.mutable_value(y));
+  tape.record(OpKind::AvgPool2d, {x}, y, a, loc);
+  return y;
+}
+
+template <class T>
+Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt, std::source_location loc) {
+  Attrs a;
+  a.window = opt.window, a.stride = opt.stride, a.padding = opt.padding;
+  a.max_padding = opt.max_padding;
+  const Shape ys = pool2d_output_shape("max_pool2d", tape.shape(x), a);
+  if (a.max_padding == MaxPoolPadding::NegInf && (a.padding[0] >= a.window[0] || a.padding[1] >= a.window[1]))
+    shape_error("max_pool2d",
+                "padding ({},{}) must be smaller than the window ({},{}) with -inf padding, or a window "
+                "could hold only padding; use MaxPoolPadding::Zero for the document's semantics",
+                a.padding[0], a.padding[1], a.window[0], a.window[1]);
+  Value y = tape.new_value(ys, tape.any_requires_grad({x}));
+  Node<T>* node = tape.record(OpKind::MaxPool2d, {x}, y, a, loc);
+  int32_t* switches = nullptr;
+  if (node && tape.requires_grad(y)) {
+    node->saved_index.resize(xt::compute_size(ys));
+    switches = node->saved_index.data();
+  }
+  max_pool2d_forward(tape.value(x), a, tape.mutable_value(y), switches);
+  return y;
+}
+
+#define AD_INSTANTIATE(T)                                                                        \
+  template void avg_pool2d_forward<T>(const Tensor<T>&, const Attrs&, Tensor<T>&);              \
+  template void avg_pool2d_vjp<T>(const Tensor<T>&, const Attrs&, Tensor<T>*);                  \
+  template void max_pool2d_forward<T>(const Tensor<T>&, const Attrs&, Tensor<T>&, int32_t*);    \
+  template void max_pool2d_vjp<T>(const Tensor<T>&, const std::vector<int32_t>&, Tensor<T>*);   \
+  template Value avg_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);    \
+  template Value max_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);
+AD_INSTANTIATE(float)
+AD_INSTANTIATE(double)
+#undef AD_INSTANTIATE
+
+}  // namespace ad

@@ -1,0 +1,49 @@
+// Pooling over (N, C, H, W): average pooling (the document's P) and max pooling
+// with switches. Design document: section 3.1.3 and appendix B (max-pool mask).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <source_location>
+#include <vector>
+
+#include "autodiff/tape.hpp"
+
+namespace ad {
+
+struct Pool2dOptions {
+  std::array<int, 2> window{2, 2};   // (h_l, w_l)
+  std::array<int, 2> stride{2, 2};   // (h_s, w_s)
+  std::array<int, 2> padding{0, 0};  // (h_p, w_p) on both sides
+  // Max pooling only: NegInf (default, PyTorch) lets padding never win; Zero lets
+  // the padding zeros take part in the max, as in appendix B's worked example.
+  // With NegInf the padding must be smaller than the window on each axis.
+  MaxPoolPadding max_padding = MaxPoolPadding::NegInf;
+};
+
+// Checks x (N,C,H,W) against the window and returns (N, C, OH, OW),
+// OH = floor((H + 2 h_p - h_l) / h_s) + 1. `op` names the caller in errors.
+Shape pool2d_output_shape(const char* op, const Shape& x, const Attrs& a);
+
+// y[n,c,i,j] = 1/(h_l w_l) sum_{p,q} x[n,c,i*sh+p-ph,j*sw+q-pw], padding zeros counted.
+template <class T>
+void avg_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y);
+template <class T>
+void avg_pool2d_vjp(const Tensor<T>& grad_out, const Attrs& a, Tensor<T>* grad_x);
+
+// y[n,c,i,j] = max over the window; argmax (may be null) receives, per output element,
+// the winner's flat index h*W+w within its (H, W) plane, or -1 when a padding zero won.
+template <class T>
+void max_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y, int32_t* argmax);
+// Routes grad_out through the switches: grad_x[n,c,argmax] += grad_out[n,c,i,j].
+template <class T>
+void max_pool2d_vjp(const Tensor<T>& grad_out, const std::vector<int32_t>& argmax, Tensor<T>* grad_x);
+
+template <class T>
+Value avg_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt = {},
+                 std::source_location loc = std::source_location::current());
+template <class T>
+Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt = {},
+                 std::source_location loc = std::source_location::current());
+
+}  // namespace ad

@@ -1,0 +1,51 @@
+// Record-time argument checks shared by the op families. Each throws ShapeError
+// with the op, the argument, its shape and the rule it breaks.
+#pragma once
+
+#include <array>
+
+#include "autodiff/tensor.hpp"
+
+namespace ad {
+
+// `what` (e.g. "input") must have rank `rank`; `dims` names the axes, e.g. "(N, C, H, W)".
+inline void check_rank(const char* op, const char* what, const Shape& s, std::size_t rank,
+                       const char* dims) {
+  if (s.size() != rank)
+    shape_error(op, "{} {} must have rank {} {}, not rank {}", what, shape_str(s), rank, dims,
+                s.size());
+}
+
+// No axis of `what` may be empty (e.g. an empty batch).
+inline void check_nonempty(const char* op, const char* what, const Shape& s) {
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (s[i] == 0) shape_error(op, "{} {} is empty along axis {}; every axis must be >= 1", what, shape_str(s), i);
+}
+
+// Sliding-window geometry on an (N, C, H, W) input: stride >= 1, padding >= 0, and
+// the window (KH, KW) fits inside the padded input. Returns (OH, OW) by the
+// document's note: floor((H + 2 h_p - KH) / h_s) + 1.
+inline std::array<std::size_t, 2> check_window(const char* op, const char* window_name,
+                                               const Shape& x, std::array<std::size_t, 2> window,
+                                               std::array<int, 2> stride,
+                                               std::array<int, 2> padding) {
+  if (stride[0] < 1 || stride[1] < 1)
+    shape_error(op, "stride ({},{}) must be >= 1 on both axes", stride[0], stride[1]);
+  if (padding[0] < 0 || padding[1] < 0)
+    shape_error(op, "padding ({},{}) must be >= 0 on both axes", padding[0], padding[1]);
+  if (window[0] < 1 || window[1] < 1)
+    shape_error(op, "{} ({},{}) must be >= 1 on both axes", window_name, window[0], window[1]);
+  std::array<std::size_t, 2> out{};
+  const char* axis[2] = {"H", "W"};
+  for (int d = 0; d < 2; ++d) {
+    const std::size_t padded = x[2 + d] + 2 * static_cast<std::size_t>(padding[d]);
+    if (window[d] > padded)
+      shape_error(op, "{} ({},{}) is larger than input {} with padding ({},{}): {} {} > {} + 2*{} = {}",
+                  window_name, window[0], window[1], shape_str(x), padding[0], padding[1],
+                  d == 0 ? "KH" : "KW", window[d], axis[d], padding[d], padded);
+    out[d] = (padded - window[d]) / static_cast<std::size_t>(stride[d]) + 1;
+  }
+  return out;
+}
+
+}  // namespace ad

@@ -1,0 +1,142 @@
+// The tape: recording, accumulation, leaves, no-grad, backward twice, reuse.
+#include "test_util.hpp"
+
+namespace ad::test {
+namespace {
+
+TEST(Tape, RecordsOneNodePerOpWithInputsAttributesAndCallSite) {
+  Tape<double> t;
+  Parameter<double> k("conv1.weight", uniform({2, 1, 3, 3}, 1));
+  const Value x = t.input(uniform({1, 1, 5, 5}, 2), "images");
+  const Value y = conv2d(t, x, t.param(k), Value{}, {.padding = {1, 0}, .stride = {2, 1}});
+  const int line = __LINE__ - 1;
+  t.set_label(y, "conv1");
+  ASSERT_EQ(t.nodes().size(), 3u);
+  const Node<double>& n = t.nodes()[2];
+  EXPECT_EQ(n.op, OpKind::Conv2d);
+  EXPECT_EQ(op_name(n.op), "conv2d");
+  EXPECT_EQ(n.inputs[0], x.id);
+  EXPECT_EQ(n.inputs[2], -1);
+  EXPECT_EQ(n.output, y.id);
+  EXPECT_EQ(n.attrs.padding, (std::array<int, 2>{1, 0}));
+  EXPECT_EQ(n.attrs.stride, (std::array<int, 2>{2, 1}));
+  EXPECT_EQ(n.label, "conv1");
+  EXPECT_EQ(n.where.line, static_cast<uint32_t>(line));
+  EXPECT_NE(std::string(n.where.file).find("test_tape.cpp"), std::string::npos);
+  EXPECT_EQ(t.nodes()[0].label, "images");
+  EXPECT_EQ(t.nodes()[1].label, "conv1.weight");
+}
+
+TEST(Tape, GradientsAccumulateOverEveryUse) {
+  // J = sum(x*x + x) => dJ/dx = 2x + 1, with x used three times.
+  Tape<double> t;
+  Parameter<double> p("x", T64{1.0, -2.0, 3.0});
+  const Value x = t.param(p);
+  t.backward(sum(t, add(t, mul(t, x, x), x)));
+  EXPECT_EQ(p.grad, (T64{3.0, -3.0, 7.0}));
+}
+
+TEST(Tape, IntermediateGradientsAreReadable) {
+  Tape<double> t;
+  Parameter<double> p("x", T64{1.0, 2.0});
+  const Value h = scale(t, t.param(p), 3.0);
+  t.backward(sum(t, mul(t, h, h)));  // J = sum(h^2), dJ/dh = 2h
+  EXPECT_EQ(t.grad(h), (T64{6.0, 12.0}));
+  EXPECT_EQ(p.grad, (T64{18.0, 36.0}));
+}
+
+TEST(Tape, ConstantsGetNoGradientAndCostNoVjpWork) {
+  Tape<double> t;
+  Parameter<double> p("w", T64{2.0});
+  const Value c = t.input(T64{5.0});
+  const Value y = mul(t, c, t.param(p));
+  EXPECT_FALSE(t.requires_grad(c));
+  t.backward(sum(t, y));
+  EXPECT_EQ(p.grad, (T64{5.0}));
+  EXPECT_THROW(t.grad(c), TapeError);
+}
+
+TEST(Tape, ParameterGradientsAccumulateAcrossStepsUntilZeroed) {
+  Parameter<double> p("w", T64{2.0});
+  for (int step = 0; step < 2; ++step) {
+    Tape<double> t;
+    t.backward(sum(t, scale(t, t.param(p), 3.0)));
+  }
+  EXPECT_EQ(p.grad, (T64{6.0}));
+  p.zero_grad();
+  EXPECT_EQ(p.grad, (T64{0.0}));
+}
+
+TEST(Tape, SecondBackwardThrowsUnlessRetained) {
+  Tape<double> t;
+  Parameter<double> p("w", T64{2.0});
+  const Value j = sum(t, scale(t, t.param(p), 3.0));
+  t.backward(j, BackwardOptions{.retain_graph = true});
+  t.backward(j);  // allowed once more: gradients add up
+  EXPECT_EQ(p.grad, (T64{6.0}));
+  try {
+    t.backward(j);
+    FAIL() << "third backward did not throw";
+  } catch (const TapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("retain_graph"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(p.grad, (T64{6.0}));  // nothing was added by the refused call
+}
+
+TEST(Tape, NoGradGuardRecordsNothing) {
+  Tape<double> t;
+  Parameter<double> p("w", T64{2.0});
+  Value y;
+  {
+    NoGradGuard guard(t);
+    y = scale(t, t.param(p), 3.0);
+  }
+  EXPECT_TRUE(t.nodes().empty());
+  EXPECT_EQ(t.value(y), (T64{6.0}));
+  EXPECT_FALSE(t.requires_grad(y));
+  EXPECT_THROW(t.backward(y), TapeError);
+  EXPECT_TRUE(t.grad_enabled());
+}
+
+TEST(Tape, SeedShapeAndNonScalarAreChecked) {
+  Tape<double> t;
+  Parameter<double> p("w", T64{1.0, 2.0});
+  const Value y = scale(t, t.param(p), 2.0);
+  EXPECT_TRUE(throws_shape_error([&] { t.backward(y, T64{1.0, 2.0, 3.0}); }, {"backward", "seed gradient (3)", "(2)"}));
+  EXPECT_THROW(t.backward(y), TapeError);  // not a scalar and no seed
+  t.backward(y, T64{1.0, 10.0});
+  EXPECT_EQ(p.grad, (T64{2.0, 20.0}));
+}
+
+TEST(Tape, UnknownHandleIsAClearError) {
+  Tape<double> t;
+  try {
+    t.value(Value{3});
+    FAIL();
+  } catch (const TapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("#3"), std::string::npos);
+  }
+}
+
+TEST(Tape, ResetReusesEveryBufferForTheSameStep) {
+  Tape<float> t;
+  Parameter<float> k("k", xt::cast<float>(uniform({4, 1, 3, 3}, 1)));
+  const Tensor<float> x = xt::cast<float>(uniform({8, 1, 10, 10}, 2));
+  std::vector<const float*> first;
+  for (int step = 0; step < 3; ++step) {
+    t.reset();
+    const Value h = max_pool2d(t, relu(t, conv2d(t, t.input(x), t.param(k), Value{}, {.padding = {1, 1}})));
+    t.backward(sum(t, h));
+    std::vector<const float*> ptrs;
+    for (std::size_t v = 0; v < t.num_values(); ++v) {
+      const Slot<float>& s = t.slot(Value{static_cast<int32_t>(v)});
+      if (!s.param) ptrs.push_back(s.data.data()), ptrs.push_back(s.grad.data());
+    }
+    for (const auto& n : t.nodes()) ptrs.push_back(reinterpret_cast<const float*>(n.saved_index.data()));
+    if (step == 0) first = ptrs;
+    else EXPECT_EQ(ptrs, first) << "step " << step << " reallocated a buffer";
+  }
+}
+
+}  // namespace
+}  // namespace ad::test

@@ -1,0 +1,149 @@
+// conv2d: forward against a direct loop, VJPs against finite differences over many
+// geometries, the design document's appendix A example, and record-time errors.
+#include "test_util.hpp"
+
+namespace ad::test {
+namespace {
+
+struct ConvCase {
+  const char* name;
+  Shape x, k;
+  std::array<int, 2> padding, stride;
+  bool bias;
+};
+
+const ConvCase kCases[] = {
+    {"basic", {2, 3, 6, 5}, {4, 3, 3, 3}, {1, 1}, {1, 1}, true},
+    {"asymmetric_pad_stride", {2, 2, 7, 8}, {3, 2, 3, 2}, {2, 0}, {2, 3}, true},
+    {"stride_larger_than_kernel", {2, 2, 9, 9}, {2, 2, 2, 2}, {0, 1}, {3, 4}, true},
+    {"kernel_covers_padded_input", {2, 2, 3, 4}, {3, 2, 5, 6}, {1, 1}, {1, 1}, true},
+    {"one_by_one", {3, 4, 4, 5}, {2, 4, 1, 1}, {0, 0}, {1, 1}, true},
+    {"one_by_one_strided_padded", {2, 3, 5, 5}, {2, 3, 1, 1}, {1, 2}, {2, 1}, true},
+    {"large_padding", {1, 2, 3, 3}, {2, 2, 2, 2}, {3, 2}, {1, 2}, true},
+    {"no_bias", {2, 3, 5, 6}, {5, 3, 3, 3}, {1, 0}, {2, 1}, false},
+    {"non_square_kernel_batch4", {4, 1, 6, 7}, {2, 1, 2, 4}, {0, 2}, {1, 1}, true},
+};
+
+// y[n,o,i,j] = b[o] + sum_{c,p,q} k[o,c,p,q] x[n,c,i*sh+p-ph,j*sw+q-pw]: the definition, directly.
+T64 conv_reference(const T64& x, const T64& k, const T64* b, std::array<int, 2> pad, std::array<int, 2> st) {
+  const long N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
+  const long O = k.shape()[0], KH = k.shape()[2], KW = k.shape()[3];
+  const long OH = (H + 2 * pad[0] - KH) / st[0] + 1, OW = (W + 2 * pad[1] - KW) / st[1] + 1;
+  T64 y = xt::zeros<double>({N, O, OH, OW});
+  for (long n = 0; n < N; ++n)
+    for (long o = 0; o < O; ++o)
+      for (long i = 0; i < OH; ++i)
+        for (long j = 0; j < OW; ++j) {
+          double s = b ? (*b)(o) : 0.0;
+          for (long c = 0; c < C; ++c)
+            for (long p = 0; p < KH; ++p)
+              for (long q = 0; q < KW; ++q) {
+                const long ih = i * st[0] + p - pad[0], iw = j * st[1] + q - pad[1];
+                if (ih >= 0 && ih < H && iw >= 0 && iw < W) s += k(o, c, p, q) * x(n, c, ih, iw);
+              }
+          y(n, o, i, j) = s;
+        }
+  return y;
+}
+
+TEST(Conv2d, ForwardMatchesDirectDefinition) {
+  uint64_t seed = 1;
+  for (const ConvCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const T64 x = uniform(c.x, seed++), k = uniform(c.k, seed++), b = uniform({c.k[0]}, seed++);
+    Tape<double> tape;
+    const Value y = conv2d(tape, tape.input(x), tape.input(k), c.bias ? tape.input(b) : Value{},
+                           {.padding = c.padding, .stride = c.stride});
+    EXPECT_TRUE(all_close(tape.value(y), conv_reference(x, k, c.bias ? &b : nullptr, c.padding, c.stride), 1e-12, 1e-13));
+  }
+}
+
+TEST(Conv2d, VjpMatchesFiniteDifferencesInEveryGeometry) {
+  uint64_t seed = 100;
+  for (const ConvCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    std::vector<T64> in = {uniform(c.x, seed++), uniform(c.k, seed++)};
+    std::vector<std::string> names = {"x", "k"};
+    if (c.bias) in.push_back(uniform({c.k[0]}, seed++)), names.push_back("b");
+    const Conv2dOptions opt{.padding = c.padding, .stride = c.stride};
+    auto f = [&](Tape<double>& t, const std::vector<Value>& v) {
+      return conv2d(t, v[0], v[1], c.bias ? v[2] : Value{}, opt);
+    };
+    EXPECT_GRADCHECK(f, in, names);
+  }
+}
+
+TEST(Conv2d, VjpAddsWhenTheInputFeedsTwoConvolutions) {
+  // y = conv(x, k1) + conv(x, k2): dJ/dx must hold both contributions.
+  const std::vector<T64> in = {uniform({2, 2, 5, 5}, 7), uniform({3, 2, 3, 3}, 8), uniform({3, 2, 3, 3}, 9)};
+  auto f = [](Tape<double>& t, const std::vector<Value>& v) {
+    const Conv2dOptions opt{.padding = {1, 1}, .stride = {1, 1}};
+    return add(t, conv2d(t, v[0], v[1], Value{}, opt), conv2d(t, v[0], v[2], Value{}, opt));
+  };
+  EXPECT_GRADCHECK(f, in, (std::vector<std::string>{"x", "k1", "k2"}));
+}
+
+TEST(Conv2d, FloatPathAgreesWithDouble) {
+  const T64 x = uniform({3, 2, 8, 8}, 3), k = uniform({4, 2, 3, 3}, 4), b = uniform({4}, 5);
+  Tape<double> td;
+  Parameter<double> kd("k", k), bd("b", b);
+  const Value yd = conv2d(td, td.input(x), td.param(kd), td.param(bd), {.padding = {1, 1}, .stride = {2, 1}});
+  td.backward(sum(td, yd));
+  Tape<float> tf;
+  Parameter<float> kf("k", xt::cast<float>(k)), bf("b", xt::cast<float>(b));
+  const Value yf = conv2d(tf, tf.input(xt::cast<float>(x)), tf.param(kf), tf.param(bf), {.padding = {1, 1}, .stride = {2, 1}});
+  tf.backward(sum(tf, yf));
+  EXPECT_TRUE(all_close(xt::cast<double>(tf.value(yf)), td.value(yd), 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(xt::cast<double>(kf.grad), kd.grad, 1e-5, 1e-4));
+  EXPECT_TRUE(all_close(xt::cast<double>(bf.grad), bd.grad, 1e-5, 1e-4));
+}
+
+// Appendix A: A (3,4) convolved with beta (2,2), padding (1,1), stride (1,2) gives
+// Z (4,3); dz32/dbeta21 = a32 and dz32/dA23 = beta12 (1-based indices as in the text).
+TEST(Conv2d, DocumentAppendixAExample) {
+  T64 A = xt::zeros<double>({1, 1, 3, 4}), beta = xt::zeros<double>({1, 1, 2, 2});
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) A(0, 0, r, c) = 10.0 * (r + 1) + (c + 1);  // a_rc = "rc"
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 2; ++c) beta(0, 0, r, c) = 0.1 * (r + 1) + 0.01 * (c + 1);
+  Tape<double> tape;
+  Parameter<double> pa("A", A), pb("beta", beta);
+  const Value z = conv2d(tape, tape.param(pa), tape.param(pb), Value{}, {.padding = {1, 1}, .stride = {1, 2}});
+  ASSERT_EQ(tape.shape(z), (Shape{1, 1, 4, 3}));
+  auto a = [&](int r, int c) { return A(0, 0, r - 1, c - 1); };
+  auto b = [&](int r, int c) { return beta(0, 0, r - 1, c - 1); };
+  // z32 = a22 b11 + a23 b12 + a32 b21 + a33 b22 (rep.2)
+  EXPECT_DOUBLE_EQ(tape.value(z)(0, 0, 2, 1), a(2, 2) * b(1, 1) + a(2, 3) * b(1, 2) + a(3, 2) * b(2, 1) + a(3, 3) * b(2, 2));
+  EXPECT_DOUBLE_EQ(tape.value(z)(0, 0, 0, 0), a(1, 1) * b(2, 2));  // z11: only a11 meets beta22
+  // Seed dJ/dZ = e_32, so the gradients are row z32 of the Jacobians eq. a1-1 / a2-1.
+  T64 seed = xt::zeros<double>({1, 1, 4, 3});
+  seed(0, 0, 2, 1) = 1.0;
+  tape.backward(z, seed);
+  EXPECT_DOUBLE_EQ(pb.grad(0, 0, 1, 0), a(3, 2));  // dz32/dbeta21 = a32
+  EXPECT_DOUBLE_EQ(pa.grad(0, 0, 1, 2), b(1, 2));  // dz32/dA23 = beta12
+  EXPECT_DOUBLE_EQ(pa.grad(0, 0, 0, 0), 0.0);      // a11 is not in z32's window
+}
+
+TEST(Conv2d, RejectsBadArgumentsWithTheShapesAndTheRule) {
+  Tape<double> t;
+  const Value x = t.input(uniform({1, 3, 28, 28}, 1)), k = t.input(uniform({8, 1, 3, 3}, 2));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, x, k, Value{}); },
+                                 {"conv2d: input (1,3,28,28) and kernel (8,1,3,3) disagree on C_in (3 vs 1)"}));
+  const Value k3 = t.input(uniform({8, 3, 3, 3}, 3));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, t.input(uniform({3, 28, 28}, 4)), k3, Value{}); },
+                                 {"conv2d", "input (3,28,28)", "rank 4"}));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, x, k3, t.input(uniform({5}, 5))); },
+                                 {"conv2d", "bias (5)", "kernel (8,3,3,3)", "C_out (5 vs 8)"}));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, x, k3, Value{}, {.padding = {0, 0}, .stride = {0, 1}}); },
+                                 {"conv2d", "stride (0,1)", ">= 1"}));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, x, k3, Value{}, {.padding = {-1, 0}}); },
+                                 {"conv2d", "padding (-1,0)", ">= 0"}));
+  const Value big = t.input(uniform({8, 3, 31, 3}, 6));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, x, big, Value{}, {.padding = {1, 1}}); },
+                                 {"conv2d", "kernel (31,3)", "larger than input (1,3,28,28)", "KH 31 > H + 2*1 = 30"}));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, t.input(T64(Shape{0, 3, 28, 28})), k3, Value{}); },
+                                 {"conv2d", "input (0,3,28,28)", "empty along axis 0"}));
+}
+
+}  // namespace
+}  // namespace ad::test

@@ -1,0 +1,138 @@
+// Every op and the whole 3-layer CNN against PyTorch 1.13 in double precision.
+// The .npy files come from tools/gen_golden.py (see tests/golden/README.md).
+#include <xtensor/xnpy.hpp>
+
+#include <filesystem>
+
+#include "test_util.hpp"
+
+namespace ad::test {
+namespace {
+
+constexpr double kRtol = 1e-10;
+
+struct Golden {
+  std::string dir;
+  explicit Golden(const std::string& name) : dir("tests/golden/" + name + "/") {}
+  bool has(const std::string& f) const { return std::filesystem::exists(dir + f + ".npy"); }
+  T64 load(const std::string& f) const {
+    if (!has(f)) throw std::runtime_error("missing golden file " + dir + f + ".npy (run from the repo root)");
+    return xt::load_npy<double>(dir + f + ".npy");
+  }
+  std::vector<int> labels() const {
+    const auto l = xt::load_npy<int64_t>(dir + "labels.npy");
+    return std::vector<int>(l.begin(), l.end());
+  }
+  std::array<int, 2> pair(std::size_t i) const {
+    const T64 a = load("attrs");
+    return {static_cast<int>(a(i)), static_cast<int>(a(i + 1))};
+  }
+};
+
+// Relative to the largest reference magnitude of the tensor: 1e-10 of it.
+::testing::AssertionResult matches(const T64& got, const T64& want) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "size " << got.size() << " vs golden " << want.size();
+  const double scale = std::max(1e-300, xt::amax(xt::abs(want))());
+  return all_close(got, want, kRtol, kRtol * scale);
+}
+
+// Builds one op on a tape from the golden inputs (as parameters), seeds backward with
+// cot, and compares the output and the gradient of every input named in `grads`.
+void check_case(const std::string& name, const std::vector<std::string>& inputs,
+                const std::function<Value(Tape<double>&, const Golden&, const std::vector<Value>&)>& build) {
+  SCOPED_TRACE(name);
+  const Golden g(name);
+  std::vector<Parameter<double>> params;
+  params.reserve(inputs.size());
+  for (const auto& in : inputs) params.emplace_back(in, g.load(in));
+  Tape<double> t;
+  std::vector<Value> v;
+  for (auto& p : params) v.push_back(t.param(p));
+  const Value y = build(t, g, v);
+  EXPECT_TRUE(matches(t.value(y), g.load("out"))) << "forward output";
+  const T64 cot = g.load("cot");
+  t.backward(y, T64(xt::reshape_view(cot, t.value(y).shape())));
+  for (auto& p : params) EXPECT_TRUE(matches(p.grad, g.load("grad_" + p.name))) << "grad_" << p.name;
+}
+
+TEST(Conv2d, MatchesPyTorchGoldenFiles) {
+  for (const char* c : {"conv2d_basic", "conv2d_asym", "conv2d_stride_gt_kernel", "conv2d_1x1", "conv2d_whole",
+                        "conv2d_large_pad", "conv2d_nobias"}) {
+    const bool bias = Golden(c).has("b");
+    check_case(c, bias ? std::vector<std::string>{"x", "k", "b"} : std::vector<std::string>{"x", "k"},
+               [bias](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+                 return conv2d(t, v[0], v[1], bias ? v[2] : Value{}, {.padding = g.pair(0), .stride = g.pair(2)});
+               });
+  }
+}
+
+Pool2dOptions pool_opts(const Golden& g) { return {.window = g.pair(0), .stride = g.pair(2), .padding = g.pair(4)}; }
+
+TEST(AvgPool2d, MatchesPyTorchGoldenFiles) {
+  for (const char* c : {"avg_pool2d_basic", "avg_pool2d_asym", "avg_pool2d_stride_gt_window"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      return avg_pool2d(t, v[0], pool_opts(g));
+    });
+}
+
+TEST(MaxPool2d, MatchesPyTorchGoldenFiles) {
+  for (const char* c : {"max_pool2d_basic", "max_pool2d_asym", "max_pool2d_stride_gt_window"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      return max_pool2d(t, v[0], pool_opts(g));
+    });
+}
+
+TEST(Relu, MatchesPyTorchGoldenFiles) {
+  check_case("relu", {"x"}, [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return relu(t, v[0]); });
+  check_case("leaky_relu", {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return leaky_relu(t, v[0], g.load("attrs")(0));
+  });
+}
+TEST(Sigmoid, MatchesPyTorchGoldenFiles) {
+  check_case("sigmoid", {"x"}, [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return sigmoid(t, v[0]); });
+}
+TEST(Tanh, MatchesPyTorchGoldenFiles) {
+  check_case("tanh", {"x"}, [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return ad::tanh(t, v[0]); });
+}
+TEST(Flatten, MatchesPyTorchGoldenFiles) {
+  check_case("flatten", {"x"}, [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return flatten(t, v[0]); });
+}
+TEST(Linear, MatchesPyTorchGoldenFiles) {
+  check_case("linear", {"x", "w", "b"},
+             [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return linear(t, v[0], v[1], v[2]); });
+}
+TEST(SoftmaxCrossEntropy, MatchesPyTorchGoldenFiles) {
+  check_case("softmax_cross_entropy", {"logits"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return softmax_cross_entropy(t, v[0], g.labels());
+  });
+}
+TEST(Mse, MatchesPyTorchGoldenFiles) {
+  check_case("mse", {"pred", "target"},
+             [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return mse(t, v[0], v[1]); });
+}
+
+// The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
+// connected, loss): every parameter gradient from generic backprop over the tape.
+TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
+  const std::vector<std::string> params = {"k1", "b1", "k2", "b2", "w3", "b3"};
+  // cnn_a: relu + max pool, then tanh + avg pool
+  check_case("cnn_a", params, [](Tape<double>& t, const Golden& g, const std::vector<Value>& p) {
+    const Value x = t.input(g.load("x"));
+    Value h = max_pool2d(t, relu(t, conv2d(t, x, p[0], p[1], {.padding = {1, 1}})), {.window = {2, 2}, .stride = {2, 2}});
+    h = avg_pool2d(t, ad::tanh(t, conv2d(t, h, p[2], p[3], {.padding = {1, 1}})), {.window = {2, 2}, .stride = {2, 2}});
+    return softmax_cross_entropy(t, linear(t, flatten(t, h), p[4], p[5]), g.labels());
+  });
+  // cnn_b: sigmoid + padded avg pool, then leaky relu + padded max pool
+  check_case("cnn_b", params, [](Tape<double>& t, const Golden& g, const std::vector<Value>& p) {
+    const Value x = t.input(g.load("x"));
+    Value h = avg_pool2d(t, sigmoid(t, conv2d(t, x, p[0], p[1], {.padding = {1, 0}})),
+                         {.window = {3, 3}, .stride = {2, 2}, .padding = {1, 1}});
+    h = max_pool2d(t, leaky_relu(t, conv2d(t, h, p[2], p[3], {.padding = {1, 1}}), 0.1),
+                   {.window = {2, 2}, .stride = {1, 1}, .padding = {1, 1}});
+    return softmax_cross_entropy(t, linear(t, flatten(t, h), p[4], p[5]), g.labels());
+  });
+}
+
+}  // namespace
+}  // namespace ad::test

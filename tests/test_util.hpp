@@ -1,0 +1,83 @@
+// Shared helpers for the tests: seeded random tensors (off kinks and ties on
+// request) and the one gradient-check assertion every op test uses.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include "autodiff/ad.hpp"
+
+namespace ad::test {
+
+using T64 = Tensor<double>;
+
+// Uniform in [lo, hi), seeded.
+inline T64 uniform(const Shape& s, uint64_t seed, double lo = -1, double hi = 1) {
+  T64 t(s);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(lo, hi);
+  for (double& e : t) e = u(rng);
+  return t;
+}
+
+// Uniform in [-1, 1) with |x| >= min_abs: keeps ReLU-type kinks out of reach of the
+// central differences.
+inline T64 off_zero(const Shape& s, uint64_t seed, double min_abs = 0.05) {
+  T64 t = uniform(s, seed);
+  for (double& e : t) e = e >= 0 ? min_abs + e * (1 - min_abs) : -min_abs + e * (1 - min_abs);
+  return t;
+}
+
+// All elements distinct and at least `gap` apart (a shuffled grid in [-1, 1]): no
+// max-pool window holds a tie.
+inline T64 distinct(const Shape& s, uint64_t seed) {
+  T64 t(s);
+  std::vector<std::size_t> order(t.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed);
+  for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+  const double step = 2.0 / static_cast<double>(std::max<std::size_t>(t.size(), 2));
+  for (std::size_t i = 0; i < t.size(); ++i) t.data()[i] = -1.0 + step * static_cast<double>(order[i]);
+  return t;
+}
+
+// gradcheck with a readable failure: the report names the input, element and values.
+#define EXPECT_GRADCHECK(fn, inputs, names)                          \
+  do {                                                               \
+    const ::ad::GradcheckResult r_ = ::ad::gradcheck(fn, inputs, names); \
+    EXPECT_TRUE(r_.ok) << r_.report;                                 \
+  } while (0)
+
+// Elementwise |a - b| <= rtol |b| + atol, reporting the first bad element.
+inline ::testing::AssertionResult all_close(const T64& a, const T64& b, double rtol, double atol = 0) {
+  if (a.size() != b.size())
+    return ::testing::AssertionFailure() << "sizes differ: " << a.size() << " vs " << b.size();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double x = a.data()[i], y = b.data()[i];
+    if (!(std::abs(x - y) <= rtol * std::abs(y) + atol))
+      return ::testing::AssertionFailure() << "element " << i << ": " << fmt::format("{:.17g} vs expected {:.17g}", x, y);
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Runs `body` expecting a ShapeError whose message contains every one of `parts`.
+template <class F>
+::testing::AssertionResult throws_shape_error(F body, std::initializer_list<const char*> parts) {
+  try {
+    body();
+  } catch (const ShapeError& e) {
+    const std::string msg = e.what();
+    for (const char* p : parts)
+      if (msg.find(p) == std::string::npos)
+        return ::testing::AssertionFailure() << "message \"" << msg << "\" lacks \"" << p << "\"";
+    return ::testing::AssertionSuccess();
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure() << "threw another exception: " << e.what();
+  }
+  return ::testing::AssertionFailure() << "did not throw";
+}
+
+}  // namespace ad::test
