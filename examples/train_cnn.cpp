@@ -1,0 +1,236 @@
+// train_cnn: trains the design document's 3-layer CNN (default: the reference CNN)
+// on Fashion-MNIST with a progress bar, evaluates on the test set after every epoch,
+// and can save, resume from, and load checkpoints. `./run.sh train --help`.
+//
+// Exit codes: 0 success, 1 runtime error (bad data, bad checkpoint, ...), 2 usage error.
+// The last line printed on success is exactly "test accuracy: 0.XXXX".
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+
+#include "nn/data.hpp"
+#include "nn/layers.hpp"
+#include "nn/optim.hpp"
+#include "nn/train.hpp"
+
+namespace {
+
+struct Options {
+  std::string data = nn::kDefaultFashionMnistDir;
+  int epochs = 5;
+  std::size_t batch = 64;
+  double lr = 0;  // 0: the optimizer's default
+  std::string optimizer = "adam";
+  std::string schedule = "auto";
+  int threads = 0;
+  uint64_t seed = 1;
+  std::size_t limit = 0;
+  std::string save, load, curve;
+  std::string pool = "max", activation = "relu";
+  std::array<int, 2> channels{16, 32};
+};
+
+// One line of the epoch table and of the curve.
+struct EpochRow {
+  int epoch;
+  double train_loss, train_acc, test_loss, test_acc, seconds;
+};
+
+std::string hms(double s) {
+  const int t = static_cast<int>(s + 0.5);
+  return fmt::format("{}:{:02}", t / 60, t % 60);
+}
+
+// Redraws one terminal line at most ~8 times a second; on a pipe it prints a plain
+// line every quarter of the epoch instead.
+class Progress {
+ public:
+  Progress(int epoch, int epochs, std::size_t total)
+      : epoch_(epoch), epochs_(epochs), total_(total), tty_(isatty(fileno(stdout))), t0_(clock::now()) {}
+  void operator()(std::size_t done, double loss) {
+    const double el = std::chrono::duration<double>(clock::now() - t0_).count();
+    const double rate = el > 0 ? static_cast<double>(done) / el : 0.0;
+    const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : 0.0;
+    if (tty_) {
+      if (done < total_ && el - last_ < 0.125) return;
+      last_ = el;
+      const int width = 30, fill = static_cast<int>(width * static_cast<double>(done) / static_cast<double>(total_));
+      fmt::print("\repoch {}/{} [{}{}] {:3.0f}% {:>6} img/s  loss {:.4f}  ETA {} ", epoch_, epochs_,
+                 std::string(static_cast<std::size_t>(fill), '='), std::string(static_cast<std::size_t>(width - fill), ' '),
+                 100.0 * static_cast<double>(done) / static_cast<double>(total_), static_cast<long>(rate), loss, hms(eta));
+      if (done == total_) fmt::print("\r\033[K");
+      std::fflush(stdout);
+    } else if (done * 4 / total_ > quarter_ && done < total_) {
+      quarter_ = done * 4 / total_;
+      fmt::print("epoch {}/{}: {}/{} images, {:.0f} img/s, loss {:.4f}, ETA {}\n", epoch_, epochs_, done, total_, rate,
+                 loss, hms(eta));
+      std::fflush(stdout);
+    }
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  int epoch_, epochs_;
+  std::size_t total_;
+  bool tty_;
+  clock::time_point t0_;
+  double last_ = -1;
+  std::size_t quarter_ = 0;
+};
+
+// Loss and accuracy per epoch as a small self-contained SVG (two panels).
+void write_curve_svg(const std::string& path, const std::vector<EpochRow>& rows) {
+  const double W = 640, H = 260, pad = 45;
+  auto panel = [&](double x0, const char* title, auto get_train, auto get_test, double lo, double hi) {
+    std::string s = fmt::format(R"(<g><rect x="{}" y="20" width="{}" height="{}" fill="none" stroke="#999"/>)"
+                                R"(<text x="{}" y="14" font-size="12">{}</text>)",
+                                x0 + pad, W / 2 - pad - 10, H - pad - 20, x0 + pad, title);
+    const double pw = W / 2 - pad - 10, ph = H - pad - 20;
+    auto px = [&](std::size_t i) { return x0 + pad + (rows.size() > 1 ? pw * double(i) / double(rows.size() - 1) : pw / 2); };
+    auto py = [&](double v) { return 20 + ph * (1 - (v - lo) / std::max(hi - lo, 1e-12)); };
+    for (int k = 0; k <= 4; ++k) {
+      const double v = lo + (hi - lo) * k / 4;
+      s += fmt::format(R"(<text x="{}" y="{}" font-size="10" text-anchor="end">{:.3f}</text>)", x0 + pad - 4, py(v) + 3, v);
+    }
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      s += fmt::format(R"(<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>)", px(i), H - pad + 14, rows[i].epoch);
+    auto line = [&](auto get, const char* color) {
+      std::string pts;
+      for (std::size_t i = 0; i < rows.size(); ++i) pts += fmt::format("{:.1f},{:.1f} ", px(i), py(get(rows[i])));
+      std::string out = fmt::format(R"(<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>)", pts, color);
+      for (std::size_t i = 0; i < rows.size(); ++i)
+        out += fmt::format(R"(<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"/>)", px(i), py(get(rows[i])), color);
+      return out;
+    };
+    s += line(get_train, "#1f77b4") + line(get_test, "#d62728") + "</g>";
+    return s;
+  };
+  double lmax = 0, amin = 1;
+  for (const auto& r : rows) lmax = std::max({lmax, r.train_loss, r.test_loss}), amin = std::min({amin, r.train_acc, r.test_acc});
+  std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">)"
+                                R"(<rect width="100%" height="100%" fill="white"/>)", W, H);
+  svg += panel(0, "loss per epoch", [](const EpochRow& r) { return r.train_loss; }, [](const EpochRow& r) { return r.test_loss; }, 0.0, lmax * 1.05);
+  svg += panel(W / 2, "accuracy per epoch", [](const EpochRow& r) { return r.train_acc; }, [](const EpochRow& r) { return r.test_acc; },
+               std::floor(amin * 20) / 20, 1.0);
+  svg += fmt::format(R"(<text x="{}" y="{}" font-size="11" fill="#1f77b4">train</text><text x="{}" y="{}" font-size="11" fill="#d62728">test</text>)",
+                     pad, H - 8, pad + 50, H - 8);
+  svg += "</svg>\n";
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << svg;
+    if (!f.flush()) throw std::runtime_error(fmt::format("--curve {}: cannot write the file", path));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error(fmt::format("--curve {}: cannot rename into place", path));
+}
+
+int run(const Options& o) {
+  ad::set_num_threads(o.threads);
+  const nn::Dataset train = nn::load_fashion_mnist(o.data, "train");
+  const nn::Dataset test = nn::load_fashion_mnist(o.data, "t10k");
+  fmt::print("data: {} ({} training images{}, {} test images, {}x{})\n", o.data, train.count,
+             o.limit && o.limit < train.count ? fmt::format(", using the first {}", o.limit) : "", test.count, train.rows, train.cols);
+
+  nn::CnnConfig cfg;
+  cfg.height = static_cast<int>(train.rows), cfg.width = static_cast<int>(train.cols);
+  cfg.classes = static_cast<int>(std::max<std::size_t>(train.num_classes, 10));
+  cfg.pool = nn::parse_pool(o.pool);
+  cfg.activation = nn::parse_activation(o.activation);
+  cfg.channels = o.channels;
+  nn::Sequential<float> model = nn::make_cnn<float>(cfg, o.seed);
+  std::size_t n_params = 0;
+  for (auto* p : model.parameters()) n_params += p->value.size();
+
+  std::unique_ptr<nn::Optimizer<float>> opt;
+  double lr = o.lr;
+  if (o.optimizer == "sgd") {
+    lr = lr > 0 ? lr : 0.05;
+    opt = std::make_unique<nn::Sgd<float>>(model.parameters(), nn::SgdOptions{.lr = lr});
+  } else if (o.optimizer == "momentum") {
+    lr = lr > 0 ? lr : 0.01;
+    opt = std::make_unique<nn::Sgd<float>>(model.parameters(), nn::SgdOptions{.lr = lr, .momentum = 0.9, .nesterov = true});
+  } else {
+    lr = lr > 0 ? lr : 2e-3;
+    opt = std::make_unique<nn::Adam<float>>(model.parameters(), nn::AdamOptions{.lr = lr});
+  }
+  const std::string schedule = o.schedule == "auto" ? (o.optimizer == "sgd" ? "constant" : "cosine") : o.schedule;
+  nn::scheduled_lr(schedule, lr, 0, o.epochs);  // rejects an unknown name before any work
+  fmt::print("model: {} ({} parameters); optimizer {} lr {:g} ({} schedule), batch {}, {} threads, seed {}\n", cfg.tag(),
+             n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
+
+  int start = 0;
+  if (!o.load.empty()) {
+    start = nn::load_model(o.load, model, *opt, cfg.tag());
+    fmt::print("loaded {}: {} epochs done\n", o.load, start);
+  }
+
+  nn::BatchIterator batches(train, o.batch, /*shuffle=*/true, o.seed, o.limit);
+  ad::Tape<float> tape;
+  std::vector<EpochRow> rows;
+  nn::EpochStats last_test;
+  bool evaluated = false;
+  for (int e = start; e < o.epochs; ++e) {
+    batches.start_epoch(static_cast<uint64_t>(e));
+    Progress progress(e + 1, o.epochs, batches.size());
+    const auto lr_at = [&](double frac) { return nn::scheduled_lr(schedule, lr, e + frac, o.epochs); };
+    const nn::EpochStats tr = nn::train_epoch(model, *opt, batches, tape, std::ref(progress), lr_at);
+    last_test = nn::evaluate(model, test, 1000, tape);
+    evaluated = true;
+    rows.push_back({e + 1, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy, tr.seconds});
+    fmt::print("epoch {}/{}: train loss {:.4f} acc {:.4f} | test loss {:.4f} acc {:.4f} | {:.1f} s, {:.0f} img/s\n", e + 1,
+               o.epochs, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy, tr.seconds,
+               static_cast<double>(tr.images) / tr.seconds);
+    std::fflush(stdout);
+    if (!o.save.empty()) nn::save_model(o.save, model, *opt, e + 1, cfg.tag());
+  }
+  if (!o.curve.empty() && !rows.empty()) {
+    write_curve_svg(o.curve, rows);
+    fmt::print("training curve: {}\n", o.curve);
+  }
+  if (!evaluated) last_test = nn::evaluate(model, test, 1000, tape);
+  fmt::print("test accuracy: {:.4f}\n", last_test.accuracy);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"Train the design document's 3-layer CNN on Fashion-MNIST (default: the reference CNN)."};
+  app.add_option("--data", o.data, "directory with the Fashion-MNIST IDX files (.gz or raw)")->capture_default_str();
+  app.add_option("--epochs", o.epochs, "total epochs (a resumed run continues up to this)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "mini-batch size")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--lr", o.lr, "learning rate (default: sgd 0.05, momentum 0.01, adam 0.002)")->check(CLI::PositiveNumber);
+  app.add_option("--optimizer", o.optimizer, "sgd | momentum (Nesterov, 0.9) | adam")->capture_default_str()
+      ->check(CLI::IsMember({"sgd", "momentum", "adam"}));
+  app.add_option("--schedule", o.schedule, "learning rate schedule: auto (cosine, constant for sgd) | constant | cosine | step")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "constant", "cosine", "step"}));
+  app.add_option("--threads", o.threads, "worker threads (0 = all cores)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", o.seed, "seed for initialisation and shuffling")->capture_default_str();
+  app.add_option("--limit", o.limit, "use only the first N training images (0 = all)")->capture_default_str();
+  app.add_option("--save", o.save, "write a checkpoint after every epoch (atomically)");
+  app.add_option("--load", o.load, "resume from a checkpoint (parameters, optimizer state, epochs done)");
+  app.add_option("--pool", o.pool, "pooling: max | avg")->capture_default_str()->check(CLI::IsMember({"max", "avg"}));
+  app.add_option("--activation", o.activation, "relu | leaky_relu | sigmoid | tanh")->capture_default_str()
+      ->check(CLI::IsMember({"relu", "leaky_relu", "sigmoid", "tanh"}));
+  app.add_option("--channels", o.channels, "channels of the two conv layers")->capture_default_str();
+  app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the message naming the flag
+    return 2;
+  }
+  try {
+    return run(o);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "\ntrain_cnn: error: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,135 @@
+// Optimizers. Updates run over raw buffers; state is kept in float so that it can
+// go into a checkpoint as it is (the double instantiation converts on the fly).
+#include "nn/optim.hpp"
+
+#include <cmath>
+#include <numbers>
+#include <stdexcept>
+
+namespace nn {
+
+namespace {
+template <class T>
+std::vector<xt::xarray<float>> zeros_like(const std::vector<ad::Parameter<T>*>& ps) {
+  std::vector<xt::xarray<float>> z;
+  for (auto* p : ps) z.push_back(xt::zeros<float>(p->value.shape()));
+  return z;
+}
+
+template <class T>
+std::vector<NamedTensor> named(const std::vector<ad::Parameter<T>*>& ps, const std::string& prefix, const char* slot,
+                               const std::vector<xt::xarray<float>>& t) {
+  std::vector<NamedTensor> out;
+  for (std::size_t i = 0; i < ps.size(); ++i) out.push_back({prefix + ps[i]->name + "." + slot, t[i]});
+  return out;
+}
+
+template <class T>
+void refs(std::vector<std::pair<std::string, xt::xarray<float>*>>& out, const std::vector<ad::Parameter<T>*>& ps,
+          const std::string& prefix, const char* slot, std::vector<xt::xarray<float>>& t) {
+  for (std::size_t i = 0; i < ps.size(); ++i) out.emplace_back(prefix + ps[i]->name + "." + slot, &t[i]);
+}
+}  // namespace
+
+template <class T>
+Sgd<T>::Sgd(std::vector<ad::Parameter<T>*> params, SgdOptions opt) : Optimizer<T>(std::move(params), opt.lr), opt_(opt) {
+  if (opt_.momentum != 0.0) velocity_ = zeros_like(this->params_);
+}
+
+template <class T>
+void Sgd<T>::step() {
+  const T lr = static_cast<T>(this->lr_), mu = static_cast<T>(opt_.momentum), wd = static_cast<T>(opt_.weight_decay);
+  for (std::size_t k = 0; k < this->params_.size(); ++k) {
+    ad::Parameter<T>& p = *this->params_[k];
+    T* w = p.value.data();
+    const T* g = p.grad.data();
+    const std::size_t n = p.value.size();
+    if (mu == T(0)) {
+      for (std::size_t i = 0; i < n; ++i) w[i] -= lr * (g[i] + wd * w[i]);  // K := K - alpha dJ/dK
+      continue;
+    }
+    float* v = velocity_[k].data();
+    for (std::size_t i = 0; i < n; ++i) {
+      const T gi = g[i] + wd * w[i];
+      const T vi = mu * static_cast<T>(v[i]) + gi;
+      v[i] = static_cast<float>(vi);
+      w[i] -= lr * (opt_.nesterov ? gi + mu * vi : vi);
+    }
+  }
+}
+
+template <class T>
+std::vector<NamedTensor> Sgd<T>::state(const std::string& prefix) const {
+  return velocity_.empty() ? std::vector<NamedTensor>{} : named(this->params_, prefix, "velocity", velocity_);
+}
+
+template <class T>
+std::vector<std::pair<std::string, xt::xarray<float>*>> Sgd<T>::state_refs(const std::string& prefix) {
+  std::vector<std::pair<std::string, xt::xarray<float>*>> out;
+  if (!velocity_.empty()) refs(out, this->params_, prefix, "velocity", velocity_);
+  return out;
+}
+
+template <class T>
+Adam<T>::Adam(std::vector<ad::Parameter<T>*> params, AdamOptions opt)
+    : Optimizer<T>(std::move(params), opt.lr), opt_(opt) {
+  m_ = zeros_like(this->params_);
+  v_ = zeros_like(this->params_);
+}
+
+template <class T>
+void Adam<T>::step() {
+  const double t = static_cast<double>(t_(0)) + 1.0;
+  t_(0) = static_cast<float>(t);
+  const T b1 = static_cast<T>(opt_.beta1), b2 = static_cast<T>(opt_.beta2), wd = static_cast<T>(opt_.weight_decay);
+  const T c1 = static_cast<T>(1.0 - std::pow(opt_.beta1, t)), c2 = static_cast<T>(1.0 - std::pow(opt_.beta2, t));
+  const T lr = static_cast<T>(this->lr_), eps = static_cast<T>(opt_.eps);
+  for (std::size_t k = 0; k < this->params_.size(); ++k) {
+    ad::Parameter<T>& p = *this->params_[k];
+    T* w = p.value.data();
+    const T* g = p.grad.data();
+    float* m = m_[k].data();
+    float* v = v_[k].data();
+    for (std::size_t i = 0; i < p.value.size(); ++i) {
+      const T gi = g[i] + wd * w[i];
+      const T mi = b1 * static_cast<T>(m[i]) + (T(1) - b1) * gi;
+      const T vi = b2 * static_cast<T>(v[i]) + (T(1) - b2) * gi * gi;
+      m[i] = static_cast<float>(mi);
+      v[i] = static_cast<float>(vi);
+      w[i] -= lr * (mi / c1) / (std::sqrt(vi / c2) + eps);
+    }
+  }
+}
+
+template <class T>
+std::vector<NamedTensor> Adam<T>::state(const std::string& prefix) const {
+  std::vector<NamedTensor> out = named(this->params_, prefix, "m", m_);
+  for (auto& nt : named(this->params_, prefix, "v", v_)) out.push_back(std::move(nt));
+  out.push_back({prefix + "step", t_});
+  return out;
+}
+
+template <class T>
+std::vector<std::pair<std::string, xt::xarray<float>*>> Adam<T>::state_refs(const std::string& prefix) {
+  std::vector<std::pair<std::string, xt::xarray<float>*>> out;
+  refs(out, this->params_, prefix, "m", m_);
+  refs(out, this->params_, prefix, "v", v_);
+  out.emplace_back(prefix + "step", &t_);
+  return out;
+}
+
+double scheduled_lr(const std::string& schedule, double lr, double epoch, int epochs) {
+  if (schedule == "constant") return lr;
+  if (schedule == "cosine") return 0.5 * lr * (1.0 + std::cos(std::numbers::pi * epoch / std::max(epochs, 1)));
+  if (schedule == "step") return lr * std::pow(0.1, std::floor(epoch / 3));
+  throw std::invalid_argument("unknown learning-rate schedule '" + schedule + "' (constant, cosine, step)");
+}
+
+template class Optimizer<float>;
+template class Optimizer<double>;
+template class Sgd<float>;
+template class Sgd<double>;
+template class Adam<float>;
+template class Adam<double>;
+
+}  // namespace nn

@@ -1,0 +1,120 @@
+// Training loop parts.
+#include "nn/train.hpp"
+
+#include <chrono>
+
+namespace nn {
+
+namespace {
+
+// Correct predictions in logits (N, K) against labels.
+template <class T>
+std::size_t count_correct(const ad::Tensor<T>& logits, const std::vector<int>& labels) {
+  const std::size_t N = logits.shape()[0], K = logits.shape()[1];
+  std::size_t correct = 0;
+  for (std::size_t n = 0; n < N; ++n) {
+    const T* row = logits.data() + n * K;
+    const std::size_t best = static_cast<std::size_t>(std::max_element(row, row + K) - row);
+    correct += static_cast<int>(best) == labels[n];
+  }
+  return correct;
+}
+
+}  // namespace
+
+template <class T>
+EpochStats train_epoch(Sequential<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
+                       const ProgressFn& progress, const std::function<double(double)>& lr_at) {
+  const auto t0 = std::chrono::steady_clock::now();
+  EpochStats s;
+  ad::Tensor<T> images;
+  std::vector<int> labels;
+  double loss_sum = 0;
+  std::size_t correct = 0;
+  while (batches.next(images, labels)) {
+    if (lr_at) opt.set_lr(lr_at(static_cast<double>(s.images) / static_cast<double>(batches.size())));
+    tape.reset();
+    const Value logits = model.forward(tape, tape.input(images, "images"));
+    const Value loss = tape.set_label(ad::softmax_cross_entropy(tape, logits, labels), "loss");
+    opt.zero_grad();
+    tape.backward(loss);
+    opt.step();
+    loss_sum += static_cast<double>(tape.value(loss)()) * static_cast<double>(labels.size());
+    correct += count_correct(tape.value(logits), labels);
+    s.images += labels.size();
+    if (progress) progress(s.images, loss_sum / static_cast<double>(s.images));
+  }
+  s.loss = s.images ? loss_sum / static_cast<double>(s.images) : 0.0;
+  s.accuracy = s.images ? static_cast<double>(correct) / static_cast<double>(s.images) : 0.0;
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
+}
+
+template <class T>
+EpochStats evaluate(Sequential<T>& model, const Dataset& data, std::size_t batch, ad::Tape<T>& tape) {
+  const auto t0 = std::chrono::steady_clock::now();
+  BatchIterator it(data, batch, /*shuffle=*/false, /*seed=*/0);
+  EpochStats s;
+  ad::Tensor<T> images;
+  std::vector<int> labels;
+  double loss_sum = 0;
+  std::size_t correct = 0;
+  ad::NoGradGuard guard(tape);
+  while (it.next(images, labels)) {
+    tape.reset();
+    const Value logits = model.forward(tape, tape.input(images));
+    const Value loss = ad::softmax_cross_entropy(tape, logits, labels);
+    loss_sum += static_cast<double>(tape.value(loss)()) * static_cast<double>(labels.size());
+    correct += count_correct(tape.value(logits), labels);
+    s.images += labels.size();
+  }
+  s.loss = s.images ? loss_sum / static_cast<double>(s.images) : 0.0;
+  s.accuracy = s.images ? static_cast<double>(correct) / static_cast<double>(s.images) : 0.0;
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
+}
+
+template <class T>
+void save_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, int epochs_done,
+                const std::string& tag) {
+  std::vector<NamedTensor> ts;
+  for (auto* p : model.parameters()) ts.push_back({p->name, xt::cast<float>(p->value)});
+  for (auto& s : opt.state("optim.")) ts.push_back(std::move(s));
+  ts.push_back({"meta.epochs", xt::xarray<float>({static_cast<float>(epochs_done)})});
+  save_checkpoint(path, ts, tag);
+}
+
+template <class T>
+int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, const std::string& tag) {
+  // Load into float staging tensors of the model's shapes, then copy: nothing in the
+  // model changes unless load_checkpoint_into accepted the whole file.
+  std::vector<std::pair<std::string, xt::xarray<float>*>> expected;
+  std::vector<xt::xarray<float>> staging;
+  const auto params = model.parameters();
+  staging.reserve(params.size());
+  for (auto* p : params) staging.push_back(xt::zeros<float>(p->value.shape()));
+  for (std::size_t i = 0; i < params.size(); ++i) expected.emplace_back(params[i]->name, &staging[i]);
+  std::vector<xt::xarray<float>> opt_staging;
+  auto opt_refs = opt.state_refs("optim.");
+  opt_staging.reserve(opt_refs.size());
+  for (auto& [name, t] : opt_refs) opt_staging.push_back(*t);
+  for (std::size_t i = 0; i < opt_refs.size(); ++i) expected.emplace_back(opt_refs[i].first, &opt_staging[i]);
+  xt::xarray<float> epochs = xt::zeros<float>({1});
+  expected.emplace_back("meta.epochs", &epochs);
+  load_checkpoint_into(path, expected, tag);
+  for (std::size_t i = 0; i < params.size(); ++i) params[i]->value = xt::cast<T>(staging[i]);
+  for (std::size_t i = 0; i < opt_refs.size(); ++i) *opt_refs[i].second = opt_staging[i];
+  return static_cast<int>(epochs(0));
+}
+
+#define NN_INSTANTIATE(T)                                                                                      \
+  template EpochStats train_epoch<T>(Sequential<T>&, Optimizer<T>&, BatchIterator&, ad::Tape<T>&,             \
+                                     const ProgressFn&, const std::function<double(double)>&);                \
+  template EpochStats evaluate<T>(Sequential<T>&, const Dataset&, std::size_t, ad::Tape<T>&);                 \
+  template void save_model<T>(const std::string&, Sequential<T>&, Optimizer<T>&, int, const std::string&);    \
+  template int load_model<T>(const std::string&, Sequential<T>&, Optimizer<T>&, const std::string&);
+NN_INSTANTIATE(float)
+NN_INSTANTIATE(double)
+#undef NN_INSTANTIATE
+
+}  // namespace nn

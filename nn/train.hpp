@@ -1,0 +1,45 @@
+// The training loop's parts: one epoch of SGD-style training, evaluation, and
+// model checkpoints (parameters + optimizer state + epoch).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "nn/data.hpp"
+#include "nn/layers.hpp"
+#include "nn/optim.hpp"
+
+namespace nn {
+
+struct EpochStats {
+  double loss = 0;      // mean training loss over the epoch's images
+  double accuracy = 0;  // training accuracy over the epoch's images
+  std::size_t images = 0;
+  double seconds = 0;
+};
+
+// Called after every batch: images seen so far this epoch, running mean loss.
+using ProgressFn = std::function<void(std::size_t images_done, double running_loss)>;
+
+// One pass over `batches` (start_epoch must have been called): forward, softmax
+// cross-entropy, backward, optimizer step; the tape is reset and reused each step.
+// `lr_at` (optional) gives the learning rate for each step's fraction of the epoch.
+template <class T>
+EpochStats train_epoch(Sequential<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
+                       const ProgressFn& progress = {}, const std::function<double(double)>& lr_at = {});
+
+// Accuracy and mean loss on a whole dataset, in batches, recording nothing.
+template <class T>
+EpochStats evaluate(Sequential<T>& model, const Dataset& data, std::size_t batch, ad::Tape<T>& tape);
+
+// Checkpoints: every parameter (by name), the optimizer state ("optim.*") and the
+// number of completed epochs ("meta.epochs"), tagged with the architecture.
+template <class T>
+void save_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, int epochs_done,
+                const std::string& tag);
+// Loads into model and optimizer after verifying tag, names, shapes and checksum;
+// returns the epochs completed. Nothing changes unless everything matches.
+template <class T>
+int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, const std::string& tag);
+
+}  // namespace nn

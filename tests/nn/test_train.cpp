@@ -1,0 +1,241 @@
+// nn: layers, the CNN, optimizers against hand-computed updates, a training smoke
+// test on a generated fixture, and model checkpoints.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+
+#include "autodiff/gradcheck.hpp"
+#include "nn/train.hpp"
+
+namespace nn {
+namespace {
+
+// A small generated dataset: 12x12 images, class k has a bright 4x4 square in one
+// of 4 quadrants plus noise. Learnable in a few epochs by a tiny CNN.
+Dataset quadrant_fixture(std::size_t count, uint64_t seed) {
+  Dataset d;
+  d.count = count, d.rows = 12, d.cols = 12, d.num_classes = 4;
+  d.images.resize(count * 144);
+  d.labels.resize(count);
+  std::mt19937_64 rng(seed);
+  for (std::size_t n = 0; n < count; ++n) {
+    const int k = static_cast<int>(rng() % 4);
+    d.labels[n] = static_cast<uint8_t>(k);
+    for (std::size_t i = 0; i < 144; ++i) d.images[n * 144 + i] = static_cast<uint8_t>(rng() % 60);
+    const std::size_t r0 = (k / 2) * 6 + 1 + rng() % 2, c0 = (k % 2) * 6 + 1 + rng() % 2;
+    for (std::size_t r = r0; r < r0 + 4; ++r)
+      for (std::size_t c = c0; c < c0 + 4; ++c) d.images[n * 144 + r * 12 + c] = 220;
+  }
+  return d;
+}
+
+CnnConfig tiny_cnn() {
+  CnnConfig c;
+  c.height = c.width = 12;
+  c.channels = {4, 8};
+  c.kernel = 3, c.padding = 1;
+  c.classes = 4;
+  return c;
+}
+
+TEST(Cnn, RefCnnHasTheDocumentedShapes) {
+  Sequential<float> m = make_cnn<float>(CnnConfig{}, 1);
+  const auto ps = m.parameters();
+  ASSERT_EQ(ps.size(), 6u);
+  EXPECT_EQ(ps[0]->name, "conv1.weight");
+  EXPECT_EQ(ad::to_shape(ps[0]->value.shape()), (ad::Shape{16, 1, 5, 5}));
+  EXPECT_EQ(ad::to_shape(ps[2]->value.shape()), (ad::Shape{32, 16, 5, 5}));
+  EXPECT_EQ(ad::to_shape(ps[4]->value.shape()), (ad::Shape{1568, 10}));  // flatten 32*7*7, W^[3] layout
+  EXPECT_EQ(CnnConfig{}.tag(), "cnn(1x28x28,c16-32,k5p2s1,max2/2,relu,10)");
+  ad::Tape<float> t;
+  const ad::Value y = m.forward(t, t.input(xt::zeros<float>({3, 1, 28, 28})));
+  EXPECT_EQ(t.shape(y), (ad::Shape{3, 10}));
+  EXPECT_EQ(t.nodes()[t.nodes().size() - 1].label, "fc3");
+}
+
+TEST(Cnn, InitialisationIsSeeded) {
+  auto a = make_cnn<float>(CnnConfig{}, 7), b = make_cnn<float>(CnnConfig{}, 7), c = make_cnn<float>(CnnConfig{}, 8);
+  EXPECT_EQ(a.parameters()[0]->value, b.parameters()[0]->value);
+  EXPECT_NE(a.parameters()[0]->value, c.parameters()[0]->value);
+}
+
+TEST(Cnn, RejectsAConfigurationThatDoesNotFit) {
+  CnnConfig c = tiny_cnn();
+  c.kernel = 9, c.padding = 0;  // 12 -> 4 -> pool 2 -> 9x9 kernel on 2x2
+  EXPECT_THROW(make_cnn<float>(c, 1), ad::ShapeError);
+}
+
+TEST(Cnn, WholeModelGradientMatchesFiniteDifferencesInDouble) {
+  for (Activation act : {Activation::Relu, Activation::Tanh}) {
+    CnnConfig c = tiny_cnn();
+    c.height = c.width = 8;
+    c.channels = {2, 3};
+    c.activation = act;
+    c.pool = act == Activation::Tanh ? PoolKind::Avg : PoolKind::Max;
+    Sequential<double> m = make_cnn<double>(c, 3);
+    const auto ps = m.parameters();
+    std::mt19937_64 rng(5);
+    std::normal_distribution<double> nd;
+    ad::Tensor<double> x = xt::zeros<double>({2, 1, 8, 8});
+    for (double& e : x) e = nd(rng);
+    // The layers' parameters are the leaves: backward fills p->grad; compare each
+    // element with central differences of the loss.
+    ad::Tape<double> t;
+    const ad::Value loss = ad::softmax_cross_entropy(t, m.forward(t, t.input(x)), {1, 3});
+    t.backward(loss);
+    // Central differences on every parameter element against p->grad.
+    double worst = 0;
+    for (auto* p : ps)
+      for (std::size_t i = 0; i < p->value.size(); ++i) {
+        const double orig = p->value.data()[i], eps = 1e-6;
+        auto J = [&] {
+          ad::Tape<double> u;
+          ad::NoGradGuard g(u);
+          return u.value(ad::softmax_cross_entropy(u, m.forward(u, u.input(x)), {1, 3}))();
+        };
+        p->value.data()[i] = orig + eps;
+        const double jp = J();
+        p->value.data()[i] = orig - eps;
+        const double jm = J();
+        p->value.data()[i] = orig;
+        const double num = (jp - jm) / (2 * eps), ana = p->grad.data()[i];
+        EXPECT_LE(std::abs(num - ana), 1e-5 + 1e-3 * std::abs(num)) << p->name << "[" << i << "] " << to_string(act);
+        worst = std::max(worst, std::abs(num - ana));
+      }
+    EXPECT_LT(worst, 1e-6);
+  }
+}
+
+std::vector<ad::Parameter<double>*> one_param(ad::Parameter<double>& p) { return {&p}; }
+
+TEST(Optimizer, SgdIsTheDocumentsUpdate) {
+  ad::Parameter<double> p("k", ad::Tensor<double>{1.0, -2.0});
+  p.grad = ad::Tensor<double>{0.5, 4.0};
+  Sgd<double> opt(one_param(p), {.lr = 0.1});
+  opt.step();  // K := K - alpha dJ/dK
+  EXPECT_DOUBLE_EQ(p.value(0), 1.0 - 0.1 * 0.5);
+  EXPECT_DOUBLE_EQ(p.value(1), -2.0 - 0.1 * 4.0);
+}
+
+TEST(Optimizer, MomentumAndNesterovMatchHandComputedSteps) {
+  for (bool nesterov : {false, true}) {
+    ad::Parameter<double> p("w", ad::Tensor<double>{1.0});
+    Sgd<double> opt(one_param(p), {.lr = 0.1, .momentum = 0.9, .nesterov = nesterov, .weight_decay = 0.01});
+    // step 1: g = 2 + 0.01*1 = 2.01, v = 2.01
+    p.grad = ad::Tensor<double>{2.0};
+    opt.step();
+    const double v1 = 2.01, w1 = 1.0 - 0.1 * (nesterov ? 2.01 + 0.9 * v1 : v1);
+    EXPECT_NEAR(p.value(0), w1, 1e-7);
+    // step 2: g = -1 + 0.01*w1, v = 0.9 v1 + g
+    p.grad = ad::Tensor<double>{-1.0};
+    opt.step();
+    const double g2 = -1.0 + 0.01 * w1, v2 = 0.9 * v1 + g2;
+    EXPECT_NEAR(p.value(0), w1 - 0.1 * (nesterov ? g2 + 0.9 * v2 : v2), 1e-6);
+  }
+}
+
+TEST(Optimizer, AdamMatchesHandComputedSteps) {
+  ad::Parameter<double> p("w", ad::Tensor<double>{0.5});
+  Adam<double> opt(one_param(p), {.lr = 0.01});
+  // t=1: m = 0.1 g, v = 0.001 g^2, mhat = g, vhat = g^2 -> step lr * g/|g| (eps aside)
+  p.grad = ad::Tensor<double>{3.0};
+  opt.step();
+  EXPECT_NEAR(p.value(0), 0.5 - 0.01 * 3.0 / (3.0 + 1e-8), 1e-7);
+  // t=2 with g = -1
+  p.grad = ad::Tensor<double>{-1.0};
+  opt.step();
+  const double m = 0.9 * 0.3 + 0.1 * -1.0, v = 0.999 * 0.009 + 0.001 * 1.0;
+  const double mhat = m / (1 - 0.81), vhat = v / (1 - 0.999 * 0.999);
+  EXPECT_NEAR(p.value(0), 0.5 - 0.01 * 3.0 / (3.0 + 1e-8) - 0.01 * mhat / (std::sqrt(vhat) + 1e-8), 1e-6);
+}
+
+TEST(Optimizer, SchedulesFollowTheirFormulas) {
+  EXPECT_DOUBLE_EQ(scheduled_lr("constant", 0.1, 2.5, 5), 0.1);
+  EXPECT_DOUBLE_EQ(scheduled_lr("cosine", 0.1, 0.0, 5), 0.1);
+  EXPECT_NEAR(scheduled_lr("cosine", 0.1, 2.5, 5), 0.05, 1e-15);
+  EXPECT_NEAR(scheduled_lr("step", 0.1, 3.2, 9), 0.01, 1e-15);
+  EXPECT_THROW(scheduled_lr("warp", 0.1, 0, 1), std::invalid_argument);
+}
+
+TEST(Training, LossFallsOnTheFixture) {
+  const Dataset d = quadrant_fixture(256, 1);
+  Sequential<float> m = make_cnn<float>(tiny_cnn(), 2);
+  Adam<float> opt(m.parameters(), {.lr = 3e-3});
+  BatchIterator it(d, 32, true, 3);
+  ad::Tape<float> tape;
+  std::vector<double> losses;
+  for (int e = 0; e < 8; ++e) {
+    it.start_epoch(static_cast<uint64_t>(e));
+    losses.push_back(train_epoch(m, opt, it, tape).loss);
+  }
+  EXPECT_LT(losses.back(), 0.5 * losses.front()) << "losses " << losses.front() << " -> " << losses.back();
+  EXPECT_GT(evaluate(m, d, 100, tape).accuracy, 0.9);
+}
+
+TEST(Training, OneBatchOverfitsToFullAccuracy) {
+  Dataset d = quadrant_fixture(32, 4);
+  std::mt19937_64 rng(9);
+  for (auto& l : d.labels) l = static_cast<uint8_t>(rng() % 4);  // random labels: memorisation only
+  Sequential<float> m = make_cnn<float>(tiny_cnn(), 5);
+  Adam<float> opt(m.parameters(), {.lr = 1e-2});
+  BatchIterator it(d, 32, false, 0);
+  ad::Tape<float> tape;
+  for (int e = 0; e < 100; ++e) {
+    it.start_epoch(0);
+    train_epoch(m, opt, it, tape);
+  }
+  EXPECT_EQ(evaluate(m, d, 32, tape).accuracy, 1.0);
+}
+
+struct TempDir {
+  std::filesystem::path p;
+  TempDir() : p(std::filesystem::temp_directory_path() / ("nn_train_" + std::to_string(::getpid()))) {
+    std::filesystem::create_directories(p);
+  }
+  ~TempDir() { std::filesystem::remove_all(p); }
+};
+
+TEST(Checkpoint, ModelAndOptimizerRoundTripAndResumeIdentically) {
+  TempDir dir;
+  const std::string path = (dir.p / "m.ckpt").string();
+  const Dataset d = quadrant_fixture(64, 1);
+  // Run A: 2 epochs straight. Run B: 1 epoch, save, load into a fresh model, 1 more.
+  auto make = [] { return make_cnn<float>(tiny_cnn(), 11); };
+  Sequential<float> a = make();
+  Adam<float> oa(a.parameters(), {});
+  ad::Tape<float> tape;
+  BatchIterator ia(d, 16, true, 1);
+  for (int e = 0; e < 2; ++e) ia.start_epoch(e), train_epoch(a, oa, ia, tape);
+
+  Sequential<float> b = make();
+  Adam<float> ob(b.parameters(), {});
+  BatchIterator ib(d, 16, true, 1);
+  ib.start_epoch(0), train_epoch(b, ob, ib, tape);
+  save_model(path, b, ob, 1, tiny_cnn().tag());
+  Sequential<float> c = make();
+  Adam<float> oc(c.parameters(), {});
+  EXPECT_EQ(load_model(path, c, oc, tiny_cnn().tag()), 1);
+  ib.start_epoch(1), train_epoch(c, oc, ib, tape);
+  for (std::size_t i = 0; i < a.parameters().size(); ++i)
+    EXPECT_EQ(a.parameters()[i]->value, c.parameters()[i]->value) << a.parameters()[i]->name;
+}
+
+TEST(Checkpoint, RefusesAnotherArchitectureAndLeavesTheModelUntouched) {
+  TempDir dir;
+  const std::string path = (dir.p / "m.ckpt").string();
+  Sequential<float> m = make_cnn<float>(tiny_cnn(), 1);
+  Sgd<float> o(m.parameters(), {});
+  save_model(path, m, o, 3, tiny_cnn().tag());
+  CnnConfig other = tiny_cnn();
+  other.channels = {4, 6};
+  Sequential<float> n = make_cnn<float>(other, 2);
+  Sgd<float> on(n.parameters(), {});
+  const auto before = n.parameters()[0]->value;
+  EXPECT_THROW(load_model(path, n, on, other.tag()), CheckpointError);
+  EXPECT_THROW(load_model(path, n, on, tiny_cnn().tag()), CheckpointError);  // right tag, wrong shapes
+  EXPECT_EQ(n.parameters()[0]->value, before);
+}
+
+}  // namespace
+}  // namespace nn
