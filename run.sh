@@ -30,12 +30,13 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 }
 
-# build <dir> <build type> [cmake flags...]
+# build <dir> <build type> [target...]: configure once, then build the targets (all if none).
 build() {
-  local dir=$1 type=$2
+  local dir=$1 type=$2 t targets=()
   shift 2
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
-  cmake --build "$dir" -j2
+  for t in "$@"; do targets+=(--target "$t"); done
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" >/dev/null
+  cmake --build "$dir" -j2 "${targets[@]}"
 }
 
 cmd=${1:-help}
@@ -48,7 +49,8 @@ case "$cmd" in
     ;;
   train)
     ensure_packages "${BASE_PACKAGES[@]}" dataset-fashion-mnist
-    build build/release Release -DAD_BUILD_TESTS=OFF >/dev/null
+    echo "run.sh: building examples/train_cnn in build/release (the first build takes a minute or two)" >&2
+    build build/release Release train_cnn >/dev/null
     exec build/release/examples/train_cnn "$@"
     ;;
   help | -h | --help)
