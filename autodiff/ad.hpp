@@ -1,6 +1,7 @@
-// Everything a user needs: the tape, every op family, and gradcheck.
+// Everything a user needs: the tape, every op family, gradcheck, and custom ops.
 #pragma once
 
+#include "autodiff/custom.hpp"
 #include "autodiff/gradcheck.hpp"
 #include "autodiff/tape.hpp"
 #include "ops/activation.hpp"

@@ -1,6 +1,9 @@
 // The reverse loop's dispatch: one `switch` over the op kind that calls the op's
 // named VJP with the node's saved data (see the VJP contract in autodiff/tape.hpp).
 // A debugger can `break conv2d_vjp` and walk up one frame to see the node.
+// User-defined ops (OpKind::Custom) go through their CustomOp's virtual vjp; the
+// built-in ops never do.
+#include "autodiff/custom.hpp"
 #include "ops/activation.hpp"
 #include "ops/conv2d.hpp"
 #include "ops/elementwise.hpp"
@@ -75,6 +78,18 @@ void Tape<T>::dispatch_vjp(const Node<T>& node) {
     case OpKind::Mse:
       mse_vjp(g, x0(), x1(), grad_buffer(in0), grad_buffer(in1));
       break;
+    case OpKind::Custom: {
+      std::array<const Tensor<T>*, 3> xs{};
+      std::array<Tensor<T>*, 3> grads{};
+      const std::size_t n = static_cast<std::size_t>(node.num_inputs());
+      for (std::size_t i = 0; i < n; ++i) {
+        xs[i] = &value(Value{node.inputs[i]});
+        grads[i] = grad_buffer(Value{node.inputs[i]});
+      }
+      custom_vjp(custom_op(node.custom), g, std::span<const Tensor<T>* const>(xs.data(), n),
+                 value(Value{node.output}), std::span<Tensor<T>* const>(grads.data(), n));
+      break;
+    }
   }
 }
 

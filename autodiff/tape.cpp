@@ -1,10 +1,68 @@
-// The tape: slots, node recording, buffer reuse between steps, and the reverse loop.
-// The per-op dispatch of the reverse loop is in autodiff/backward.cpp.
+// The tape: slots, node recording, buffer reuse between steps, the reverse loop (run
+// whole or one node at a time), gradient hooks and anomaly checks. The per-op
+// dispatch of the reverse loop is in autodiff/backward.cpp.
 #include "autodiff/tape.hpp"
 
 #include <algorithm>
+#include <cmath>
+
+#include "autodiff/custom.hpp"
 
 namespace ad {
+
+namespace {
+
+// Counts of non-finite elements in a tensor and where the first one is.
+struct NonFinite {
+  std::size_t nan = 0, inf = 0, first = 0;
+  double first_value = 0;
+  bool any() const { return nan + inf > 0; }
+};
+
+template <class T>
+NonFinite scan_non_finite(const Tensor<T>& t) {
+  NonFinite r;
+  const T* p = t.data();
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    if (std::isfinite(p[i])) continue;
+    if (!r.any()) r.first = i, r.first_value = static_cast<double>(p[i]);
+    if (std::isnan(p[i])) ++r.nan;
+    else ++r.inf;
+  }
+  return r;
+}
+
+// "[0,3,1,2]": the row-major multi-index of flat element i of a tensor of shape s.
+template <class S>
+std::string index_str(const S& s, std::size_t i) {
+  std::vector<std::size_t> idx(s.size());
+  for (std::size_t d = s.size(); d-- > 0;) {
+    idx[d] = s[d] ? i % s[d] : 0;
+    i = s[d] ? i / s[d] : 0;
+  }
+  return fmt::format("[{}]", fmt::join(idx, ","));
+}
+
+// `#7 max_pool2d "conv1.pool" (recorded at model.cpp:42)`
+template <class T>
+std::string describe(const Tape<T>& tape, const Node<T>& node, std::size_t index) {
+  return fmt::format("node #{} {}{} (recorded at {}:{})", index, node_op_name(tape, node),
+                     node.label.empty() ? std::string() : fmt::format(" \"{}\"", node.label), node.where.basename(),
+                     node.where.line);
+}
+
+template <class T>
+AnomalyError anomaly(const Tape<T>& tape, const Node<T>& node, std::size_t index, std::string what, bool backward) {
+  AnomalyError e(std::move(what));
+  e.node = static_cast<int>(index);
+  e.op = node_op_name(tape, node);
+  e.label = node.label;
+  e.where = fmt::format("{}:{}", node.where.basename(), node.where.line);
+  e.in_backward = backward;
+  return e;
+}
+
+}  // namespace
 
 std::string_view op_name(OpKind op) {
   switch (op) {
@@ -28,8 +86,16 @@ std::string_view op_name(OpKind op) {
     case OpKind::Mean: return "mean";
     case OpKind::SoftmaxCrossEntropy: return "softmax_cross_entropy";
     case OpKind::Mse: return "mse";
+    case OpKind::Custom: return "custom";
   }
   return "?";
+}
+
+template <class T>
+std::string node_op_name(const Tape<T>& tape, const Node<T>& node) {
+  if (node.op == OpKind::Custom && node.custom >= 0 && static_cast<std::size_t>(node.custom) < tape.num_custom_ops())
+    return tape.custom_op(node.custom).name();
+  return std::string(op_name(node.op));
 }
 
 template <class T>
@@ -82,6 +148,7 @@ bool Tape<T>::any_requires_grad(std::initializer_list<Value> vs) const {
 
 template <class T>
 Value Tape<T>::new_value(const Shape& shape, bool requires_grad) {
+  if (anomaly_) check_forward();  // the previous op has finished writing its result
   Slot<T>& s = slots_.emplace_back();
   if (next_data_ < spare_data_.size()) s.data = std::move(spare_data_[next_data_++]);
   if (next_grad_ < spare_grad_.size()) s.grad = std::move(spare_grad_[next_grad_++]);
@@ -112,6 +179,7 @@ template <class T>
 Node<T>* Tape<T>::record(OpKind op, std::array<Value, 3> inputs, Value out, const Attrs& attrs,
                          const std::source_location& loc) {
   if (!grad_enabled_) return nullptr;
+  if (anomaly_) check_forward();
   Node<T>& n = nodes_.emplace_back();
   n.op = op;
   for (std::size_t i = 0; i < 3; ++i) n.inputs[i] = inputs[i].id;
@@ -153,6 +221,10 @@ void Tape<T>::reset() {
   slots_.clear();
   nodes_.clear();
   consumed_ = false;
+  cursor_ = -1;
+  checked_ = 0;
+  hooks_.clear();
+  custom_ops_.clear();
 }
 
 template <class T>
@@ -163,6 +235,7 @@ Tensor<T>* Tape<T>::grad_buffer(Value v) {
   if (s.param) {
     Parameter<T>& p = *s.param;
     if (p.grad.shape() != p.value.shape()) p.zero_grad();
+    s.grad_ready = true;
     return &p.grad;
   }
   if (!s.grad_ready) {
@@ -175,27 +248,41 @@ Tensor<T>* Tape<T>::grad_buffer(Value v) {
 
 template <class T>
 void Tape<T>::backward(Value loss, BackwardOptions opt) {
+  backward_begin(loss, opt);
+  while (backward_step() >= 0) {
+  }
+}
+
+template <class T>
+void Tape<T>::backward(Value out, const Tensor<T>& seed, BackwardOptions opt) {
+  backward_begin(out, seed, opt);
+  while (backward_step() >= 0) {
+  }
+}
+
+template <class T>
+void Tape<T>::backward_begin(Value loss, BackwardOptions opt) {
   const Tensor<T>& y = value(loss);
   if (y.size() != 1)
     throw TapeError(fmt::format("backward: value #{} has shape {}; backward(v) needs a scalar, pass a "
                                 "seed gradient for other shapes",
                                 loss.id, shape_str(y.shape())));
   Tensor<T> seed = xt::ones<T>(y.shape());
-  run_backward(loss, seed, opt);
+  start_backward(loss, seed, opt);
 }
 
 template <class T>
-void Tape<T>::backward(Value out, const Tensor<T>& seed, BackwardOptions opt) {
+void Tape<T>::backward_begin(Value out, const Tensor<T>& seed, BackwardOptions opt) {
   const Tensor<T>& y = value(out);
   if (seed.shape() != y.shape())
     throw ShapeError(fmt::format("backward: seed gradient {} and value #{} {} disagree in shape (they "
                                  "must be equal)",
                                  shape_str(seed.shape()), out.id, shape_str(y.shape())));
-  run_backward(out, seed, opt);
+  start_backward(out, seed, opt);
 }
 
 template <class T>
-void Tape<T>::run_backward(Value out, const Tensor<T>& seed, BackwardOptions opt) {
+void Tape<T>::start_backward(Value out, const Tensor<T>& seed, BackwardOptions opt) {
   if (consumed_)
     throw TapeError(
         "backward: this tape was already used by a backward() without retain_graph; running it "
@@ -205,20 +292,155 @@ void Tape<T>::run_backward(Value out, const Tensor<T>& seed, BackwardOptions opt
     throw TapeError(fmt::format("backward: value #{} does not depend on any parameter (or was made "
                                 "under NoGradGuard); there is nothing to differentiate",
                                 out.id));
+  if (anomaly_) {
+    check_forward();
+    if (const NonFinite bad = scan_non_finite(seed); bad.any()) {
+      AnomalyError e(fmt::format("anomaly: the seed gradient of backward holds {} NaN and {} infinite values; "
+                                 "the first at {} = {}",
+                                 bad.nan, bad.inf, index_str(seed.shape(), bad.first), bad.first_value));
+      e.in_backward = true;
+      throw e;
+    }
+  }
+  // From here on the pass adds into gradients: running it again needs retain_graph,
+  // even if this one is abandoned half-way through (stepping) or stopped by an error.
+  consumed_ = !opt.retain_graph;
   for (Slot<T>& s : slots_) s.grad_ready = false;
   Tensor<T>* g = grad_buffer(out);
   for (std::size_t i = 0; i < seed.size(); ++i) g->data()[i] += seed.data()[i];
-  // One reverse pass: a node runs only if its output needs a gradient and received one.
-  for (std::size_t i = nodes_.size(); i-- > 0;) {
-    const Node<T>& n = nodes_[i];
-    const Slot<T>& o = slots_[static_cast<std::size_t>(n.output)];
-    if (!o.requires_grad || o.param || !o.grad_ready) continue;
-    dispatch_vjp(n);
+  advance_cursor(static_cast<int>(nodes_.size()));
+}
+
+template <class T>
+void Tape<T>::advance_cursor(int from) {
+  // A node has work if its output needs a gradient and received one in this pass.
+  // Every consumer of a value comes after its producer, so by the time the loop
+  // reaches a node its output's gradient is complete.
+  int i = from - 1;
+  for (; i >= 0; --i) {
+    const Slot<T>& o = slots_[static_cast<std::size_t>(nodes_[static_cast<std::size_t>(i)].output)];
+    if (o.requires_grad && o.grad_ready) break;
   }
-  consumed_ = !opt.retain_graph;
+  cursor_ = i;
+}
+
+// The one reverse loop: backward() calls this until it returns -1.
+template <class T>
+int Tape<T>::backward_step() {
+  const int i = cursor_;
+  if (i < 0) return -1;
+  try {
+    run_node(i);
+  } catch (...) {
+    cursor_ = -1;  // the pass cannot resume past a failed node
+    throw;
+  }
+  advance_cursor(i);
+  return i;
+}
+
+template <class T>
+void Tape<T>::run_node(int index) {
+  const Node<T>& node = nodes_[static_cast<std::size_t>(index)];
+  if (!hooks_.empty()) run_hooks(node);
+  dispatch_vjp(node);
+  if (anomaly_) check_backward(node, index);
+}
+
+template <class T>
+void Tape<T>::add_hook(Value v, GradHook hook) {
+  const Slot<T>& s = slot(v);
+  if (!s.requires_grad)
+    throw TapeError(fmt::format("add_hook: value #{} has no gradient (no parameter flows into it), so its "
+                                "hook would never run",
+                                v.id));
+  if (!hook) throw TapeError(fmt::format("add_hook: the hook for value #{} is empty", v.id));
+  hooks_.emplace_back(v.id, std::move(hook));
+}
+
+template <class T>
+void Tape<T>::run_hooks(const Node<T>& node) {
+  Slot<T>& s = slots_[static_cast<std::size_t>(node.output)];
+  Tensor<T>& g = s.param ? s.param->grad : s.grad;
+  for (auto& [id, hook] : hooks_) {
+    if (id != node.output) continue;
+    const Shape before = to_shape(g.shape());
+    hook(g);
+    if (to_shape(g.shape()) != before)
+      throw TapeError(fmt::format("gradient hook on value #{}: the hook changed the gradient's shape from {} to "
+                                  "{}; it must keep the value's shape",
+                                  node.output, shape_str(before), shape_str(g.shape())));
+    if (anomaly_)
+      if (const NonFinite bad = scan_non_finite(g); bad.any()) {
+        const auto index = static_cast<std::size_t>(s.producer);
+        throw anomaly(*this, node, index,
+                      fmt::format("anomaly: backward: the gradient hook on value #{} (the output of {}) left {} NaN "
+                                  "and {} infinite values in its gradient {}; the first at {} = {}",
+                                  node.output, describe(*this, node, index), bad.nan, bad.inf, shape_str(g.shape()),
+                                  index_str(g.shape(), bad.first), bad.first_value),
+                      true);
+      }
+  }
+}
+
+template <class T>
+int32_t Tape<T>::add_custom_op(std::shared_ptr<const CustomOp> op) {
+  for (std::size_t i = 0; i < custom_ops_.size(); ++i)
+    if (custom_ops_[i] == op) return static_cast<int32_t>(i);
+  custom_ops_.push_back(std::move(op));
+  return static_cast<int32_t>(custom_ops_.size() - 1);
+}
+
+template <class T>
+const CustomOp& Tape<T>::custom_op(int32_t index) const {
+  if (index < 0 || static_cast<std::size_t>(index) >= custom_ops_.size())
+    throw TapeError(fmt::format("tape: custom op {} is not on this tape (it holds {})", index, custom_ops_.size()));
+  return *custom_ops_[static_cast<std::size_t>(index)];
+}
+
+template <class T>
+void Tape<T>::check_forward() {
+  for (; checked_ < nodes_.size(); ++checked_) {
+    const Node<T>& node = nodes_[checked_];
+    const Tensor<T>& y = value(Value{node.output});
+    const NonFinite bad = scan_non_finite(y);
+    if (!bad.any()) continue;
+    const std::size_t index = checked_++;
+    const char* what = node.op == OpKind::Input       ? "holds"
+                       : node.op == OpKind::Parameter ? "(a parameter) holds"
+                                                      : "produced";
+    throw anomaly(*this, node, index,
+                  fmt::format("anomaly: forward: {} {} {} NaN and {} infinite values in its output {}; the first "
+                              "at {} = {}",
+                              describe(*this, node, index), what, bad.nan, bad.inf, shape_str(y.shape()),
+                              index_str(y.shape(), bad.first), bad.first_value),
+                  false);
+  }
+}
+
+template <class T>
+void Tape<T>::check_backward(const Node<T>& node, int index) {
+  for (std::size_t k = 0; k < node.inputs.size(); ++k) {
+    const int32_t id = node.inputs[k];
+    if (id < 0) continue;
+    const Slot<T>& s = slots_[static_cast<std::size_t>(id)];
+    if (!s.requires_grad) continue;
+    const Tensor<T>& g = s.param ? s.param->grad : s.grad;
+    const NonFinite bad = scan_non_finite(g);
+    if (!bad.any()) continue;
+    throw anomaly(*this, node, static_cast<std::size_t>(index),
+                  fmt::format("anomaly: backward: the VJP of {} wrote {} NaN and {} infinite values into the "
+                              "gradient of its input {} (value #{}{}, shape {}); the first at {} = {}",
+                              describe(*this, node, static_cast<std::size_t>(index)), bad.nan, bad.inf, k, id,
+                              s.param ? fmt::format(", parameter \"{}\"", s.param->name) : std::string(),
+                              shape_str(g.shape()), index_str(g.shape(), bad.first), bad.first_value),
+                  true);
+  }
 }
 
 template class Tape<float>;
 template class Tape<double>;
+template std::string node_op_name<float>(const Tape<float>&, const Node<float>&);
+template std::string node_op_name<double>(const Tape<double>&, const Node<double>&);
 
 }  // namespace ad

@@ -4,6 +4,8 @@
 // live in slots on the tape and are named by light `Value` handles. `backward(loss)`
 // walks the nodes once, last to first, and calls each op's VJP through one `switch`
 // (autodiff/backward.cpp), so `break conv2d_vjp` and `p tape.nodes()[7]` work in gdb.
+// The same reverse loop can be run one node at a time (backward_begin/backward_step),
+// with NaN/Inf checks (set_anomaly_mode) and gradient hooks (add_hook).
 //
 // The VJP contract, stated once for every op: given grad_out = dJ/d(output) of the
 // output's shape, a VJP ADDS (+=) dJ/d(input) into each non-null grad_<input>
@@ -15,6 +17,8 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <memory>
 #include <source_location>
 #include <string>
 #include <string_view>
@@ -53,10 +57,14 @@ enum class OpKind : uint8_t {
   Mean,
   SoftmaxCrossEntropy,
   Mse,
+  Custom,  // a user-defined op (autodiff/custom.hpp); Node::custom names it
 };
 
-// "conv2d", "max_pool2d", ...
+// "conv2d", "max_pool2d", ... ("custom" for every user-defined op; node_op_name,
+// below, gives a custom op's own name).
 std::string_view op_name(OpKind op);
+
+class CustomOp;  // autodiff/custom.hpp
 
 // How padding behaves in max pooling (appendix B vs PyTorch).
 enum class MaxPoolPadding : uint8_t {
@@ -81,6 +89,12 @@ struct SourceLoc {
   static SourceLoc from(const std::source_location& l) {
     return {l.file_name(), l.line(), l.function_name()};
   }
+  // "model.cpp" for "/home/me/src/model.cpp".
+  std::string_view basename() const {
+    const std::string_view f(file);
+    const std::size_t slash = f.find_last_of('/');
+    return slash == std::string_view::npos ? f : f.substr(slash + 1);
+  }
 };
 
 // One recorded op. Plain data: print it, copy it, look at it in a debugger.
@@ -94,6 +108,7 @@ struct Node {
   std::vector<int32_t> saved_index;  // integer data saved for backward (max-pool switches, labels)
   std::string label;                 // optional, e.g. "conv1.pool"
   SourceLoc where;                   // call site of the op
+  int32_t custom = -1;               // OpKind::Custom: index into Tape::custom_ops()
 
   int num_inputs() const {
     int n = 0;
@@ -126,7 +141,7 @@ struct Slot {
   Parameter<T>* param = nullptr; // set for parameter leaves: value and grad live there
   int32_t producer = -1;         // index of the node that produced it; -1 for leaves
   bool requires_grad = false;    // some parameter upstream: backward must reach it
-  bool grad_ready = false;       // grad holds this backward's accumulated value
+  bool grad_ready = false;       // this backward has written a gradient for it
 };
 
 struct BackwardOptions {
@@ -163,6 +178,44 @@ class Tape {
   // Reverse pass seeded with dJ/d(out) = seed (same shape as out).
   void backward(Value out, const Tensor<T>& seed, BackwardOptions opt = {});
 
+  // The same reverse pass, one node at a time: backward_begin seeds it (same checks
+  // and options as backward), each backward_step runs the next node that has work
+  // (its output needs a gradient and received one) and returns that node's index,
+  // or -1 once the pass is complete. Between steps every gradient written so far is
+  // readable with grad(). backward() is backward_begin plus steps until done.
+  void backward_begin(Value loss, BackwardOptions opt = {});
+  void backward_begin(Value out, const Tensor<T>& seed, BackwardOptions opt = {});
+  int backward_step();
+  // Index of the node the next backward_step will run; -1 when there is none.
+  int backward_next() const { return cursor_; }
+  bool backward_done() const { return cursor_ < 0; }
+
+  // Anomaly mode: every forward result and every gradient a VJP writes is checked
+  // for NaN and infinities; the first one throws AnomalyError naming the node (index,
+  // op, label, call site). A forward result is checked as soon as the next op starts
+  // recording (ops may fill their result after recording it), or by backward_begin.
+  // Off by default; when off it costs one branch per node.
+  void set_anomaly_mode(bool on) { anomaly_ = on; }
+  bool anomaly_mode() const { return anomaly_; }
+  // Checks the forward results not yet checked now (anomaly mode only).
+  void check_anomalies() { if (anomaly_) check_forward(); }
+
+  // A gradient hook on v: during backward, once dJ/dv is complete (every consumer of
+  // v has run its VJP, just before v's producer runs its own), hook(grad) is called
+  // and may read or overwrite grad in place (keeping its shape); what it leaves is
+  // what flows upstream. For a parameter, grad is Parameter::grad, i.e. including
+  // what earlier backward passes accumulated since zero_grad(). Hooks are cleared by
+  // reset(). Not called for a value backward does not reach.
+  using GradHook = std::function<void(Tensor<T>& grad)>;
+  void add_hook(Value v, GradHook hook);
+
+  // User-defined ops (autodiff/custom.hpp) recorded on this tape; Node::custom indexes
+  // this list. add_custom_op returns the index of `op`, registering it once.
+  int32_t add_custom_op(std::shared_ptr<const CustomOp> op);
+  const CustomOp& custom_op(int32_t index) const;
+  std::size_t num_custom_ops() const { return custom_ops_.size(); }
+  const std::vector<std::shared_ptr<const CustomOp>>& custom_ops() const { return custom_ops_; }
+
   // Forget every node and value but keep their buffers, so the next step with the
   // same shapes allocates nothing. Parameters are untouched.
   void reset();
@@ -192,8 +245,13 @@ class Tape {
 
  private:
   Slot<T>& slot_mut(Value v);
-  void run_backward(Value out, const Tensor<T>& seed, BackwardOptions opt);
+  void start_backward(Value out, const Tensor<T>& seed, BackwardOptions opt);
+  void advance_cursor(int from);           // to the next node with work below `from`
+  void run_node(int index);                // hooks, VJP and anomaly checks of one node
   void dispatch_vjp(const Node<T>& node);  // autodiff/backward.cpp
+  void run_hooks(const Node<T>& node);
+  void check_forward();                    // anomaly mode: nodes [checked_, size)
+  void check_backward(const Node<T>& node, int index);
 
   std::vector<Node<T>> nodes_;
   // A deque: references to values stay valid while new values are appended.
@@ -204,6 +262,11 @@ class Tape {
   std::size_t next_data_ = 0, next_grad_ = 0, next_saved_ = 0, next_index_ = 0;
   bool grad_enabled_ = true;
   bool consumed_ = false;  // a backward() ran without retain_graph
+  int cursor_ = -1;        // next node of the reverse pass in progress, -1 if none
+  bool anomaly_ = false;
+  std::size_t checked_ = 0;  // anomaly mode: forward results of nodes below this are checked
+  std::vector<std::pair<int32_t, GradHook>> hooks_;  // (value id, hook)
+  std::vector<std::shared_ptr<const CustomOp>> custom_ops_;
 };
 
 // Scope in which ops record nothing (inference): `{ NoGradGuard g(tape); ... }`.
@@ -219,6 +282,10 @@ class NoGradGuard {
   Tape<T>& tape_;
   bool prev_;
 };
+
+// The op's name as printed: op_name(node.op), or a custom op's own name.
+template <class T>
+std::string node_op_name(const Tape<T>& tape, const Node<T>& node);
 
 extern template class Tape<float>;
 extern template class Tape<double>;

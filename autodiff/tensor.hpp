@@ -40,9 +40,15 @@ struct TapeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Anomaly mode found a NaN or an infinity (see Tape::set_anomaly_mode).
+// Anomaly mode found a NaN or an infinity (see Tape::set_anomaly_mode). what() is
+// the whole story; the fields repeat its parts for programs and tests.
 struct AnomalyError : std::runtime_error {
   using std::runtime_error::runtime_error;
+  int node = -1;          // tape index of the node to blame (-1: the backward seed)
+  std::string op;         // "conv2d", or a custom op's name
+  std::string label;      // the node's label, "" if none
+  std::string where;      // forward call site "file.cpp:42" (basename)
+  bool in_backward = false;  // found in a gradient written by the node's VJP (or hook)
 };
 
 // Throws ShapeError("<op>: <formatted message>").

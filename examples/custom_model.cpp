@@ -22,10 +22,10 @@ int main(int argc, char** argv) {
   nn::Sequential<float> model;  // (N,1,28,28)
   model.add<nn::Conv2d<float>>("conv1", 1, 6, std::array{5, 5}, ad::Conv2dOptions{.padding = {2, 2}}, false, rng);
   model.add<nn::ActivationLayer<float>>("tanh1", nn::Activation::Tanh);
-  model.add<nn::Pool2d<float>>("pool1", nn::PoolKind::Avg, ad::Pool2dOptions{});  // (N,6,14,14)
+  model.add<nn::AvgPool2d<float>>("pool1");  // (N,6,14,14)
   model.add<nn::Conv2d<float>>("conv2", 6, 16, std::array{5, 5}, ad::Conv2dOptions{}, false, rng);
   model.add<nn::ActivationLayer<float>>("tanh2", nn::Activation::Tanh);
-  model.add<nn::Pool2d<float>>("pool2", nn::PoolKind::Avg, ad::Pool2dOptions{});  // (N,16,5,5)
+  model.add<nn::AvgPool2d<float>>("pool2");  // (N,16,5,5)
   model.add<nn::Flatten<float>>();
   model.add<nn::Linear<float>>("fc3", 400, 64, false, rng);
   model.add<ResidualDense>("res4", 64, rng);

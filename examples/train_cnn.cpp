@@ -27,6 +27,7 @@ struct Options {
   int epochs = 5;
   std::size_t batch = 64;
   double lr = 0;  // 0: the optimizer's default
+  double weight_decay = 0;
   std::string optimizer = "adam";
   std::string schedule = "auto";
   int threads = 0;
@@ -152,13 +153,13 @@ int run(const Options& o) {
   double lr = o.lr;
   if (o.optimizer == "sgd") {
     lr = lr > 0 ? lr : 0.05;
-    opt = std::make_unique<nn::Sgd<float>>(model.parameters(), nn::SgdOptions{.lr = lr});
+    opt = std::make_unique<nn::Sgd<float>>(model.parameters(), nn::SgdOptions{.lr = lr, .weight_decay = o.weight_decay});
   } else if (o.optimizer == "momentum") {
     lr = lr > 0 ? lr : 0.01;
-    opt = std::make_unique<nn::Sgd<float>>(model.parameters(), nn::SgdOptions{.lr = lr, .momentum = 0.9, .nesterov = true});
+    opt = std::make_unique<nn::Sgd<float>>(model.parameters(), nn::SgdOptions{.lr = lr, .momentum = 0.9, .nesterov = true, .weight_decay = o.weight_decay});
   } else {
     lr = lr > 0 ? lr : 2e-3;
-    opt = std::make_unique<nn::Adam<float>>(model.parameters(), nn::AdamOptions{.lr = lr});
+    opt = std::make_unique<nn::Adam<float>>(model.parameters(), nn::AdamOptions{.lr = lr, .weight_decay = o.weight_decay});
   }
   const std::string schedule = o.schedule == "auto" ? (o.optimizer == "sgd" ? "constant" : "cosine") : o.schedule;
   nn::scheduled_lr(schedule, lr, 0, o.epochs);  // rejects an unknown name before any work
@@ -208,6 +209,8 @@ int main(int argc, char** argv) {
   app.add_option("--epochs", o.epochs, "total epochs (a resumed run continues up to this)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--batch", o.batch, "mini-batch size")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--lr", o.lr, "learning rate (default: sgd 0.05, momentum 0.01, adam 0.002)")->check(CLI::PositiveNumber);
+  app.add_option("--weight-decay", o.weight_decay, "L2 weight decay added to every gradient")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--optimizer", o.optimizer, "sgd | momentum (Nesterov, 0.9) | adam")->capture_default_str()
       ->check(CLI::IsMember({"sgd", "momentum", "adam"}));
   app.add_option("--schedule", o.schedule, "learning rate schedule: auto (cosine, constant for sgd) | constant | cosine | step")

@@ -78,6 +78,16 @@ class Pool2d : public Layer<T> {
   ad::Pool2dOptions options;
 };
 
+// The two pooling layers by name.
+template <class T>
+struct MaxPool2d : Pool2d<T> {
+  explicit MaxPool2d(std::string name, ad::Pool2dOptions opt = {}) : Pool2d<T>(std::move(name), PoolKind::Max, opt) {}
+};
+template <class T>
+struct AvgPool2d : Pool2d<T> {
+  explicit AvgPool2d(std::string name, ad::Pool2dOptions opt = {}) : Pool2d<T>(std::move(name), PoolKind::Avg, opt) {}
+};
+
 template <class T>
 class ActivationLayer : public Layer<T> {
  public:
