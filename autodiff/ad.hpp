@@ -1,8 +1,10 @@
-// Everything a user needs: the tape, every op family, gradcheck, and custom ops.
+// Everything a user needs: the tape, every op family, gradcheck, custom ops, and
+// printing and drawing the tape.
 #pragma once
 
 #include "autodiff/custom.hpp"
 #include "autodiff/gradcheck.hpp"
+#include "autodiff/print.hpp"
 #include "autodiff/tape.hpp"
 #include "ops/activation.hpp"
 #include "ops/blas.hpp"

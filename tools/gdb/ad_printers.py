@@ -1,0 +1,377 @@
+# gdb pretty-printers for tape-autodiff: the tape (one line per node, as
+# ad::format_tape prints it, with "=>" at the node backward is running), a node,
+# a Value handle, a Slot, a Parameter, SourceLoc, Attrs, and xtensor containers
+# (xt::xarray / xt::xtensor: shape, then the first elements).
+#
+# Loaded automatically for every binary that links autodiff/tape.cpp, through its
+# .debug_gdb_scripts entry, once gdb trusts this directory:
+#     add-auto-load-safe-path /path/to/repo/tools/gdb     (in ~/.gdbinit, or -iex)
+# or by hand in any session:
+#     source /path/to/repo/tools/gdb/ad_printers.py
+#
+# The printers read libstdc++ and xtensor 0.24 members directly (std::vector's
+# _M_impl, std::deque's map, xt::uvector's p_begin/p_end, xt::svector's
+# m_begin/m_end) and never call into the program, so they also work on a core file.
+# `p/r value` shows the raw structure.
+
+import re
+
+import gdb
+import gdb.printing
+
+
+class ElementsParameter(gdb.Parameter):
+    """How many elements the tape-autodiff printers show of a tensor."""
+
+    set_doc = "Set how many tensor elements the tape-autodiff printers show."
+    show_doc = "Show how many tensor elements the tape-autodiff printers show."
+
+    def __init__(self):
+        super().__init__("ad-elements", gdb.COMMAND_DATA, gdb.PARAM_UINTEGER)
+        self.value = 8
+
+    def get_show_string(self, svalue):
+        return "tape-autodiff printers show " + svalue + " elements of a tensor"
+
+
+try:
+    _elements = gdb.parameter("ad-elements")
+except RuntimeError:
+    ElementsParameter()
+
+
+def _max_elements():
+    n = gdb.parameter("ad-elements")
+    return 8 if n is None else int(n)
+
+
+# ---- libstdc++ and xtensor internals --------------------------------------------
+
+
+def _vector_items(v):
+    """Elements of a std::vector as gdb.Values."""
+    start = v["_M_impl"]["_M_start"]
+    finish = v["_M_impl"]["_M_finish"]
+    n = int(finish - start)
+    if n < 0 or n > 10_000_000:
+        raise gdb.error("std::vector looks uninitialised")
+    return [(start + i).dereference() for i in range(n)]
+
+
+def _vector_size(v):
+    return int(v["_M_impl"]["_M_finish"] - v["_M_impl"]["_M_start"])
+
+
+def _deque_at(d, i):
+    """Element i of a std::deque (libstdc++'s map of fixed-size buffers)."""
+    elem = d.type.strip_typedefs().template_argument(0)
+    size = elem.sizeof
+    buf = 512 // size if size < 512 else 1
+    start = d["_M_impl"]["_M_start"]
+    offset = i + int(start["_M_cur"] - start["_M_first"])
+    node = start["_M_node"] + offset // buf
+    return (node.dereference() + offset % buf).dereference()
+
+
+def _deque_size(d):
+    """libstdc++'s finish - start: whole buffers between them, plus the partial ends."""
+    start, finish = d["_M_impl"]["_M_start"], d["_M_impl"]["_M_finish"]
+    if int(start["_M_node"]) == 0:
+        return 0
+    elem = d.type.strip_typedefs().template_argument(0)
+    buf = 512 // elem.sizeof if elem.sizeof < 512 else 1
+    nodes = int(finish["_M_node"] - start["_M_node"])
+    return buf * (nodes - 1) + int(finish["_M_cur"] - finish["_M_first"]) + int(start["_M_last"] - start["_M_cur"])
+
+
+def _string(s):
+    """A std::string's text."""
+    n = int(s["_M_string_length"])
+    if n == 0:
+        return ""
+    return s["_M_dataplus"]["_M_p"].string(length=min(n, 4096))
+
+
+def _array(a):
+    """A std::array of integers."""
+    elems = a["_M_elems"]
+    return [int(elems[i]) for i in range(elems.type.strip_typedefs().range()[1] + 1)]
+
+
+def _tensor_shape(t):
+    """Shape of an xt::xarray_container (svector) or xt::xtensor_container (std::array)."""
+    shape = t["m_shape"]
+    tag = shape.type.strip_typedefs().tag or ""
+    if tag.startswith("std::array"):
+        return _array(shape)
+    begin, end = shape["m_begin"], shape["m_end"]
+    n = int(end - begin)
+    if n < 0 or n > 16:
+        raise gdb.error("tensor shape looks uninitialised")
+    return [int((begin + i).dereference()) for i in range(n)]
+
+
+def _tensor_data(t):
+    storage = t["m_storage"]
+    begin, end = storage["p_begin"], storage["p_end"]
+    return begin, int(end - begin)
+
+
+def _shape_str(shape):
+    return "(" + ",".join(str(d) for d in shape) + ")"
+
+
+def _num(v):
+    code = v.type.strip_typedefs().code
+    if code == gdb.TYPE_CODE_FLT:
+        return "%.6g" % float(v)
+    return str(int(v))
+
+
+def _tensor_str(t, limit=None):
+    """"(2,4,6,6) {0.1, -0.2, ... 288 elements}" """
+    try:
+        shape = _tensor_shape(t)
+        data, size = _tensor_data(t)
+    except gdb.error as e:
+        return "<unreadable tensor: %s>" % e
+    if size == 0:
+        return _shape_str(shape) + " {}"
+    n = _max_elements() if limit is None else limit
+    shown = [_num((data + i).dereference()) for i in range(min(n, size))]
+    more = ", ... %d elements" % size if size > n else ""
+    return "%s {%s%s}" % (_shape_str(shape), ", ".join(shown), more)
+
+
+# ---- tape-autodiff types --------------------------------------------------------
+
+_OP_NAMES = {
+    "Input": "input",
+    "Parameter": "param",
+    "Conv2d": "conv2d",
+    "AvgPool2d": "avg_pool2d",
+    "MaxPool2d": "max_pool2d",
+    "LeakyRelu": "leaky_relu",
+    "BiasAdd": "bias_add",
+    "SoftmaxCrossEntropy": "softmax_cross_entropy",
+}
+
+
+def _op_name(op):
+    """ad::op_name for an ad::OpKind value."""
+    name = str(op).split("::")[-1]
+    if name in _OP_NAMES:
+        return _OP_NAMES[name]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _attrs_str(op, attrs):
+    """ad::format_attrs."""
+    window = _array(attrs["window"])
+    stride = _array(attrs["stride"])
+    pad = _array(attrs["padding"])
+    geom = "stride=%dx%d pad=%dx%d" % (stride[0], stride[1], pad[0], pad[1])
+    if op == "conv2d":
+        return geom
+    if op in ("avg_pool2d", "max_pool2d"):
+        s = "window=%dx%d %s" % (window[0], window[1], geom)
+        if op == "max_pool2d" and str(attrs["max_padding"]).endswith("Zero"):
+            s += " pad_value=0"
+        return s
+    if op == "leaky_relu":
+        return "slope=%g" % float(attrs["alpha"])
+    if op == "scale":
+        return "factor=%g" % float(attrs["alpha"])
+    return ""
+
+
+def _where_str(where):
+    line = int(where["line"])
+    if line == 0:
+        return ""
+    try:
+        f = where["file"].string()
+    except gdb.error:
+        f = "?"
+    return "%s:%d" % (f.rsplit("/", 1)[-1], line)
+
+
+def _node_tail(node, op):
+    """' stride=1x1 pad=1x1 "conv1" @ model.cpp:42' (attributes, label, call site)."""
+    s = ""
+    a = _attrs_str(op, node["attrs"])
+    if op == "softmax_cross_entropy":
+        n = _vector_size(node["saved_index"])
+        if n:
+            a = (a + " " if a else "") + "labels=%d" % n
+    if a:
+        s += " " + a
+    label = _string(node["label"])
+    if label:
+        s += ' "%s"' % label
+    where = _where_str(node["where"])
+    if where:
+        s += " @ " + where
+    return s
+
+
+def _node_inputs(node):
+    return [int(node["inputs"]["_M_elems"][i]) for i in range(3) if int(node["inputs"]["_M_elems"][i]) >= 0]
+
+
+class NodePrinter:
+    """ad::Node<T> on its own: values named by id, as ad::format_node(node)."""
+
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        node = self.val
+        op = _op_name(node["op"])
+        if op == "custom":
+            op = "custom[%d]" % int(node["custom"])
+        ins = _node_inputs(node)
+        args = "(" + ", ".join("%%%d" % i for i in ins) + ")" if ins else ""
+        return "%s%s -> %%%d%s" % (op, args, int(node["output"]), _node_tail(node, _op_name(node["op"])))
+
+
+class TapePrinter:
+    """ad::Tape<T>: one line per node as ad::format_tape, "=>" at the running node."""
+
+    def __init__(self, val):
+        self.val = val
+
+    def _slot_shape(self, slot):
+        param = slot["param"]
+        t = param.dereference()["value"] if int(param) != 0 else slot["data"]
+        return _shape_str(_tensor_shape(t))
+
+    def to_string(self):
+        tape = self.val
+        nodes = _vector_items(tape["nodes_"])
+        slots = tape["slots_"]
+        nslots = _deque_size(slots)
+        cursor = int(tape["cursor_"])
+        head = "%s: %d nodes, %d values" % (tape.type.strip_typedefs().name, len(nodes), nslots)
+        if cursor >= 0:
+            head += ", backward at #%d" % cursor
+        if bool(tape["anomaly_"]):
+            head += ", anomaly mode on"
+        lines = [head]
+
+        def ref(vid):
+            if vid < 0 or vid >= nslots:
+                return "%%%d?" % vid
+            producer = int(_deque_at(slots, vid)["producer"])
+            return "#%d" % producer if producer >= 0 else "%%%d" % vid
+
+        for i, node in enumerate(nodes):
+            op = _op_name(node["op"])
+            shown = "custom[%d]" % int(node["custom"]) if op == "custom" else op
+            ins = _node_inputs(node)
+            args = "(" + ", ".join(ref(v) for v in ins) + ")" if ins else ""
+            out = int(node["output"])
+            try:
+                shape = self._slot_shape(_deque_at(slots, out)) if 0 <= out < nslots else "?"
+            except gdb.error:
+                shape = "?"
+            mark = "=> " if i == cursor else "   "
+            lines.append("%s#%d %s%s -> %s%s" % (mark, i, shown, args, shape, _node_tail(node, op)))
+        return "\n".join(lines)
+
+
+class ValuePrinter:
+    """ad::Value: "%7", or "(none)" for an absent value."""
+
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        i = int(self.val["id"])
+        return "%%%d" % i if i >= 0 else "(none)"
+
+
+class SlotPrinter:
+    """ad::Slot<T>: producer and flags, then the value and gradient tensors."""
+
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        s = self.val
+        parts = ["produced by #%d" % int(s["producer"]) if int(s["producer"]) >= 0 else "no producer node"]
+        if bool(s["requires_grad"]):
+            parts.append("requires grad")
+        if bool(s["grad_ready"]):
+            parts.append("grad ready")
+        param = s["param"]
+        if int(param) != 0:
+            p = param.dereference()
+            parts.append('parameter "%s"' % _string(p["name"]))
+            return "slot: %s; value %s; grad %s" % (", ".join(parts), _tensor_str(p["value"]), _tensor_str(p["grad"]))
+        return "slot: %s; value %s; grad %s" % (", ".join(parts), _tensor_str(s["data"]), _tensor_str(s["grad"]))
+
+
+class ParameterPrinter:
+    """ad::Parameter<T>: name, value and gradient."""
+
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        p = self.val
+        return 'Parameter "%s": value %s; grad %s' % (_string(p["name"]), _tensor_str(p["value"]), _tensor_str(p["grad"]))
+
+
+class SourceLocPrinter:
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        return _where_str(self.val) or "(unknown)"
+
+
+class AttrsPrinter:
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        a = self.val
+        w, s, p = _array(a["window"]), _array(a["stride"]), _array(a["padding"])
+        return "window=%dx%d stride=%dx%d pad=%dx%d pad_value=%s alpha=%g" % (
+            w[0], w[1], s[0], s[1], p[0], p[1],
+            "0" if str(a["max_padding"]).endswith("Zero") else "-inf", float(a["alpha"]))
+
+
+class TensorPrinter:
+    """xt::xarray / xt::xtensor: the element type, shape, then the first elements."""
+
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        tag = self.val.type.strip_typedefs().tag or ""
+        kind = "xt::xtensor" if tag.startswith("xt::xtensor_container") else "xt::xarray"
+        try:
+            elem = self.val["m_storage"].type.strip_typedefs().template_argument(0)
+            kind += "<%s>" % elem
+        except (gdb.error, RuntimeError):
+            pass
+        return "%s %s" % (kind, _tensor_str(self.val))
+
+
+def build_printer():
+    pp = gdb.printing.RegexpCollectionPrettyPrinter("tape-autodiff")
+    pp.add_printer("Tape", r"^ad::Tape<.*>$", TapePrinter)
+    pp.add_printer("Node", r"^ad::Node<.*>$", NodePrinter)
+    pp.add_printer("Slot", r"^ad::Slot<.*>$", SlotPrinter)
+    pp.add_printer("Parameter", r"^ad::Parameter<.*>$", ParameterPrinter)
+    pp.add_printer("Value", r"^ad::Value$", ValuePrinter)
+    pp.add_printer("SourceLoc", r"^ad::SourceLoc$", SourceLocPrinter)
+    pp.add_printer("Attrs", r"^ad::Attrs$", AttrsPrinter)
+    pp.add_printer("xarray", r"^xt::xarray_container<.*>$", TensorPrinter)
+    pp.add_printer("xtensor", r"^xt::xtensor_container<.*>$", TensorPrinter)
+    return pp
+
+
+gdb.printing.register_pretty_printer(gdb.current_objfile(), build_printer(), replace=True)
