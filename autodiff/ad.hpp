@@ -1,9 +1,11 @@
-// Everything a user needs: the tape, every op family, gradcheck, custom ops, and
-// printing and drawing the tape.
+// Everything a user needs: the tape, every op family, gradcheck, and the debugging
+// tools (printing and drawing the tape, Jacobians, per-node gradcheck, custom ops).
 #pragma once
 
 #include "autodiff/custom.hpp"
 #include "autodiff/gradcheck.hpp"
+#include "autodiff/gradcheck_nodes.hpp"
+#include "autodiff/jacobian.hpp"
 #include "autodiff/print.hpp"
 #include "autodiff/tape.hpp"
 #include "ops/activation.hpp"

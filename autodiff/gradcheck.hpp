@@ -20,6 +20,14 @@ struct GradcheckOptions {
   bool per_element = true;        // perturb every element of every input
   bool directional = true;        // one random direction through all inputs at once
   bool check_accumulation = true; // a second backward must add exactly the same gradient again
+  // Per input, compare at most this many elements one by one (a seeded random sample;
+  // the random direction still moves every element). 0 = every element.
+  std::size_t max_elements = 0;
+  // Elements for which skip(input, flat index) is true are neither compared nor moved
+  // by the random direction: points where f is not differentiable (a ReLU kink, a
+  // max-pool tie) at which central differences would disagree with any one-sided
+  // derivative. They are counted in GradcheckResult::skipped.
+  std::function<bool(std::size_t input, std::size_t index)> skip = nullptr;
 };
 
 struct GradcheckResult {
@@ -29,6 +37,10 @@ struct GradcheckResult {
   std::string position;    // the same as a multi-index, e.g. "[1,0,2,1]"
   double analytic = 0, numeric = 0;
   std::string report;      // one readable paragraph: what was checked and the worst element
+  std::size_t checked = 0; // comparisons made
+  std::size_t skipped = 0; // elements left out by GradcheckOptions::skip
+  bool values_ok = true;       // every comparison within tolerance
+  bool accumulation_ok = true; // a second backward added the same gradient again
 };
 
 // The function under test: records ops on `tape` from the given input values and
