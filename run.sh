@@ -53,6 +53,15 @@ case "$cmd" in
     build build/release Release train_cnn >/dev/null
     exec build/release/examples/train_cnn "$@"
     ;;
+  bench)
+    # LibTorch and Google Benchmark are used here only; the library and tests never link them.
+    ensure_packages "${BASE_PACKAGES[@]}" dataset-fashion-mnist libtorch-dev libbenchmark-dev
+    echo "run.sh: building bench/ in build/bench (Release, with LibTorch: the first build takes a few minutes)" >&2
+    cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DAD_BUILD_BENCH=ON -DAD_BUILD_TESTS=OFF \
+      -DAD_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build build/bench -j2 >/dev/null
+    exec build/bench/bench/bench "$@"
+    ;;
   help | -h | --help)
     sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     ;;
