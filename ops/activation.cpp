@@ -19,7 +19,7 @@ void map(const Tensor<T>& x, Tensor<T>& y, F f) {
   const T* xp = x.data();
   T* yp = y.data();
   const std::size_t n = x.size();
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for simd schedule(static) if (n > 65536)
   for (std::size_t i = 0; i < n; ++i) yp[i] = f(xp[i]);
 }
 
@@ -67,7 +67,15 @@ template <class T> void tanh_forward(const Tensor<T>& x, Tensor<T>& y) {
 }
 
 template <class T> void relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, Tensor<T>* grad_x) {
-  accumulate(grad_out, x, grad_x, [](T z) { return z > T(0) ? T(1) : T(0); });
+  if (!grad_x) return;
+  // dz[i] += z[i] > 0 ? g[i] : 0: a select, not g * [z > 0], so the loop vectorizes
+  // without a branch on the sign (and a masked g that is inf or NaN gives 0, as in PyTorch).
+  const T* gp = grad_out.data();
+  const T* zp = x.data();
+  T* gx = grad_x->data();
+  const std::size_t n = grad_out.size();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (std::size_t i = 0; i < n; ++i) gx[i] += zp[i] > T(0) ? gp[i] : T(0);
 }
 template <class T> void leaky_relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, T slope, Tensor<T>* grad_x) {
   accumulate(grad_out, x, grad_x, [slope](T z) { return z > T(0) ? T(1) : slope; });

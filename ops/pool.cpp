@@ -9,7 +9,9 @@
 #include "ops/pool.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "ops/shape_check.hpp"
 
@@ -21,6 +23,11 @@ struct PoolGeom {
   std::size_t planes, H, W, OH, OW, KH, KW;
   std::ptrdiff_t sh, sw, ph, pw;
 };
+
+// Worth a parallel region (see ops/conv2d.cpp): enough window taps in the whole call.
+inline bool worth_threads(std::size_t planes, std::size_t outputs_per_plane, std::size_t taps) {
+  return planes > 1 && planes * outputs_per_plane * taps >= (1u << 16);
+}
 
 PoolGeom geom(const Shape& xs, const Shape& ys, const Attrs& a) {
   return {xs[0] * xs[1], xs[2], xs[3], ys[2], ys[3],
@@ -45,7 +52,7 @@ template <class T>
 void avg_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y) {
   const PoolGeom g = geom(to_shape(x.shape()), to_shape(y.shape()), a);
   const T inv = T(1) / static_cast<T>(g.KH * g.KW);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(g.planes, g.OH * g.OW, g.KH * g.KW))
   for (std::size_t pl = 0; pl < g.planes; ++pl) {
     const T* xp = x.data() + pl * g.H * g.W;
     T* yp = y.data() + pl * g.OH * g.OW;
@@ -71,7 +78,7 @@ void avg_pool2d_vjp(const Tensor<T>& grad_out, const Attrs& a, Tensor<T>* grad_x
   if (!grad_x) return;
   const PoolGeom g = geom(to_shape(grad_x->shape()), to_shape(grad_out.shape()), a);
   const T inv = T(1) / static_cast<T>(g.KH * g.KW);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(g.planes, g.OH * g.OW, g.KH * g.KW))
   for (std::size_t pl = 0; pl < g.planes; ++pl) {
     const T* gp = grad_out.data() + pl * g.OH * g.OW;
     T* gx = grad_x->data() + pl * g.H * g.W;
@@ -91,11 +98,88 @@ void avg_pool2d_vjp(const Tensor<T>& grad_out, const Attrs& a, Tensor<T>* grad_x
   }
 }
 
+namespace {
+
+// b replaces the running max a when a is not NaN and b is larger or NaN: the first
+// winner in row-major window order wins ties, the first NaN wins and stays.
+template <class T>
+inline bool takes_over(T b, T a) {
+  return a == a && !(b <= a);
+}
+
+// One output row of the common 2x2 window at stride 2 without padding:
+// y[j] = max(r0[2j], r0[2j+1], r1[2j], r1[2j+1]) with the same winner (and switch) as
+// the general loop below. For float, 8 outputs at a time with selects instead of
+// branches (random signs would mispredict every other branch).
+template <class T>
+void max_pool2x2_row(const T* r0, const T* r1, std::size_t OW, int32_t top, int32_t w, T* y, int32_t* am) {
+  std::size_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    typedef float V __attribute__((vector_size(32)));
+    typedef int32_t I __attribute__((vector_size(32)));
+    const I even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = even + 1;
+    auto load = [](V& v, const float* p) { std::memcpy(&v, p, sizeof v); };  // no by-value AVX vectors (-Wpsabi)
+    // 8 outputs from 16 columns of each row; a short row or the tail goes through a
+    // copy (padded with zeros whose outputs are dropped), keeping the scalar loop for double.
+    auto eight = [&](const float* p0, const float* p1, std::size_t j0, std::size_t n) {
+      V a0, a1, b0, b1;
+      load(a0, p0), load(a1, p0 + 8), load(b0, p1), load(b1, p1 + 8);
+      const V x[4] = {__builtin_shuffle(a0, a1, even), __builtin_shuffle(a0, a1, odd), __builtin_shuffle(b0, b1, even),
+                      __builtin_shuffle(b0, b1, odd)};
+      const I base = top + 2 * static_cast<int32_t>(j0) + even;
+      const I offset[4] = {base, base + 1, base + w, base + w + 1};
+      V best = x[0];
+      I where = offset[0];
+      for (int k = 1; k < 4; ++k) {
+        const I u = (best == best) & ~(x[k] <= best);  // takes_over(x[k], best), lane by lane
+        best = u ? x[k] : best;
+        where = u ? offset[k] : where;
+      }
+      std::memcpy(y + j0, &best, n * sizeof(float));
+      if (am) std::memcpy(am + j0, &where, n * sizeof(int32_t));
+    };
+    for (; j + 8 <= OW; j += 8) eight(r0 + 2 * j, r1 + 2 * j, j, 8);
+    if (j < OW) {
+      float t0[16] = {}, t1[16] = {};
+      std::memcpy(t0, r0 + 2 * j, 2 * (OW - j) * sizeof(float));
+      std::memcpy(t1, r1 + 2 * j, 2 * (OW - j) * sizeof(float));
+      eight(t0, t1, j, OW - j);
+      j = OW;
+    }
+  }
+  for (; j < OW; ++j) {
+    const int32_t base = top + 2 * static_cast<int32_t>(j);
+    const T x[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+    const int32_t offset[4] = {base, base + 1, base + w, base + w + 1};
+    int k_best = 0;
+    for (int k = 1; k < 4; ++k)
+      if (takes_over(x[k], x[k_best])) k_best = k;
+    y[j] = x[k_best];
+    if (am) am[j] = offset[k_best];
+  }
+}
+
+template <class T>
+void max_pool2x2_forward(const T* x, const PoolGeom& g, T* y, int32_t* argmax) {
+  const std::size_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
+#pragma omp parallel for schedule(static) if (worth_threads(g.planes, out_plane, 4))
+  for (std::size_t pl = 0; pl < g.planes; ++pl)
+    for (std::size_t i = 0; i < g.OH; ++i) {
+      const T* r0 = x + pl * in_plane + 2 * i * g.W;
+      max_pool2x2_row(r0, r0 + g.W, g.OW, static_cast<int32_t>(2 * i * g.W), static_cast<int32_t>(g.W),
+                      y + pl * out_plane + i * g.OW, argmax ? argmax + pl * out_plane + i * g.OW : nullptr);
+    }
+}
+
+}  // namespace
+
 template <class T>
 void max_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y, int32_t* argmax) {
   const PoolGeom g = geom(to_shape(x.shape()), to_shape(y.shape()), a);
+  if (g.KH == 2 && g.KW == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0)
+    return max_pool2x2_forward(x.data(), g, y.data(), argmax);
   const bool zero_pad = a.max_padding == MaxPoolPadding::Zero;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(g.planes, g.OH * g.OW, g.KH * g.KW))
   for (std::size_t pl = 0; pl < g.planes; ++pl) {
     const T* xp = x.data() + pl * g.H * g.W;
     T* yp = y.data() + pl * g.OH * g.OW;
@@ -136,7 +220,7 @@ void max_pool2d_vjp(const Tensor<T>& grad_out, const std::vector<int32_t>& argma
   const std::size_t planes = grad_out.shape()[0] * grad_out.shape()[1];
   const std::size_t out_plane = grad_out.shape()[2] * grad_out.shape()[3];
   const std::size_t in_plane = grad_x->shape()[2] * grad_x->shape()[3];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(planes, out_plane, 1))
   for (std::size_t pl = 0; pl < planes; ++pl) {
     const T* gp = grad_out.data() + pl * out_plane;
     const int32_t* am = argmax.data() + pl * out_plane;

@@ -1,5 +1,8 @@
 // Pooling: VJPs against finite differences over many geometries (inputs without
 // ties), the design document's appendix B example, both padding semantics, errors.
+#include <cmath>
+#include <limits>
+
 #include "test_util.hpp"
 
 namespace ad::test {
@@ -64,6 +67,56 @@ TEST(MaxPool2d, VjpAddsWhenTheInputFeedsTwoPools) {
     return add(t, a, b);
   };
   EXPECT_GRADCHECK(f, std::vector<T64>{distinct({2, 2, 4, 4}, 3)}, std::vector<std::string>{"x"});
+}
+
+// The 2x2 / stride 2 window has its own branch-free loop: the winner must still be the
+// first in row-major window order on ties, and the first NaN (which propagates).
+TEST(MaxPool2d, TwoByTwoWindowPicksTheFirstWinnerAndPropagatesNaN) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (const bool use_float : {false, true}) {
+    SCOPED_TRACE(use_float ? "float" : "double");
+    // windows: all tied | max twice (positions 1 and 3) | NaN at 2 and 3 | max at 3 | -inf and NaN first,
+    // the five repeated (mirrored) so that 8 outputs in a row take the vector loop and 2 the tail
+    constexpr int kOut = 10;
+    const double inf = std::numeric_limits<double>::infinity();
+    const double row0[10] = {1, 1, 2, 5, 0, 4, -1, -2, -inf, nan}, row1[10] = {1, 1, 3, 5, nan, nan, -3, 7, 0, 0};
+    T64 x = xt::zeros<double>({1, 1, 2, 2 * kOut});
+    for (int c = 0; c < 10; ++c) {
+      x(0, 0, 0, c) = x(0, 0, 0, 10 + c) = row0[c];
+      x(0, 0, 1, c) = x(0, 0, 1, 10 + c) = row1[c];
+    }
+    double want_y[kOut];
+    int want_winner[kOut][2];  // (row, col) in x
+    const double y5[5] = {1, 5, nan, 7, nan};
+    const int w5[5][2] = {{0, 0}, {0, 3}, {1, 4}, {1, 7}, {0, 9}};
+    for (int j = 0; j < kOut; ++j) {
+      want_y[j] = y5[j % 5];
+      want_winner[j][0] = w5[j % 5][0];
+      want_winner[j][1] = w5[j % 5][1] + (j >= 5 ? 10 : 0);
+    }
+    auto check = [&](auto zero) {
+      using F = decltype(zero);
+      Tape<F> t;
+      Parameter<F> p("x", xt::cast<F>(x));
+      const Value y = max_pool2d(t, t.param(p), {.window = {2, 2}, .stride = {2, 2}});
+      ASSERT_EQ(t.shape(y), (Shape{1, 1, 1, kOut}));
+      Tensor<F> seed = xt::zeros<F>({1, 1, 1, kOut});
+      for (int j = 0; j < kOut; ++j) seed(0, 0, 0, j) = static_cast<F>(j + 1);
+      t.backward(y, seed);
+      for (int j = 0; j < kOut; ++j) {
+        const double v = static_cast<double>(t.value(y)(0, 0, 0, j));
+        if (std::isnan(want_y[j])) EXPECT_TRUE(std::isnan(v)) << "window " << j;
+        else EXPECT_EQ(v, want_y[j]) << "window " << j;
+        for (int r = 0; r < 2; ++r)
+          for (int c = 2 * j; c < 2 * j + 2; ++c) {
+            const bool winner = want_winner[j][0] == r && want_winner[j][1] == c;
+            EXPECT_EQ(static_cast<double>(p.grad(0, 0, r, c)), winner ? j + 1.0 : 0.0) << "x[" << r << "," << c << "]";
+          }
+      }
+    };
+    if (use_float) check(0.0f);
+    else check(0.0);
+  }
 }
 
 // Appendix B: I (3,4), window (3,2), padding (1,1), stride (1,2) gives A (3,3), with
