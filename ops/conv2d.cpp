@@ -8,18 +8,41 @@
 //                   summed over the kernels j that read channel i.
 // In index form (0-based, n image, o = j output channel, c = i input channel):
 //   y[n,o,i,j]  = b[o] + sum_{c,p,q} k[o,c,p,q] * x[n,c, i*sh+p-ph, j*sw+q-pw]
-// Implementation: per image, im2col builds col[(c,p,q), (i,j)] = x[n,c,i*sh+p-ph,j*sw+q-pw]
-// (0 in the padding), so the convolution is one GEMM y_n = K col with K seen as
-// (C_out, C_in*KH*KW). Each image's GEMM stays in cache; images run in parallel.
+//
+// Implementation: direct convolutions, one image at a time, images in parallel (OpenMP,
+// OpenBLAS pinned to one thread); no im2col buffer. Window taps that fall into the
+// padding are skipped (rows always, columns where a group of pixels shares them), which
+// at ref-CNN's shapes saves 8-16% of the multiply-adds of an im2col GEMM.
+//   Many taps per output (C_in*KH*KW >= 64, e.g. conv2): the kernel is repacked once
+//     per call as w[(c,p,q)][o]; a register tile of 6 output pixels x 16 output channels
+//     (float; 8 for double) runs over the taps; results are transposed into y at the end.
+//   Few taps, stride 1 (conv1): vectors run along output rows instead (4 vectors x 2
+//     channels), y is written in place.
+//   dJ/dx (stride 1, padding < kernel) is the direct convolution of grad_out with the
+//     flipped kernel, dx[n,c,h,w] += sum_{o,p,q} k[o,c,KH-1-p,KW-1-q] g[n,o,h+p-(KH-1-ph),w+q-(KW-1-pw)];
+//     other strides fall back to dcol = K^T g (GEMM) and col2im.
+//   dJ/dK and dJ/db: per image and window row (c,p), g times the input over the pixels
+//     whose tap row lies inside the image, into per-thread partials that are summed in
+//     thread order (deterministic for a given thread count).
+// A 1x1 kernel at stride 1 without padding is a plain GEMM on x.
 #include "ops/conv2d.hpp"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "ops/blas.hpp"
 #include "ops/shape_check.hpp"
+
+
+
+
+
+
 
 namespace ad {
 
@@ -28,8 +51,9 @@ namespace {
 // Geometry of one conv2d call, in plain integers.
 struct ConvGeom {
   std::size_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
-  std::size_t ckk() const { return C * KH * KW; }  // rows of col
-  std::size_t p() const { return OH * OW; }        // columns of col
+  std::size_t ckk() const { return C * KH * KW; }  // taps per output channel
+  std::size_t p() const { return OH * OW; }        // output pixels per image
+  bool one_by_one() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
 };
 
 template <class T>
@@ -44,36 +68,474 @@ ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Attrs& a) {
   return g;
 }
 
-// Output columns j in [j0, j1) read an input column iw = j*s + q - pad inside [0, W).
-inline void valid_range(std::size_t q, std::size_t pad, std::size_t s, std::size_t W,
-                        std::size_t OW, std::size_t& j0, std::size_t& j1) {
-  j0 = q >= pad ? 0 : (pad - q + s - 1) / s;
-  j1 = W + pad > q ? std::min(OW, (W - 1 + pad - q) / s + 1) : 0;
-  j0 = std::min(j0, j1);
+// A growing per-thread scratch buffer, kept across calls (no malloc churn per step).
+template <class T>
+T* scratch(std::size_t n, int which) {
+  thread_local std::vector<T> buf[5];
+  if (buf[which].size() < n) buf[which].resize(n);
+  return buf[which].data();
 }
 
-// col[(c*KH+p)*KW+q, i*OW+j] = x[c, i*sh+p-ph, j*sw+q-pw], 0 in the padding.
+// ---- SIMD: 32-byte vectors through GCC/Clang vector extensions (AVX with -march=native) ----
+
 template <class T>
-void im2col(const T* x, const ConvGeom& g, T* col) {
-  const std::size_t P = g.p();
-  for (std::size_t c = 0; c < g.C; ++c)
-    for (std::size_t p = 0; p < g.KH; ++p)
-      for (std::size_t q = 0; q < g.KW; ++q) {
-        T* dst = col + ((c * g.KH + p) * g.KW + q) * P;
-        std::size_t j0, j1;
-        valid_range(q, g.pw, g.sw, g.W, g.OW, j0, j1);
-        for (std::size_t i = 0; i < g.OH; ++i, dst += g.OW) {
-          const std::ptrdiff_t ih = static_cast<std::ptrdiff_t>(i * g.sh + p) - static_cast<std::ptrdiff_t>(g.ph);
-          if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(g.H)) {
-            std::fill(dst, dst + g.OW, T(0));
-            continue;
+struct Simd {
+  typedef T V __attribute__((vector_size(32)));
+  static constexpr std::size_t L = 32 / sizeof(T);  // lanes
+};
+// Unaligned loads and stores. The vector travels by reference, never by value: a
+// by-value AVX vector in a signature changes the ABI when a target of the build
+// compiles this file without AVX (GCC warns, -Wpsabi).
+template <class T>
+inline void vload(typename Simd<T>::V& v, const T* p) {
+  std::memcpy(&v, p, sizeof v);
+}
+template <class T>
+inline void vstore(T* p, const typename Simd<T>::V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+constexpr std::size_t kTile = 6;   // output pixels per register tile
+constexpr std::size_t kBlock = 2;  // channel vectors per register tile
+template <class T>
+constexpr std::size_t kChan = kBlock * Simd<T>::L;  // channels per register tile
+
+inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
+
+// Worth a parallel region: below this many multiply-adds the team's start-up and
+// barrier cost more than the work (and a lot more when the cores are busy).
+inline bool worth_threads(const ConvGeom& g) { return g.N > 1 && g.N * g.O * g.p() * g.ckk() >= (1u << 18); }
+
+// ---- the direct convolution of one image ------------------------------------------
+//
+// in (C, H, W) -> out (O, OH, OW): out[o, i, j] = sum_{c,p,q} w[(c*KH+p)*KW+q][o] *
+// in[c, i*sh+p-ph, j*sw+q-pw] over the taps inside the image. Input rows in the
+// padding are skipped by grouping output rows into classes with the same valid window
+// rows; input columns in the padding by grouping, inside a class of at least
+// kMinRowsForColumns rows, the output columns with the same valid window columns.
+// Taps are read from a zero-padded copy of the input, (C, H, Wp) with input column w
+// at padded column w + pw, so a group may also keep a padding column (as a zero).
+struct DirectPlan {
+  std::size_t C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
+  std::size_t Wp;    // padded row width
+  std::size_t Opad;  // O rounded up to whole register tiles; w is (C*KH*KW, Opad)
+  // The taps of one window row (c, p): offset of (c, p, q=0) from a pixel's first valid
+  // input row in the padded input, and the index of w's row (c, p, 0) times Opad.
+  struct RowTaps {
+    std::size_t x, w;
+  };
+  // Output columns [j0, j1) whose windows have the columns q in [q0, q1) inside the image.
+  struct ColClass {
+    std::size_t j0, j1, q0, q1;
+  };
+  // Output rows [i0, i1) whose windows have the rows p in [p0, p1) inside the image,
+  // with the taps of those rows and the column groups its pixels are tiled by.
+  struct RowClass {
+    std::size_t i0, i1, p0;
+    std::vector<RowTaps> rows;
+    std::vector<ColClass> cols;
+  };
+  std::vector<RowClass> classes;
+  static constexpr std::size_t kMinRowsForColumns = 4;  // so that column groups fill a tile
+
+  template <class T>
+  DirectPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t KH_, std::size_t KW_,
+             std::size_t sh_, std::size_t sw_, std::size_t ph_, std::size_t pw_, T*)
+      : C(C_), H(H_), W(W_), O(O_), KH(KH_), KW(KW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
+    OH = (H + 2 * ph - KH) / sh + 1;
+    OW = (W + 2 * pw - KW) / sw + 1;
+    Wp = std::max(W + pw, (OW - 1) * sw + KW);
+    Opad = round_up(O, kChan<T>);
+    std::vector<ColClass> col_classes;
+    for (std::size_t j = 0; j < OW;) {
+      const auto q = valid_range(j, sw, pw, W, KW);
+      std::size_t j1 = j + 1;
+      while (j1 < OW && valid_range(j1, sw, pw, W, KW) == q) ++j1;
+      col_classes.push_back({j, j1, q.first, q.second});
+      j = j1;
+    }
+    for (std::size_t i = 0; i < OH;) {
+      const auto p = valid_range(i, sh, ph, H, KH);
+      std::size_t i1 = i + 1;
+      while (i1 < OH && valid_range(i1, sh, ph, H, KH) == p) ++i1;
+      RowClass rc{i, i1, p.first, {}, {}};
+      for (std::size_t c = 0; c < C; ++c)
+        for (std::size_t r = p.first; r < p.second; ++r) rc.rows.push_back({(c * H + r - p.first) * Wp, (c * KH + r) * KW * Opad});
+      if (i1 - i >= kMinRowsForColumns && col_classes.size() > 1)
+        rc.cols = col_classes;
+      else
+        rc.cols = {{0, OW, 0, KW}};
+      classes.push_back(std::move(rc));
+      i = i1;
+    }
+  }
+  // Window offsets k in [k0, k1) of output index i lie inside the image along one axis:
+  // 0 <= i*s + k - pad < n.
+  static std::pair<std::size_t, std::size_t> valid_range(std::size_t i, std::size_t s, std::size_t pad,
+                                                         std::size_t n, std::size_t kn) {
+    const std::size_t top = i * s;  // padded index of k = 0
+    const std::size_t k0 = top >= pad ? 0 : pad - top;
+    const std::size_t k1 = n + pad > top ? std::min(kn, n + pad - top) : 0;
+    return {std::min(k0, k1), k1};
+  }
+  std::size_t padded_size() const { return C * H * Wp; }
+};
+
+// Zero-padded copy: xp[c, h, w + pw] = x[c, h, w], zeros elsewhere in each row.
+template <class T>
+void pad_columns(const T* x, const DirectPlan& pl, T* xp) {
+  for (std::size_t r = 0; r < pl.C * pl.H; ++r) {
+    T* dst = xp + r * pl.Wp;
+    std::fill(dst, dst + pl.pw, T(0));
+    std::copy(x + r * pl.W, x + (r + 1) * pl.W, dst + pl.pw);
+    std::fill(dst + pl.pw + pl.W, dst + pl.Wp, T(0));
+  }
+}
+
+// One register tile: NT pixels x kChan channels from w's first column.
+// acc[b][t] = sum_{(c,p) in rows, q in [q0,q1)} w[(c,p,q)][b*L ...] * xt[t][tap (c,p,q)],
+// where xt[t] points at pixel t's first valid input row in the padded input; the
+// result goes to yt[t][...], pixel t's row of the pixel-major result.
+template <class T, std::size_t NT>
+void direct_tile(const T* const* xt, T* const* yt, const DirectPlan::RowTaps* rows, std::size_t nrows,
+                 std::size_t q0, std::size_t q1, const T* w, std::size_t Opad) {
+  using V = typename Simd<T>::V;
+  constexpr std::size_t L = Simd<T>::L;
+  V acc[kBlock][NT];
+  for (std::size_t b = 0; b < kBlock; ++b)
+    for (std::size_t t = 0; t < NT; ++t) acc[b][t] = V{};
+  for (std::size_t r = 0; r < nrows; ++r) {
+    const T* wr = w + rows[r].w;
+    const std::size_t xo = rows[r].x;
+    for (std::size_t q = q0; q < q1; ++q) {
+      V wv[kBlock];
+      for (std::size_t b = 0; b < kBlock; ++b) vload(wv[b], wr + q * Opad + b * L);
+      for (std::size_t t = 0; t < NT; ++t) {
+        const T xv = xt[t][xo + q];
+        for (std::size_t b = 0; b < kBlock; ++b) acc[b][t] += wv[b] * xv;
+      }
+    }
+  }
+  for (std::size_t t = 0; t < NT; ++t)
+    for (std::size_t b = 0; b < kBlock; ++b) vstore(yt[t] + b * L, acc[b][t]);
+}
+
+template <class T>
+void direct_tile_n(std::size_t nt, const T* const* xt, T* const* yt, const DirectPlan::RowTaps* rows,
+                   std::size_t nrows, std::size_t q0, std::size_t q1, const T* w, std::size_t Opad) {
+  switch (nt) {
+    case 6: return direct_tile<T, 6>(xt, yt, rows, nrows, q0, q1, w, Opad);
+    case 5: return direct_tile<T, 5>(xt, yt, rows, nrows, q0, q1, w, Opad);
+    case 4: return direct_tile<T, 4>(xt, yt, rows, nrows, q0, q1, w, Opad);
+    case 3: return direct_tile<T, 3>(xt, yt, rows, nrows, q0, q1, w, Opad);
+    case 2: return direct_tile<T, 2>(xt, yt, rows, nrows, q0, q1, w, Opad);
+    default: return direct_tile<T, 1>(xt, yt, rows, nrows, q0, q1, w, Opad);
+  }
+}
+
+// out (O, OH*OW) = [accumulate ? out : bias] + conv(in, w). xp: C*H*Wp scratch,
+// yt: OH*OW*Opad scratch (pixel-major result, transposed into `out` at the end).
+template <class T>
+void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* bias, bool accumulate, T* out,
+                       T* xp, T* yt) {
+  pad_columns(in, pl, xp);
+  const std::size_t P = pl.OH * pl.OW;
+  for (const DirectPlan::RowClass& rc : pl.classes)
+    for (const DirectPlan::ColClass& cc : rc.cols) {
+      // The group's pixels (i, j), row-major, in ceil(n/6) tiles of near-equal size
+      // (>= 4 when n >= 4): small tiles leave the FMAs waiting on their own latency.
+      const std::size_t width = cc.j1 - cc.j0, n = (rc.i1 - rc.i0) * width;
+      const std::size_t tiles = (n + kTile - 1) / kTile;
+      const bool in_padding = rc.rows.empty() || cc.q0 >= cc.q1;  // no tap inside the image
+      for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
+        for (std::size_t k = 0, s = 0; k < tiles; ++k) {
+          const std::size_t nt = n / tiles + (k < n % tiles ? 1 : 0);
+          const T* xt[kTile] = {};
+          T* yts[kTile] = {};
+          for (std::size_t t = 0; t < nt; ++t, ++s) {
+            const std::size_t i = rc.i0 + s / width, j = cc.j0 + s % width;
+            yts[t] = yt + (i * pl.OW + j) * pl.Opad + o0;
+            if (in_padding) std::fill(yts[t], yts[t] + kChan<T>, T(0));
+            else xt[t] = xp + (i * pl.sh + rc.p0 - pl.ph) * pl.Wp + j * pl.sw;  // first valid input row
           }
-          const T* src = x + (c * g.H + static_cast<std::size_t>(ih)) * g.W;
-          std::fill(dst, dst + j0, T(0));
-          for (std::size_t j = j0; j < j1; ++j) dst[j] = src[j * g.sw + q - g.pw];
-          std::fill(dst + j1, dst + g.OW, T(0));
+          if (!in_padding)
+            direct_tile_n<T>(nt, xt, yts, rc.rows.data(), rc.rows.size(), cc.q0, cc.q1, w + o0, pl.Opad);
+        }
+    }
+  // out[o, s] (+)= yt[s, o]
+  for (std::size_t o = 0; o < pl.O; ++o) {
+    T* row = out + o * P;
+    const T* col = yt + o;
+    if (accumulate)
+      for (std::size_t s = 0; s < P; ++s) row[s] += col[s * pl.Opad];
+    else {
+      const T b0 = bias ? bias[o] : T(0);
+      for (std::size_t s = 0; s < P; ++s) row[s] = b0 + col[s * pl.Opad];
+    }
+  }
+}
+
+// ---- dJ/dK of one image, added into gk (C*KH*KW, Opad) -----------------------------
+//
+// gk[(c,p,q), o] += sum_{i,j} gt[i*OW+j, o] * xp[c, i*sh+p-ph, j*sw+q] for the rows i
+// whose tap row i*sh+p-ph lies inside the image; gt is grad_out transposed, (P, Opad).
+template <class T, std::size_t QW>
+void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t rows, std::size_t OW,
+             std::size_t sw, std::size_t Opad, T* gk) {
+  using V = typename Simd<T>::V;
+  constexpr std::size_t L = Simd<T>::L;
+  V acc[kBlock][QW];
+  for (std::size_t b = 0; b < kBlock; ++b)
+    for (std::size_t q = 0; q < QW; ++q) acc[b][q] = V{};
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* xr = xr0 + r * x_row_step;
+    const T* gr = gt0 + r * OW * Opad;
+    for (std::size_t j = 0; j < OW; ++j) {
+      V gv[kBlock];
+      for (std::size_t b = 0; b < kBlock; ++b) vload(gv[b], gr + j * Opad + b * L);
+      for (std::size_t q = 0; q < QW; ++q) {
+        const T xv = xr[j * sw + q];
+        for (std::size_t b = 0; b < kBlock; ++b) acc[b][q] += gv[b] * xv;
+      }
+    }
+  }
+  for (std::size_t q = 0; q < QW; ++q)
+    for (std::size_t b = 0; b < kBlock; ++b) {
+      T* dst = gk + q * Opad + b * L;
+      V sum;
+      vload(sum, dst);
+      vstore(dst, sum + acc[b][q]);
+    }
+}
+
+template <class T>
+void dk_image(const DirectPlan& pl, const T* xp, const T* gt, T* gk) {
+  for (std::size_t c = 0; c < pl.C; ++c)
+    for (std::size_t p = 0; p < pl.KH; ++p) {
+      // rows i with 0 <= i*sh + p - ph < H
+      const std::size_t i0 = p >= pl.ph ? 0 : (pl.ph - p + pl.sh - 1) / pl.sh;
+      const std::size_t i1 = pl.H + pl.ph > p ? std::min(pl.OH, (pl.H + pl.ph - p - 1) / pl.sh + 1) : 0;
+      if (i0 >= i1) continue;
+      const T* xr0 = xp + (c * pl.H + i0 * pl.sh + p - pl.ph) * pl.Wp;
+      for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
+        for (std::size_t q0 = 0; q0 < pl.KW; q0 += 5) {
+          const T* gt0 = gt + i0 * pl.OW * pl.Opad + o0;
+          T* dst = gk + ((c * pl.KH + p) * pl.KW + q0) * pl.Opad + o0;
+          const std::size_t rows = i1 - i0, step = pl.sh * pl.Wp;
+          switch (std::min<std::size_t>(5, pl.KW - q0)) {
+            case 5: dk_taps<T, 5>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
+            case 4: dk_taps<T, 4>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
+            case 3: dk_taps<T, 3>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
+            case 2: dk_taps<T, 2>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
+            default: dk_taps<T, 1>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
+          }
+        }
+    }
+}
+
+// gt[s, o] = g[o, s] for o < O, 0 for the padding channels.
+template <class T>
+void transpose_grad(const T* g, std::size_t O, std::size_t P, std::size_t Opad, T* gt) {
+  for (std::size_t s = 0; s < P; ++s) std::fill(gt + s * Opad + O, gt + (s + 1) * Opad, T(0));
+  for (std::size_t o = 0; o < O; ++o)
+    for (std::size_t s = 0; s < P; ++s) gt[s * Opad + o] = g[o * P + s];
+}
+
+// ---- the row convolution: few taps per output (a first layer), stride 1 -----------
+//
+// With C_in*KH*KW small (conv1 of ref-CNN has 25 taps), the channel-vectorised tile
+// above spends as long transposing its result as multiplying. Here the vectors run
+// along an output row instead, and y comes out in (C_out, OH, OW) order directly. The
+// input is zero-padded on all sides into rows of Wr = round_up(W + 2 pw, L) columns:
+// output row i, columns [v*L, v*L + L) read padded row i + p, columns v*L + q + [0, L);
+// lanes past OW compute values that are dropped (they read the next row, or the
+// spare zero row at the end). Window rows in the padding are skipped as above.
+struct RowPlan {
+  std::size_t C, H, W, O, KH, KW, OH, OW, ph, pw;
+  std::size_t Wr, Hr;  // padded rows: Hr = H + 2 ph + 1 rows of Wr columns
+  template <class T>
+  RowPlan(const ConvGeom& g, T*)
+      : C(g.C), H(g.H), W(g.W), O(g.O), KH(g.KH), KW(g.KW), OH(g.OH), OW(g.OW), ph(g.ph), pw(g.pw) {
+    Wr = round_up(std::max(W + 2 * pw, OW + KW - 1), Simd<T>::L);
+    Hr = H + 2 * ph + 1;
+  }
+  static bool applies(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && g.ckk() < 64; }
+  std::size_t padded_size() const { return C * Hr * Wr; }
+  // window rows p in [p0, p1) of output row i lie inside the image
+  std::pair<std::size_t, std::size_t> valid_rows(std::size_t i) const {
+    const std::size_t p0 = i >= ph ? 0 : ph - i;
+    const std::size_t p1 = H + ph > i ? std::min(KH, H + ph - i) : 0;
+    return {std::min(p0, p1), p1};
+  }
+};
+
+// xr[c, h + ph, w + pw] = x[c, h, w], zeros elsewhere.
+template <class T>
+void pad_rows(const T* x, const RowPlan& pl, T* xr) {
+  std::fill(xr, xr + pl.padded_size(), T(0));
+  for (std::size_t c = 0; c < pl.C; ++c)
+    for (std::size_t h = 0; h < pl.H; ++h)
+      std::copy(x + (c * pl.H + h) * pl.W, x + (c * pl.H + h + 1) * pl.W, xr + (c * pl.Hr + h + pl.ph) * pl.Wr + pl.pw);
+}
+
+// NO channels from o0 x NV vectors (output row rows[v], columns cols[v]*L + [0, L)), all
+// of one row class (window rows [p0, p1) inside the image):
+// y[o0 + o, i, j] = bias + sum_{c, p in [p0,p1), q} w[(c,p,q), o0 + o] xr[c, i+p, j+q].
+template <class T, std::size_t NO, std::size_t NV>
+void row_tile(const RowPlan& pl, const T* xr, const T* w, const T* bias, std::size_t o0, const std::size_t* vec,
+              std::size_t p0, std::size_t p1, T* y) {
+  using V = typename Simd<T>::V;
+  constexpr std::size_t L = Simd<T>::L;
+  const std::size_t per_row = pl.Wr / L;
+  const T* xv0[NV];  // padded input at (c = 0, row i + p0, column j) of each vector
+  for (std::size_t v = 0; v < NV; ++v) xv0[v] = xr + (vec[v] / per_row + p0) * pl.Wr + vec[v] % per_row * L;
+  V acc[NO][NV];
+  for (std::size_t o = 0; o < NO; ++o)
+    for (std::size_t v = 0; v < NV; ++v) acc[o][v] = V{} + (bias ? bias[o0 + o] : T(0));
+  for (std::size_t c = 0; c < pl.C; ++c)
+    for (std::size_t p = p0; p < p1; ++p) {
+      const std::size_t xo = (c * pl.Hr + p - p0) * pl.Wr;
+      const T* wt = w + (c * pl.KH + p) * pl.KW * pl.O + o0;
+      for (std::size_t q = 0; q < pl.KW; ++q, wt += pl.O) {
+        V xv[NV];
+        for (std::size_t v = 0; v < NV; ++v) vload(xv[v], xv0[v] + xo + q);
+        for (std::size_t o = 0; o < NO; ++o) {
+          const T wo = wt[o];
+          for (std::size_t v = 0; v < NV; ++v) acc[o][v] += xv[v] * wo;
         }
       }
+    }
+  for (std::size_t v = 0; v < NV; ++v) {
+    const std::size_t i = vec[v] / per_row, j = vec[v] % per_row * L;
+    if (j >= pl.OW) continue;
+    const std::size_t n = std::min(L, pl.OW - j);  // lanes past OW are dropped
+    for (std::size_t o = 0; o < NO; ++o) {
+      T* dst = y + ((o0 + o) * pl.OH + i) * pl.OW + j;
+      if (n == L) vstore(dst, acc[o][v]);
+      else std::memcpy(dst, &acc[o][v], n * sizeof(T));
+    }
+  }
+}
+
+template <class T, std::size_t NO>
+void row_tile_n(std::size_t nv, const RowPlan& pl, const T* xr, const T* w, const T* bias, std::size_t o0,
+                const std::size_t* vec, std::size_t p0, std::size_t p1, T* y) {
+  switch (nv) {
+    case 4: return row_tile<T, NO, 4>(pl, xr, w, bias, o0, vec, p0, p1, y);
+    case 3: return row_tile<T, NO, 3>(pl, xr, w, bias, o0, vec, p0, p1, y);
+    case 2: return row_tile<T, NO, 2>(pl, xr, w, bias, o0, vec, p0, p1, y);
+    default: return row_tile<T, NO, 1>(pl, xr, w, bias, o0, vec, p0, p1, y);
+  }
+}
+
+// y (C_out, OH, OW) = bias + conv(x); w is (C_in*KH*KW, C_out); xr: padded_size() scratch.
+// Tiles of 4 vectors x 2 channels (8 accumulators; per tap 4 loads and 2 broadcasts)
+// run through the vectors of consecutive output rows with the same window rows inside.
+template <class T>
+void row_conv_image(const RowPlan& pl, const T* x, const T* w, const T* bias, T* y, T* xr) {
+  constexpr std::size_t L = Simd<T>::L, NV = 4, NO = 2;
+  pad_rows(x, pl, xr);
+  const std::size_t per_row = pl.Wr / L, used = (pl.OW + L - 1) / L;  // vectors holding outputs
+  thread_local std::vector<std::size_t> vec;  // the class's vectors: row * per_row + column block
+  for (std::size_t i0 = 0; i0 < pl.OH;) {
+    const auto rows = pl.valid_rows(i0);
+    std::size_t i1 = i0 + 1;
+    while (i1 < pl.OH && pl.valid_rows(i1) == rows) ++i1;
+    vec.clear();
+    for (std::size_t i = i0; i < i1; ++i)
+      for (std::size_t v = 0; v < used; ++v) vec.push_back(i * per_row + v);
+    for (std::size_t s = 0; s < vec.size(); s += NV) {
+      const std::size_t nv = std::min(NV, vec.size() - s);
+      std::size_t o0 = 0;
+      for (; o0 + NO <= pl.O; o0 += NO) row_tile_n<T, NO>(nv, pl, xr, w, bias, o0, vec.data() + s, rows.first, rows.second, y);
+      if (o0 < pl.O) row_tile_n<T, 1>(nv, pl, xr, w, bias, o0, vec.data() + s, rows.first, rows.second, y);
+    }
+    i0 = i1;
+  }
+}
+
+template <class T>
+inline T hsum(const typename Simd<T>::V& v) {
+  T lanes[Simd<T>::L];
+  std::memcpy(lanes, &v, sizeof v);
+  T s = 0;
+  for (T e : lanes) s += e;  // fixed order: deterministic
+  return s;
+}
+
+// gk[o, (c,p,q)] += sum_{i,j} g[o,i,j] x[c, i+p-ph, j+q-pw] for NO channels from o0 and
+// QW window columns from q0; gr is g in padded rows, (C_out, OH, Wr), zeros past OW.
+template <class T, std::size_t NO, std::size_t QW>
+void row_dk(const RowPlan& pl, const T* xr, const T* gr, std::size_t o0, std::size_t c, std::size_t p,
+            std::size_t q0, T* gk) {
+  using V = typename Simd<T>::V;
+  constexpr std::size_t L = Simd<T>::L;
+  // rows i with 0 <= i + p - ph < H
+  const std::size_t i0 = p >= pl.ph ? 0 : pl.ph - p;
+  const std::size_t i1 = pl.H + pl.ph > p ? std::min(pl.OH, pl.H + pl.ph - p) : 0;
+  V acc[NO][QW];
+  for (std::size_t o = 0; o < NO; ++o)
+    for (std::size_t q = 0; q < QW; ++q) acc[o][q] = V{};
+  const std::size_t nv = pl.Wr / L;
+  for (std::size_t i = i0; i < i1; ++i) {
+    const T* xrow = xr + (c * pl.Hr + i + p) * pl.Wr + q0;
+    for (std::size_t v = 0; v < nv; ++v) {
+      V gv[NO];
+      for (std::size_t o = 0; o < NO; ++o) vload(gv[o], gr + ((o0 + o) * pl.OH + i) * pl.Wr + v * L);
+      for (std::size_t q = 0; q < QW; ++q) {
+        V xv;
+        vload(xv, xrow + v * L + q);
+        for (std::size_t o = 0; o < NO; ++o) acc[o][q] += gv[o] * xv;
+      }
+    }
+  }
+  for (std::size_t o = 0; o < NO; ++o)
+    for (std::size_t q = 0; q < QW; ++q) gk[(o0 + o) * pl.C * pl.KH * pl.KW + (c * pl.KH + p) * pl.KW + q0 + q] += hsum<T>(acc[o][q]);
+}
+
+template <class T, std::size_t NO>
+void row_dk_q(const RowPlan& pl, const T* xr, const T* gr, std::size_t o0, std::size_t c, std::size_t p, T* gk) {
+  for (std::size_t q0 = 0; q0 < pl.KW; q0 += 5) switch (std::min<std::size_t>(5, pl.KW - q0)) {
+      case 5: row_dk<T, NO, 5>(pl, xr, gr, o0, c, p, q0, gk); break;
+      case 4: row_dk<T, NO, 4>(pl, xr, gr, o0, c, p, q0, gk); break;
+      case 3: row_dk<T, NO, 3>(pl, xr, gr, o0, c, p, q0, gk); break;
+      case 2: row_dk<T, NO, 2>(pl, xr, gr, o0, c, p, q0, gk); break;
+      default: row_dk<T, NO, 1>(pl, xr, gr, o0, c, p, q0, gk); break;
+    }
+}
+
+// dJ/dK (C_out, C_in*KH*KW) and dJ/db (C_out) of one image, added into gk and gb.
+// xr: padded_size() scratch; gr: C_out*OH*Wr scratch.
+template <class T>
+void row_dk_image(const RowPlan& pl, const T* x, const T* g, T* gk, T* gb, T* xr, T* gr) {
+  using V = typename Simd<T>::V;
+  constexpr std::size_t L = Simd<T>::L;
+  if (gb || gk)  // gr[o, i, j] = g[o, i, j], 0 for j >= OW
+    for (std::size_t r = 0; r < pl.O * pl.OH; ++r) {
+      std::copy(g + r * pl.OW, g + (r + 1) * pl.OW, gr + r * pl.Wr);
+      std::fill(gr + r * pl.Wr + pl.OW, gr + (r + 1) * pl.Wr, T(0));
+    }
+  if (gb)  // db[o] += sum_{i,j} g[o,i,j]
+    for (std::size_t o = 0; o < pl.O; ++o) {
+      V acc = V{};
+      const T* go = gr + o * pl.OH * pl.Wr;
+      for (std::size_t v = 0; v < pl.OH * pl.Wr / L; ++v) {
+        V gv;
+        vload(gv, go + v * L);
+        acc += gv;
+      }
+      gb[o] += hsum<T>(acc);
+    }
+  if (!gk) return;
+  pad_rows(x, pl, xr);
+  // (A lane past OW multiplies a zero of gr by an input value of the next row: only an
+  // infinite input could leak into dK there, as NaN, where the true value is infinite.)
+  for (std::size_t c = 0; c < pl.C; ++c)
+    for (std::size_t p = 0; p < pl.KH; ++p) {
+      std::size_t o0 = 0;
+      for (; o0 + 2 <= pl.O; o0 += 2) row_dk_q<T, 2>(pl, xr, gr, o0, c, p, gk);
+      if (o0 < pl.O) row_dk_q<T, 1>(pl, xr, gr, o0, c, p, gk);
+    }
 }
 
 // The adjoint of im2col: grad_x[c, i*sh+p-ph, j*sw+q-pw] += dcol[(c,p,q), (i,j)].
@@ -84,8 +546,9 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
     for (std::size_t p = 0; p < g.KH; ++p)
       for (std::size_t q = 0; q < g.KW; ++q) {
         const T* src = dcol + ((c * g.KH + p) * g.KW + q) * P;
-        std::size_t j0, j1;
-        valid_range(q, g.pw, g.sw, g.W, g.OW, j0, j1);
+        // output columns j whose input column j*sw + q - pw lies in [0, W)
+        const std::size_t j0 = q >= g.pw ? 0 : (g.pw - q + g.sw - 1) / g.sw;
+        const std::size_t j1 = std::max(j0, g.W + g.pw > q ? std::min(g.OW, (g.W - 1 + g.pw - q) / g.sw + 1) : 0);
         for (std::size_t i = 0; i < g.OH; ++i, src += g.OW) {
           const std::ptrdiff_t ih = static_cast<std::ptrdiff_t>(i * g.sh + p) - static_cast<std::ptrdiff_t>(g.ph);
           if (ih < 0 || ih >= static_cast<std::ptrdiff_t>(g.H)) continue;
@@ -93,14 +556,6 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
           for (std::size_t j = j0; j < j1; ++j) dst[j * g.sw + q - g.pw] += src[j];
         }
       }
-}
-
-// A growing per-thread scratch buffer, kept across calls (no malloc churn per step).
-template <class T>
-T* scratch(std::size_t n, int which) {
-  thread_local std::vector<T> buf[2];
-  if (buf[which].size() < n) buf[which].resize(n);
-  return buf[which].data();
 }
 
 }  // namespace
@@ -127,80 +582,134 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
                     Tensor<T>& y) {
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p();
-  const T* xp = x.data();
   const T* kp = k.data();
-  T* yp = y.data();
-  const bool direct = g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-#pragma omp parallel for schedule(static)
-  for (std::size_t n = 0; n < g.N; ++n) {
-    const T* xn = xp + n * g.C * g.H * g.W;
-    const T* col = xn;  // a 1x1 kernel at stride 1 without padding reads x as it is
-    if (!direct) {
-      T* c = scratch<T>(CKK * P, 0);
-      im2col(xn, g, c);
-      col = c;
+  const T* bp = b ? b->data() : nullptr;
+  if (g.one_by_one()) {
+    // y_n (C_out, P) = K (C_out, C_in) x_n (C_in, P) [+ b 1^T]
+#pragma omp parallel for schedule(static) if (worth_threads(g))
+    for (std::size_t n = 0; n < g.N; ++n) {
+      T* yn = y.data() + n * g.O * P;
+      for (std::size_t o = 0; o < g.O; ++o) std::fill(yn + o * P, yn + (o + 1) * P, bp ? bp[o] : T(0));
+      gemm<T>(false, false, g.O, P, CKK, T(1), kp, x.data() + n * g.C * g.H * g.W, T(1), yn);
     }
-    T* yn = yp + n * g.O * P;
-    // y_n (C_out, P) = K (C_out, CKK) x col (CKK, P)
-    gemm<T>(false, false, g.O, P, CKK, T(1), kp, col, T(0), yn);
-    if (b)  // y[n,o,:,:] += b[o]
-      for (std::size_t o = 0; o < g.O; ++o) {
-        const T bo = b->data()[o];
-        T* row = yn + o * P;
-        for (std::size_t i = 0; i < P; ++i) row[i] += bo;
-      }
+    return;
+  }
+  if (RowPlan::applies(g)) {
+    const RowPlan pl(g, static_cast<T*>(nullptr));
+    // w[(c,p,q), o] = k[o,c,p,q]
+    T* w = scratch<T>(CKK * g.O, 4);
+    for (std::size_t t = 0; t < CKK; ++t)
+      for (std::size_t o = 0; o < g.O; ++o) w[t * g.O + o] = kp[o * CKK + t];
+#pragma omp parallel for schedule(static) if (worth_threads(g))
+    for (std::size_t n = 0; n < g.N; ++n)
+      row_conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, y.data() + n * g.O * P, scratch<T>(pl.padded_size(), 0));
+    return;
+  }
+  const DirectPlan pl(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, static_cast<T*>(nullptr));
+  // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
+  T* w = scratch<T>(CKK * pl.Opad, 4);
+  for (std::size_t t = 0; t < CKK; ++t)
+    for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
+#pragma omp parallel for schedule(static) if (worth_threads(g))
+  for (std::size_t n = 0; n < g.N; ++n) {
+    T* xp = scratch<T>(pl.padded_size(), 0);
+    T* yt = scratch<T>(P * pl.Opad, 1);
+    direct_conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt);
   }
 }
 
 template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Attrs& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
+  if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
-  const std::size_t CKK = g.ckk(), P = g.p();
+  const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
   const T* gp = grad_out.data();
   const T* kp = k.data();
-  const bool direct = g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  const bool one = g.one_by_one();
 
-  // dJ/db_o = sum_{n,i,j} g[n,o,i,j]  (section 3.1.5: dJ/dvZ_j times the ones vector)
-  if (grad_b)
-    for (std::size_t n = 0; n < g.N; ++n)
-      for (std::size_t o = 0; o < g.O; ++o) {
-        const T* row = gp + (n * g.O + o) * P;
-        T s = 0;
-        for (std::size_t i = 0; i < P; ++i) s += row[i];
-        grad_b->data()[o] += s;
-      }
-  if (!grad_x && !grad_k) return;
+  // dJ/dK through the direct plan of the forward (its padded input and taps).
+  const DirectPlan pl(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, static_cast<T*>(nullptr));
+  // dJ/dx as the direct convolution of grad_out with the flipped kernel (stride 1,
+  // padding < kernel): input (C_out, OH, OW), output (C_in, H, W), padding KH-1-ph.
+  const bool dx_direct = grad_x && !one && g.sh == 1 && g.sw == 1 && g.ph < g.KH && g.pw < g.KW;
+  std::optional<DirectPlan> plx;
+  T* wflip = nullptr;
+  if (dx_direct) {
+    plx.emplace(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, static_cast<T*>(nullptr));
+    // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q]
+    wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);
+    for (std::size_t o = 0; o < g.O; ++o)
+      for (std::size_t p = 0; p < g.KH; ++p)
+        for (std::size_t q = 0; q < g.KW; ++q) {
+          T* dst = wflip + ((o * g.KH + p) * g.KW + q) * plx->Opad;
+          for (std::size_t c = 0; c < plx->Opad; ++c)
+            dst[c] = c < g.C ? kp[((o * g.C + c) * g.KH + g.KH - 1 - p) * g.KW + g.KW - 1 - q] : T(0);
+        }
+  }
 
-  // Each thread sums dJ/dK over its images into its own partial; the partials are
-  // added in thread order afterwards, so the result does not depend on timing.
+  // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
+  // partials are added in thread order afterwards, so the result does not depend on
+  // timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C*KH*KW)
+  // on the others; dJ/db partials have Opad entries.
+  const bool rows = !one && RowPlan::applies(g);
+  const RowPlan rpl(g, static_cast<T*>(nullptr));
+  const bool natural = one || rows;
+  const std::size_t kpart = natural ? g.O * CKK : CKK * pl.Opad;
+  const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();
-  std::vector<T> partial_k(grad_k ? static_cast<std::size_t>(nt) * g.O * CKK : 0, T(0));
-#pragma omp parallel num_threads(nt)
+  T* partial = scratch<T>(static_cast<std::size_t>(nt) * part, 3);
+  std::fill(partial, partial + static_cast<std::size_t>(nt) * part, T(0));
+#pragma omp parallel num_threads(nt) if (worth_threads(g))
   {
-    T* gk = grad_k ? partial_k.data() + static_cast<std::size_t>(omp_get_thread_num()) * g.O * CKK : nullptr;
+    T* gk = partial + static_cast<std::size_t>(omp_get_thread_num()) * part;
+    T* gb = gk + kpart;
 #pragma omp for schedule(static)
     for (std::size_t n = 0; n < g.N; ++n) {
-      const T* xn = x.data() + n * g.C * g.H * g.W;
+      const T* xn = x.data() + n * g.C * HW;
       const T* gn = gp + n * g.O * P;
-      if (gk) {
-        // dK[o,c,p,q] += sum_{i,j} g[n,o,i,j] * x[n,c,i*sh+p-ph,j*sw+q-pw]
-        // (C_out, CKK) += g_n (C_out, P) x col^T (P, CKK)
-        const T* col = xn;
-        if (!direct) {
-          T* c = scratch<T>(CKK * P, 0);
-          im2col(xn, g, c);
-          col = c;
+      // dK[o,c,p,q] += sum_{i,j} g[n,o,i,j] * x[n,c,i*sh+p-ph,j*sw+q-pw]
+      // dJ/db_o += sum_{i,j} g[n,o,i,j]  (section 3.1.5: dJ/dvZ_j times the ones vector)
+      if (rows) {
+        row_dk_image(rpl, xn, gn, grad_k ? gk : nullptr, grad_b ? gb : nullptr, scratch<T>(rpl.padded_size(), 0),
+                     scratch<T>(g.O * g.OH * rpl.Wr, 2));
+      } else if (one) {
+        if (grad_b)
+          for (std::size_t o = 0; o < g.O; ++o)
+            for (std::size_t i = 0; i < P; ++i) gb[o] += gn[o * P + i];
+        if (grad_k) gemm<T>(false, true, g.O, CKK, P, T(1), gn, xn, T(1), gk);  // (C_out, C_in) += g_n x_n^T
+      } else if (grad_k || grad_b) {
+        using V = typename Simd<T>::V;
+        constexpr std::size_t L = Simd<T>::L;
+        T* gt = scratch<T>(P * pl.Opad, 2);
+        transpose_grad(gn, g.O, P, pl.Opad, gt);
+        if (grad_b)
+          for (std::size_t o = 0; o < pl.Opad; o += L) {
+            V acc, gv;
+            vload(acc, gb + o);
+            for (std::size_t s = 0; s < P; ++s) {
+              vload(gv, gt + s * pl.Opad + o);
+              acc += gv;
+            }
+            vstore(gb + o, acc);
+          }
+        if (grad_k) {
+          T* xp = scratch<T>(pl.padded_size(), 0);
+          pad_columns(xn, pl, xp);
+          dk_image(pl, xp, gt, gk);
         }
-        gemm<T>(false, true, g.O, CKK, P, T(1), gn, col, T(1), gk);
       }
       if (grad_x) {
         // dx[n,c,i*sh+p-ph,j*sw+q-pw] += sum_o k[o,c,p,q] * g[n,o,i,j]
-        // dcol (CKK, P) = K^T (CKK, C_out) x g_n (C_out, P), then col2im adds it up.
-        T* gxn = grad_x->data() + n * g.C * g.H * g.W;
-        if (direct) {
+        T* gxn = grad_x->data() + n * g.C * HW;
+        if (one) {
           gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, T(1), gxn);
+        } else if (dx_direct) {
+          T* gpad = scratch<T>(plx->padded_size(), 0);
+          T* yt = scratch<T>(HW * plx->Opad, 1);
+          direct_conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt);
         } else {
+          // dcol (CKK, P) = K^T (CKK, C_out) x g_n (C_out, P), then col2im adds it up.
           T* dcol = scratch<T>(CKK * P, 1);
           gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, T(0), dcol);
           col2im_add(dcol, g, gxn);
@@ -208,12 +717,19 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
       }
     }
   }
-  if (grad_k)
-    for (int t = 0; t < nt; ++t) {
-      const T* part = partial_k.data() + static_cast<std::size_t>(t) * g.O * CKK;
+  for (int t = 0; t < nt; ++t) {
+    const T* gk = partial + static_cast<std::size_t>(t) * part;
+    if (grad_k) {
       T* dst = grad_k->data();
-      for (std::size_t i = 0; i < g.O * CKK; ++i) dst[i] += part[i];
+      if (natural)
+        for (std::size_t i = 0; i < g.O * CKK; ++i) dst[i] += gk[i];
+      else
+        for (std::size_t o = 0; o < g.O; ++o)
+          for (std::size_t tap = 0; tap < CKK; ++tap) dst[o * CKK + tap] += gk[tap * pl.Opad + o];
     }
+    if (grad_b)
+      for (std::size_t o = 0; o < g.O; ++o) grad_b->data()[o] += gk[kpart + o];
+  }
 }
 
 template <class T>

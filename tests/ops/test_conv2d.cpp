@@ -22,6 +22,11 @@ const ConvCase kCases[] = {
     {"large_padding", {1, 2, 3, 3}, {2, 2, 2, 2}, {3, 2}, {1, 2}, true},
     {"no_bias", {2, 3, 5, 6}, {5, 3, 3, 3}, {1, 0}, {2, 1}, false},
     {"non_square_kernel_batch4", {4, 1, 6, 7}, {2, 1, 2, 4}, {0, 2}, {1, 1}, true},
+    // many taps per output (C_in*KH*KW >= 64): the channel-vectorised direct kernel, and
+    // dJ/dx as the convolution of grad_out with the flipped kernel
+    {"many_taps_3x3", {2, 8, 4, 3}, {2, 8, 3, 3}, {1, 1}, {1, 1}, true},
+    {"many_taps_5x5_same_padding", {1, 3, 8, 5}, {1, 3, 5, 5}, {2, 2}, {1, 1}, true},
+    {"many_taps_strided", {1, 8, 5, 4}, {2, 8, 3, 3}, {1, 0}, {2, 1}, false},
 };
 
 // y[n,o,i,j] = b[o] + sum_{c,p,q} k[o,c,p,q] x[n,c,i*sh+p-ph,j*sw+q-pw]: the definition, directly.
@@ -96,6 +101,33 @@ TEST(Conv2d, FloatPathAgreesWithDouble) {
   EXPECT_TRUE(all_close(xt::cast<double>(tf.value(yf)), td.value(yd), 1e-5, 1e-5));
   EXPECT_TRUE(all_close(xt::cast<double>(kf.grad), kd.grad, 1e-5, 1e-4));
   EXPECT_TRUE(all_close(xt::cast<double>(bf.grad), bd.grad, 1e-5, 1e-4));
+}
+
+// ref-CNN's two convolutions in float, where a register tile holds 16 channels and the
+// row kernel runs 8 columns at a time: float against double, value and every gradient.
+TEST(Conv2d, FloatPathAgreesWithDoubleAtRefCnnShapes) {
+  struct Layer {
+    Shape x, k;
+  };
+  for (const Layer& l : {Layer{{3, 1, 28, 28}, {16, 1, 5, 5}}, Layer{{3, 16, 14, 14}, {32, 16, 5, 5}},
+                         Layer{{2, 16, 14, 14}, {20, 16, 5, 5}}, Layer{{2, 2, 13, 11}, {17, 2, 5, 5}}}) {
+    SCOPED_TRACE(shape_str(l.k));
+    const T64 x = uniform(l.x, 11), k = uniform(l.k, 12), b = uniform({l.k[0]}, 13);
+    const T64 g = uniform({l.x[0], l.k[0], l.x[2], l.x[3]}, 14);
+    const Conv2dOptions opt{.padding = {2, 2}};
+    Tape<double> td;
+    Parameter<double> xd("x", x), kd("k", k), bd("b", b);
+    const Value yd = conv2d(td, td.param(xd), td.param(kd), td.param(bd), opt);
+    td.backward(yd, g);
+    Tape<float> tf;
+    Parameter<float> xf("x", xt::cast<float>(x)), kf("k", xt::cast<float>(k)), bf("b", xt::cast<float>(b));
+    const Value yf = conv2d(tf, tf.param(xf), tf.param(kf), tf.param(bf), opt);
+    tf.backward(yf, xt::cast<float>(g));
+    EXPECT_TRUE(all_close(xt::cast<double>(tf.value(yf)), td.value(yd), 1e-4, 1e-4));
+    EXPECT_TRUE(all_close(xt::cast<double>(xf.grad), xd.grad, 1e-4, 1e-4));
+    EXPECT_TRUE(all_close(xt::cast<double>(kf.grad), kd.grad, 1e-4, 1e-3));
+    EXPECT_TRUE(all_close(xt::cast<double>(bf.grad), bd.grad, 1e-4, 1e-3));
+  }
 }
 
 // Appendix A: A (3,4) convolved with beta (2,2), padding (1,1), stride (1,2) gives
