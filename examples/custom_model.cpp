@@ -20,16 +20,16 @@ int main(int argc, char** argv) {
   const nn::Dataset train = nn::load_fashion_mnist(dir, "train"), test = nn::load_fashion_mnist(dir, "t10k");
   std::mt19937_64 rng(42);
   nn::Sequential<float> model;  // (N,1,28,28)
-  model.add<nn::Conv2d<float>>("conv1", 1, 6, std::array{5, 5}, ad::Conv2dOptions{.padding = {2, 2}}, false, rng);
+  model.add<nn::Conv2d<float>>("conv1", 1, 6, std::array{5, 5}, ad::Conv2dOptions{.padding = {2, 2}}, nn::Init::Xavier, rng);
   model.add<nn::ActivationLayer<float>>("tanh1", nn::Activation::Tanh);
   model.add<nn::AvgPool2d<float>>("pool1");  // (N,6,14,14)
-  model.add<nn::Conv2d<float>>("conv2", 6, 16, std::array{5, 5}, ad::Conv2dOptions{}, false, rng);
+  model.add<nn::Conv2d<float>>("conv2", 6, 16, std::array{5, 5}, ad::Conv2dOptions{}, nn::Init::Xavier, rng);
   model.add<nn::ActivationLayer<float>>("tanh2", nn::Activation::Tanh);
   model.add<nn::AvgPool2d<float>>("pool2");  // (N,16,5,5)
   model.add<nn::Flatten<float>>();
-  model.add<nn::Linear<float>>("fc3", 400, 64, false, rng);
+  model.add<nn::Linear<float>>("fc3", 400, 64, nn::Init::Xavier, rng);
   model.add<ResidualDense>("res4", 64, rng);
-  model.add<nn::Linear<float>>("fc5", 64, 10, false, rng);
+  model.add<nn::Linear<float>>("fc5", 64, 10, nn::Init::Xavier, rng);
 
   nn::Adam<float> opt(model.parameters(), {.lr = 2e-3});
   nn::BatchIterator batches(train, 64, /*shuffle=*/true, /*seed=*/1, /*limit=*/10000);

@@ -34,7 +34,7 @@ struct Options {
   uint64_t seed = 1;
   std::size_t limit = 0;
   std::string save, load, curve;
-  std::string pool = "max", activation = "relu";
+  std::string pool = "max", activation = "relu", init = "he";
   std::array<int, 2> channels{16, 32};
 };
 
@@ -145,6 +145,7 @@ int run(const Options& o) {
   cfg.pool = nn::parse_pool(o.pool);
   cfg.activation = nn::parse_activation(o.activation);
   cfg.channels = o.channels;
+  cfg.torch_init = nn::parse_init(o.init) == nn::Init::Torch;
   nn::Sequential<float> model = nn::make_cnn<float>(cfg, o.seed);
   std::size_t n_params = 0;
   for (auto* p : model.parameters()) n_params += p->value.size();
@@ -158,13 +159,14 @@ int run(const Options& o) {
     lr = lr > 0 ? lr : 0.01;
     opt = std::make_unique<nn::Sgd<float>>(model.parameters(), nn::SgdOptions{.lr = lr, .momentum = 0.9, .nesterov = true, .weight_decay = o.weight_decay});
   } else {
-    lr = lr > 0 ? lr : 2e-3;
+    lr = lr > 0 ? lr : 3e-3;
     opt = std::make_unique<nn::Adam<float>>(model.parameters(), nn::AdamOptions{.lr = lr, .weight_decay = o.weight_decay});
   }
   const std::string schedule = o.schedule == "auto" ? (o.optimizer == "sgd" ? "constant" : "cosine") : o.schedule;
   nn::scheduled_lr(schedule, lr, 0, o.epochs);  // rejects an unknown name before any work
   fmt::print("model: {} ({} parameters); optimizer {} lr {:g} ({} schedule), batch {}, {} threads, seed {}\n", cfg.tag(),
              n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
+  std::fflush(stdout);
 
   int start = 0;
   if (!o.load.empty()) {
@@ -208,7 +210,7 @@ int main(int argc, char** argv) {
   app.add_option("--data", o.data, "directory with the Fashion-MNIST IDX files (.gz or raw)")->capture_default_str();
   app.add_option("--epochs", o.epochs, "total epochs (a resumed run continues up to this)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--batch", o.batch, "mini-batch size")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--lr", o.lr, "learning rate (default: sgd 0.05, momentum 0.01, adam 0.002)")->check(CLI::PositiveNumber);
+  app.add_option("--lr", o.lr, "learning rate (default: sgd 0.05, momentum 0.01, adam 0.003)")->check(CLI::PositiveNumber);
   app.add_option("--weight-decay", o.weight_decay, "L2 weight decay added to every gradient")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--optimizer", o.optimizer, "sgd | momentum (Nesterov, 0.9) | adam")->capture_default_str()
@@ -223,6 +225,8 @@ int main(int argc, char** argv) {
   app.add_option("--pool", o.pool, "pooling: max | avg")->capture_default_str()->check(CLI::IsMember({"max", "avg"}));
   app.add_option("--activation", o.activation, "relu | leaky_relu | sigmoid | tanh")->capture_default_str()
       ->check(CLI::IsMember({"relu", "leaky_relu", "sigmoid", "tanh"}));
+  app.add_option("--init", o.init, "he (He/Xavier, biases 0) | torch (PyTorch's default init, to compare with LibTorch)")
+      ->capture_default_str()->check(CLI::IsMember({"he", "torch"}));
   app.add_option("--channels", o.channels, "channels of the two conv layers")->capture_default_str();
   app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
   try {

@@ -28,6 +28,30 @@ PoolKind parse_pool(const std::string& s) {
   throw std::invalid_argument("unknown pool kind '" + s + "' (max, avg)");
 }
 std::string to_string(PoolKind p) { return p == PoolKind::Max ? "max" : "avg"; }
+Init parse_init(const std::string& s) {
+  if (s == "he") return Init::He;
+  if (s == "xavier") return Init::Xavier;
+  if (s == "torch") return Init::Torch;
+  throw std::invalid_argument("unknown initialisation '" + s + "' (he, xavier, torch)");
+}
+
+namespace {
+// A weight of `shape` and a bias of `n` by the chosen scheme.
+template <class T>
+std::pair<ad::Tensor<T>, ad::Tensor<T>> init_weight_bias(Init init, const ad::Shape& shape, std::size_t n,
+                                                         std::size_t fan_in, std::size_t fan_out, std::mt19937_64& rng) {
+  if (init == Init::Torch) {  // kaiming_uniform(a = sqrt(5)): bound 1/sqrt(fan_in), bias alike
+    const double b = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    std::uniform_real_distribution<double> u(-b, b);
+    ad::Tensor<T> w(shape), bias(ad::Shape{n});
+    for (T& e : w) e = static_cast<T>(u(rng));
+    for (T& e : bias) e = static_cast<T>(u(rng));
+    return {std::move(w), std::move(bias)};
+  }
+  return {init == Init::He ? he_normal<T>(shape, fan_in, rng) : xavier_uniform<T>(shape, fan_in, fan_out, rng),
+          xt::zeros<T>({n})};
+}
+}  // namespace
 
 template <class T>
 ad::Tensor<T> he_normal(const ad::Shape& shape, std::size_t fan_in, std::mt19937_64& rng) {
@@ -48,13 +72,12 @@ ad::Tensor<T> xavier_uniform(const ad::Shape& shape, std::size_t fan_in, std::si
 
 template <class T>
 Conv2d<T>::Conv2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt,
-                  bool he_init, std::mt19937_64& rng)
+                  Init init, std::mt19937_64& rng)
     : Layer<T>(std::move(name)), options(opt) {
   const ad::Shape ks{std::size_t(c_out), std::size_t(c_in), std::size_t(kernel[0]), std::size_t(kernel[1])};
-  const std::size_t fan_in = ks[1] * ks[2] * ks[3], fan_out = ks[0] * ks[2] * ks[3];
-  weight = Parameter<T>(this->name_ + ".weight", he_init ? he_normal<T>(ks, fan_in, rng)
-                                                         : xavier_uniform<T>(ks, fan_in, fan_out, rng));
-  bias = Parameter<T>(this->name_ + ".bias", xt::zeros<T>({std::size_t(c_out)}));
+  auto [w, b] = init_weight_bias<T>(init, ks, ks[0], ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng);
+  weight = Parameter<T>(this->name_ + ".weight", std::move(w));
+  bias = Parameter<T>(this->name_ + ".bias", std::move(b));
 }
 
 template <class T>
@@ -63,12 +86,12 @@ Value Conv2d<T>::forward(Tape<T>& tape, Value x) {
 }
 
 template <class T>
-Linear<T>::Linear(std::string name, int d_in, int d_out, bool he_init, std::mt19937_64& rng)
+Linear<T>::Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng)
     : Layer<T>(std::move(name)) {
   const ad::Shape ws{std::size_t(d_in), std::size_t(d_out)};
-  weight = Parameter<T>(this->name_ + ".weight", he_init ? he_normal<T>(ws, ws[0], rng)
-                                                         : xavier_uniform<T>(ws, ws[0], ws[1], rng));
-  bias = Parameter<T>(this->name_ + ".bias", xt::zeros<T>({std::size_t(d_out)}));
+  auto [w, b] = init_weight_bias<T>(init, ws, ws[1], ws[0], ws[1], rng);
+  weight = Parameter<T>(this->name_ + ".weight", std::move(w));
+  bias = Parameter<T>(this->name_ + ".bias", std::move(b));
 }
 
 template <class T>
@@ -122,7 +145,9 @@ std::string CnnConfig::tag() const {
 template <class T>
 Sequential<T> make_cnn(const CnnConfig& cfg, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  const bool he = cfg.activation == Activation::Relu || cfg.activation == Activation::LeakyRelu;
+  const bool relu_family = cfg.activation == Activation::Relu || cfg.activation == Activation::LeakyRelu;
+  const Init conv_init = cfg.torch_init ? Init::Torch : relu_family ? Init::He : Init::Xavier;
+  const Init fc_init = cfg.torch_init ? Init::Torch : Init::Xavier;
   const ad::Conv2dOptions conv{.padding = {cfg.padding, cfg.padding}, .stride = {cfg.stride, cfg.stride}};
   const ad::Pool2dOptions pool{.window = {cfg.pool_window, cfg.pool_window}, .stride = {cfg.pool_stride, cfg.pool_stride}};
   // Shapes through the network, checked by the ops' own shape rules.
@@ -137,13 +162,13 @@ Sequential<T> make_cnn(const CnnConfig& cfg, uint64_t seed) {
     const ad::Shape ks{std::size_t(cfg.channels[l]), std::size_t(c_in), std::size_t(cfg.kernel), std::size_t(cfg.kernel)};
     s = ad::conv2d_output_shape(s, ks, nullptr, conv_attrs);
     s = ad::pool2d_output_shape(cfg.pool == PoolKind::Max ? "max_pool2d" : "avg_pool2d", s, pool_attrs);
-    m.template add<Conv2d<T>>("conv" + n, c_in, cfg.channels[l], std::array<int, 2>{cfg.kernel, cfg.kernel}, conv, he, rng);
+    m.template add<Conv2d<T>>("conv" + n, c_in, cfg.channels[l], std::array<int, 2>{cfg.kernel, cfg.kernel}, conv, conv_init, rng);
     m.template add<ActivationLayer<T>>("act" + n, cfg.activation);
     m.template add<Pool2d<T>>("pool" + n, cfg.pool, pool);
     c_in = cfg.channels[l];
   }
   m.template add<Flatten<T>>("flatten");
-  m.template add<Linear<T>>("fc3", int(s[1] * s[2] * s[3]), cfg.classes, false, rng);
+  m.template add<Linear<T>>("fc3", int(s[1] * s[2] * s[3]), cfg.classes, fc_init, rng);
   return m;
 }
 

@@ -19,13 +19,20 @@ using ad::Tape;
 using ad::Value;
 
 enum class Activation { Relu, LeakyRelu, Sigmoid, Tanh };
+// Weight initialisation: He normal (ReLU family), Xavier uniform (sigmoid/tanh, the
+// output layer), or PyTorch's default for Conv2d/Linear (weights and biases
+// U(-1/sqrt(fan_in), 1/sqrt(fan_in))), for side-by-side comparisons with LibTorch.
+// He and Xavier start biases at 0.
+enum class Init { He, Xavier, Torch };
 enum class PoolKind { Max, Avg };
 
 // "relu" / "leaky_relu" / "sigmoid" / "tanh" and back; throws std::invalid_argument.
+// Likewise "max" / "avg" for PoolKind and "he" / "xavier" / "torch" for Init.
 Activation parse_activation(const std::string& s);
 std::string to_string(Activation a);
 PoolKind parse_pool(const std::string& s);
 std::string to_string(PoolKind p);
+Init parse_init(const std::string& s);
 
 // He (Kaiming) normal: N(0, 2 / fan_in), for ReLU-family layers.
 template <class T> ad::Tensor<T> he_normal(const ad::Shape& shape, std::size_t fan_in, std::mt19937_64& rng);
@@ -51,7 +58,7 @@ class Layer {
 template <class T>
 class Conv2d : public Layer<T> {
  public:
-  Conv2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt, bool he_init,
+  Conv2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt, Init init,
          std::mt19937_64& rng);
   Value forward(Tape<T>& tape, Value x) override;
   std::vector<Parameter<T>*> parameters() override { return {&weight, &bias}; }
@@ -63,7 +70,7 @@ class Conv2d : public Layer<T> {
 template <class T>
 class Linear : public Layer<T> {
  public:
-  Linear(std::string name, int d_in, int d_out, bool he_init, std::mt19937_64& rng);
+  Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng);
   Value forward(Tape<T>& tape, Value x) override;
   std::vector<Parameter<T>*> parameters() override { return {&weight, &bias}; }
   Parameter<T> weight, bias;
@@ -134,12 +141,14 @@ struct CnnConfig {
   int pool_window = 2, pool_stride = 2;
   Activation activation = Activation::Relu;
   int classes = 10;
+  // Conv layers: He for the ReLU family, Xavier otherwise; fc3: Xavier. Torch: PyTorch's defaults.
+  bool torch_init = false;
   // "cnn(1x28x28,c16-32,k5p2s1,max2/2,relu,10)": stored in checkpoints to refuse a
   // checkpoint of another architecture.
   std::string tag() const;
 };
 
-// Builds the CNN with seeded initialisation (He for ReLU-family, Xavier otherwise).
+// Builds the CNN with seeded initialisation (see CnnConfig::torch_init).
 // Throws ad::ShapeError if the configuration does not fit the input size.
 template <class T>
 Sequential<T> make_cnn(const CnnConfig& cfg, uint64_t seed);
