@@ -236,6 +236,7 @@ void Tape<T>::reset() {
   checked_ = 0;
   hooks_.clear();
   custom_ops_.clear();
+  custom_names_.clear();
 }
 
 template <class T>
@@ -398,6 +399,7 @@ template <class T>
 int32_t Tape<T>::add_custom_op(std::shared_ptr<const CustomOp> op) {
   for (std::size_t i = 0; i < custom_ops_.size(); ++i)
     if (custom_ops_[i] == op) return static_cast<int32_t>(i);
+  custom_names_.push_back(op->name());
   custom_ops_.push_back(std::move(op));
   return static_cast<int32_t>(custom_ops_.size() - 1);
 }

@@ -267,6 +267,7 @@ class Tape {
   std::size_t checked_ = 0;  // anomaly mode: forward results of nodes below this are checked
   std::vector<std::pair<int32_t, GradHook>> hooks_;  // (value id, hook)
   std::vector<std::shared_ptr<const CustomOp>> custom_ops_;
+  std::vector<std::string> custom_names_;  // custom_ops_[i]->name(), as plain data for debuggers
 };
 
 // Scope in which ops record nothing (inference): `{ NoGradGuard g(tape); ... }`.

@@ -42,7 +42,7 @@ except RuntimeError:
 
 def _max_elements():
     n = gdb.parameter("ad-elements")
-    return 8 if n is None else int(n)
+    return 1 << 62 if n is None else int(n)  # None: `set ad-elements unlimited`
 
 
 # ---- libstdc++ and xtensor internals --------------------------------------------
@@ -265,9 +265,17 @@ class TapePrinter:
             producer = int(_deque_at(slots, vid)["producer"])
             return "#%d" % producer if producer >= 0 else "%%%d" % vid
 
+        try:
+            custom_names = [_string(n) for n in _vector_items(tape["custom_names_"])]
+        except gdb.error:
+            custom_names = []
+
         for i, node in enumerate(nodes):
             op = _op_name(node["op"])
-            shown = "custom[%d]" % int(node["custom"]) if op == "custom" else op
+            shown = op
+            if op == "custom":
+                c = int(node["custom"])
+                shown = custom_names[c] if 0 <= c < len(custom_names) else "custom[%d]" % c
             ins = _node_inputs(node)
             args = "(" + ", ".join(ref(v) for v in ins) + ")" if ins else ""
             out = int(node["output"])
