@@ -81,18 +81,20 @@ T* scratch(std::size_t n, int which) {
 template <class T>
 struct Simd {
   typedef T V __attribute__((vector_size(32)));
+  // The same vector at any address of a T (unaligned loads and stores).
+  typedef T VU __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
   static constexpr std::size_t L = 32 / sizeof(T);  // lanes
 };
-// Unaligned loads and stores. The vector travels by reference, never by value: a
-// by-value AVX vector in a signature changes the ABI when a target of the build
-// compiles this file without AVX (GCC warns, -Wpsabi).
+// at(p): the vector of L elements at p, to read or assign. Vectors pass by reference
+// only: a by-value AVX vector in a signature changes the ABI when some target of the
+// build compiles this file without AVX (GCC warns, -Wpsabi).
 template <class T>
-inline void vload(typename Simd<T>::V& v, const T* p) {
-  std::memcpy(&v, p, sizeof v);
+inline const typename Simd<T>::VU& at(const T* p) {
+  return *reinterpret_cast<const typename Simd<T>::VU*>(p);
 }
 template <class T>
-inline void vstore(T* p, const typename Simd<T>::V& v) {
-  std::memcpy(p, &v, sizeof v);
+inline typename Simd<T>::VU& at(T* p) {
+  return *reinterpret_cast<typename Simd<T>::VU*>(p);
 }
 
 constexpr std::size_t kTile = 6;   // output pixels per register tile
@@ -209,7 +211,7 @@ void direct_tile(const T* const* xt, T* const* yt, const DirectPlan::RowTaps* ro
     const std::size_t xo = rows[r].x;
     for (std::size_t q = q0; q < q1; ++q) {
       V wv[kBlock];
-      for (std::size_t b = 0; b < kBlock; ++b) vload(wv[b], wr + q * Opad + b * L);
+      for (std::size_t b = 0; b < kBlock; ++b) wv[b] = at(wr + q * Opad + b * L);
       for (std::size_t t = 0; t < NT; ++t) {
         const T xv = xt[t][xo + q];
         for (std::size_t b = 0; b < kBlock; ++b) acc[b][t] += wv[b] * xv;
@@ -217,7 +219,7 @@ void direct_tile(const T* const* xt, T* const* yt, const DirectPlan::RowTaps* ro
     }
   }
   for (std::size_t t = 0; t < NT; ++t)
-    for (std::size_t b = 0; b < kBlock; ++b) vstore(yt[t] + b * L, acc[b][t]);
+    for (std::size_t b = 0; b < kBlock; ++b) at(yt[t] + b * L) = acc[b][t];
 }
 
 template <class T>
@@ -292,7 +294,7 @@ void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t row
     const T* gr = gt0 + r * OW * Opad;
     for (std::size_t j = 0; j < OW; ++j) {
       V gv[kBlock];
-      for (std::size_t b = 0; b < kBlock; ++b) vload(gv[b], gr + j * Opad + b * L);
+      for (std::size_t b = 0; b < kBlock; ++b) gv[b] = at(gr + j * Opad + b * L);
       for (std::size_t q = 0; q < QW; ++q) {
         const T xv = xr[j * sw + q];
         for (std::size_t b = 0; b < kBlock; ++b) acc[b][q] += gv[b] * xv;
@@ -302,9 +304,7 @@ void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t row
   for (std::size_t q = 0; q < QW; ++q)
     for (std::size_t b = 0; b < kBlock; ++b) {
       T* dst = gk + q * Opad + b * L;
-      V sum;
-      vload(sum, dst);
-      vstore(dst, sum + acc[b][q]);
+      at(dst) += acc[b][q];
     }
 }
 
@@ -398,7 +398,7 @@ void row_tile(const RowPlan& pl, const T* xr, const T* w, const T* bias, std::si
       const T* wt = w + (c * pl.KH + p) * pl.KW * pl.O + o0;
       for (std::size_t q = 0; q < pl.KW; ++q, wt += pl.O) {
         V xv[NV];
-        for (std::size_t v = 0; v < NV; ++v) vload(xv[v], xv0[v] + xo + q);
+        for (std::size_t v = 0; v < NV; ++v) xv[v] = at(xv0[v] + xo + q);
         for (std::size_t o = 0; o < NO; ++o) {
           const T wo = wt[o];
           for (std::size_t v = 0; v < NV; ++v) acc[o][v] += xv[v] * wo;
@@ -411,7 +411,7 @@ void row_tile(const RowPlan& pl, const T* xr, const T* w, const T* bias, std::si
     const std::size_t n = std::min(L, pl.OW - j);  // lanes past OW are dropped
     for (std::size_t o = 0; o < NO; ++o) {
       T* dst = y + ((o0 + o) * pl.OH + i) * pl.OW + j;
-      if (n == L) vstore(dst, acc[o][v]);
+      if (n == L) at(dst) = acc[o][v];
       else std::memcpy(dst, &acc[o][v], n * sizeof(T));
     }
   }
@@ -481,10 +481,9 @@ void row_dk(const RowPlan& pl, const T* xr, const T* gr, std::size_t o0, std::si
     const T* xrow = xr + (c * pl.Hr + i + p) * pl.Wr + q0;
     for (std::size_t v = 0; v < nv; ++v) {
       V gv[NO];
-      for (std::size_t o = 0; o < NO; ++o) vload(gv[o], gr + ((o0 + o) * pl.OH + i) * pl.Wr + v * L);
+      for (std::size_t o = 0; o < NO; ++o) gv[o] = at(gr + ((o0 + o) * pl.OH + i) * pl.Wr + v * L);
       for (std::size_t q = 0; q < QW; ++q) {
-        V xv;
-        vload(xv, xrow + v * L + q);
+        const V xv = at(xrow + v * L + q);
         for (std::size_t o = 0; o < NO; ++o) acc[o][q] += gv[o] * xv;
       }
     }
@@ -519,11 +518,7 @@ void row_dk_image(const RowPlan& pl, const T* x, const T* g, T* gk, T* gb, T* xr
     for (std::size_t o = 0; o < pl.O; ++o) {
       V acc = V{};
       const T* go = gr + o * pl.OH * pl.Wr;
-      for (std::size_t v = 0; v < pl.OH * pl.Wr / L; ++v) {
-        V gv;
-        vload(gv, go + v * L);
-        acc += gv;
-      }
+      for (std::size_t v = 0; v < pl.OH * pl.Wr / L; ++v) acc += at(go + v * L);
       gb[o] += hsum<T>(acc);
     }
   if (!gk) return;
@@ -685,13 +680,9 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         transpose_grad(gn, g.O, P, pl.Opad, gt);
         if (grad_b)
           for (std::size_t o = 0; o < pl.Opad; o += L) {
-            V acc, gv;
-            vload(acc, gb + o);
-            for (std::size_t s = 0; s < P; ++s) {
-              vload(gv, gt + s * pl.Opad + o);
-              acc += gv;
-            }
-            vstore(gb + o, acc);
+            V acc = at(gb + o);
+            for (std::size_t s = 0; s < P; ++s) acc += at(gt + s * pl.Opad + o);
+            at(gb + o) = acc;
           }
         if (grad_k) {
           T* xp = scratch<T>(pl.padded_size(), 0);
