@@ -13,11 +13,9 @@
 // OpenBLAS pinned to one thread); no im2col buffer. Window taps that fall into the
 // padding are skipped (rows always, columns where a group of pixels shares them), which
 // at ref-CNN's shapes saves 8-16% of the multiply-adds of an im2col GEMM.
-//   Many taps per output (C_in*KH*KW >= 64, e.g. conv2): the kernel is repacked once
-//     per call as w[(c,p,q)][o]; a register tile of 6 output pixels x 16 output channels
-//     (float; 8 for double) runs over the taps; results are transposed into y at the end.
-//   Few taps, stride 1 (conv1): vectors run along output rows instead (4 vectors x 2
-//     channels), y is written in place.
+//   The kernel is repacked once per call as w[(c,p,q)][o]; a register tile of 6 output
+//     pixels x 16 output channels (float; 8 for double) runs over the taps; the
+//     pixel-major result is transposed into y (8x8 blocks in registers).
 //   dJ/dx (stride 1, padding < kernel) is the direct convolution of grad_out with the
 //     flipped kernel, dx[n,c,h,w] += sum_{o,p,q} k[o,c,KH-1-p,KW-1-q] g[n,o,h+p-(KH-1-ph),w+q-(KW-1-pw)];
 //     other strides fall back to dcol = K^T g (GEMM) and col2im.
@@ -32,6 +30,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -95,6 +94,76 @@ inline const typename Simd<T>::VU& at(const T* p) {
 template <class T>
 inline typename Simd<T>::VU& at(T* p) {
   return *reinterpret_cast<typename Simd<T>::VU*>(p);
+}
+
+// ---- transposes between (channels, pixels) and (pixels, channels) ---------------------
+//
+// 8x8 blocks of float in registers (three rounds of shuffles), scalar elsewhere.
+inline void transpose8x8(typename Simd<float>::V r[8]) {
+  using V = typename Simd<float>::V;
+  using I = int32_t __attribute__((vector_size(32)));
+  const I lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const I lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const I lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  V t[8], u[8];
+  for (int k = 0; k < 8; k += 2) t[k] = __builtin_shuffle(r[k], r[k + 1], lo), t[k + 1] = __builtin_shuffle(r[k], r[k + 1], hi);
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = __builtin_shuffle(t[k], t[k + 2], lo2), u[k + 1] = __builtin_shuffle(t[k], t[k + 2], hi2);
+    u[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], lo2), u[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], hi2);
+  }
+  for (int k = 0; k < 4; ++k) r[k] = __builtin_shuffle(u[k], u[k + 4], lo4), r[k + 4] = __builtin_shuffle(u[k], u[k + 4], hi4);
+}
+
+// out[o, s] = (accumulate ? out[o, s] : bias[o] or 0) + yt[s, o] for o < O, s < P;
+// yt is (P, Opad).
+template <class T>
+void pixels_to_planes(const T* yt, std::size_t P, std::size_t Opad, std::size_t O, const T* bias, bool accumulate,
+                      T* out) {
+  std::size_t o0 = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using V = typename Simd<float>::V;
+    for (; o0 + 8 <= O; o0 += 8) {
+      std::size_t s = 0;
+      for (; s + 8 <= P; s += 8) {
+        V r[8];
+        for (int k = 0; k < 8; ++k) r[k] = at(yt + (s + k) * Opad + o0);
+        transpose8x8(r);  // r[k] = channel o0 + k, pixels s .. s+7
+        for (int k = 0; k < 8; ++k) {
+          T* dst = out + (o0 + k) * P + s;
+          if (accumulate) at(dst) += r[k];
+          else at(dst) = r[k] + (bias ? bias[o0 + k] : T(0));
+        }
+      }
+      for (std::size_t o = o0; o < o0 + 8; ++o)
+        for (std::size_t t = s; t < P; ++t)
+          out[o * P + t] = (accumulate ? out[o * P + t] : bias ? bias[o] : T(0)) + yt[t * Opad + o];
+    }
+  }
+  for (std::size_t o = o0; o < O; ++o)
+    for (std::size_t s = 0; s < P; ++s) out[o * P + s] = (accumulate ? out[o * P + s] : bias ? bias[o] : T(0)) + yt[s * Opad + o];
+}
+
+// gt[s, o] = g[o, s] for o < O, 0 for the padding channels O <= o < Opad; g is (O, P).
+template <class T>
+void planes_to_pixels(const T* g, std::size_t O, std::size_t P, std::size_t Opad, T* gt) {
+  for (std::size_t s = 0; s < P; ++s) std::fill(gt + s * Opad + O, gt + (s + 1) * Opad, T(0));
+  std::size_t o0 = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using V = typename Simd<float>::V;
+    for (; o0 + 8 <= O; o0 += 8) {
+      std::size_t s = 0;
+      for (; s + 8 <= P; s += 8) {
+        V r[8];
+        for (int k = 0; k < 8; ++k) r[k] = at(g + (o0 + k) * P + s);
+        transpose8x8(r);  // r[k] = pixel s + k, channels o0 .. o0+7
+        for (int k = 0; k < 8; ++k) at(gt + (s + k) * Opad + o0) = r[k];
+      }
+      for (std::size_t o = o0; o < o0 + 8; ++o)
+        for (std::size_t t = s; t < P; ++t) gt[t * Opad + o] = g[o * P + t];
+    }
+  }
+  for (std::size_t o = o0; o < O; ++o)
+    for (std::size_t s = 0; s < P; ++s) gt[s * Opad + o] = g[o * P + s];
 }
 
 constexpr std::size_t kTile = 6;   // output pixels per register tile
@@ -264,17 +333,7 @@ void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* b
             direct_tile_n<T>(nt, xt, yts, rc.rows.data(), rc.rows.size(), cc.q0, cc.q1, w + o0, pl.Opad);
         }
     }
-  // out[o, s] (+)= yt[s, o]
-  for (std::size_t o = 0; o < pl.O; ++o) {
-    T* row = out + o * P;
-    const T* col = yt + o;
-    if (accumulate)
-      for (std::size_t s = 0; s < P; ++s) row[s] += col[s * pl.Opad];
-    else {
-      const T b0 = bias ? bias[o] : T(0);
-      for (std::size_t s = 0; s < P; ++s) row[s] = b0 + col[s * pl.Opad];
-    }
-  }
+  pixels_to_planes(yt, P, pl.Opad, pl.O, bias, accumulate, out);  // out[o, s] (+)= yt[s, o]
 }
 
 // ---- dJ/dK of one image, added into gk (C*KH*KW, Opad) -----------------------------
@@ -333,205 +392,6 @@ void dk_image(const DirectPlan& pl, const T* xp, const T* gt, T* gk) {
     }
 }
 
-// gt[s, o] = g[o, s] for o < O, 0 for the padding channels.
-template <class T>
-void transpose_grad(const T* g, std::size_t O, std::size_t P, std::size_t Opad, T* gt) {
-  for (std::size_t s = 0; s < P; ++s) std::fill(gt + s * Opad + O, gt + (s + 1) * Opad, T(0));
-  for (std::size_t o = 0; o < O; ++o)
-    for (std::size_t s = 0; s < P; ++s) gt[s * Opad + o] = g[o * P + s];
-}
-
-// ---- the row convolution: few taps per output (a first layer), stride 1 -----------
-//
-// With C_in*KH*KW small (conv1 of ref-CNN has 25 taps), the channel-vectorised tile
-// above spends as long transposing its result as multiplying. Here the vectors run
-// along an output row instead, and y comes out in (C_out, OH, OW) order directly. The
-// input is zero-padded on all sides into rows of Wr = round_up(W + 2 pw, L) columns:
-// output row i, columns [v*L, v*L + L) read padded row i + p, columns v*L + q + [0, L);
-// lanes past OW compute values that are dropped (they read the next row, or the
-// spare zero row at the end). Window rows in the padding are skipped as above.
-struct RowPlan {
-  std::size_t C, H, W, O, KH, KW, OH, OW, ph, pw;
-  std::size_t Wr, Hr;  // padded rows: Hr = H + 2 ph + 1 rows of Wr columns
-  template <class T>
-  RowPlan(const ConvGeom& g, T*)
-      : C(g.C), H(g.H), W(g.W), O(g.O), KH(g.KH), KW(g.KW), OH(g.OH), OW(g.OW), ph(g.ph), pw(g.pw) {
-    Wr = round_up(std::max(W + 2 * pw, OW + KW - 1), Simd<T>::L);
-    Hr = H + 2 * ph + 1;
-  }
-  static bool applies(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && g.ckk() < 64; }
-  std::size_t padded_size() const { return C * Hr * Wr; }
-  // window rows p in [p0, p1) of output row i lie inside the image
-  std::pair<std::size_t, std::size_t> valid_rows(std::size_t i) const {
-    const std::size_t p0 = i >= ph ? 0 : ph - i;
-    const std::size_t p1 = H + ph > i ? std::min(KH, H + ph - i) : 0;
-    return {std::min(p0, p1), p1};
-  }
-};
-
-// xr[c, h + ph, w + pw] = x[c, h, w], zeros elsewhere.
-template <class T>
-void pad_rows(const T* x, const RowPlan& pl, T* xr) {
-  std::fill(xr, xr + pl.padded_size(), T(0));
-  for (std::size_t c = 0; c < pl.C; ++c)
-    for (std::size_t h = 0; h < pl.H; ++h)
-      std::copy(x + (c * pl.H + h) * pl.W, x + (c * pl.H + h + 1) * pl.W, xr + (c * pl.Hr + h + pl.ph) * pl.Wr + pl.pw);
-}
-
-// NO channels from o0 x NV vectors (output row rows[v], columns cols[v]*L + [0, L)), all
-// of one row class (window rows [p0, p1) inside the image):
-// y[o0 + o, i, j] = bias + sum_{c, p in [p0,p1), q} w[(c,p,q), o0 + o] xr[c, i+p, j+q].
-template <class T, std::size_t NO, std::size_t NV>
-void row_tile(const RowPlan& pl, const T* xr, const T* w, const T* bias, std::size_t o0, const std::size_t* vec,
-              std::size_t p0, std::size_t p1, T* y) {
-  using V = typename Simd<T>::V;
-  constexpr std::size_t L = Simd<T>::L;
-  const std::size_t per_row = pl.Wr / L;
-  const T* xv0[NV];  // padded input at (c = 0, row i + p0, column j) of each vector
-  for (std::size_t v = 0; v < NV; ++v) xv0[v] = xr + (vec[v] / per_row + p0) * pl.Wr + vec[v] % per_row * L;
-  V acc[NO][NV];
-  for (std::size_t o = 0; o < NO; ++o)
-    for (std::size_t v = 0; v < NV; ++v) acc[o][v] = V{} + (bias ? bias[o0 + o] : T(0));
-  for (std::size_t c = 0; c < pl.C; ++c)
-    for (std::size_t p = p0; p < p1; ++p) {
-      const std::size_t xo = (c * pl.Hr + p - p0) * pl.Wr;
-      const T* wt = w + (c * pl.KH + p) * pl.KW * pl.O + o0;
-      for (std::size_t q = 0; q < pl.KW; ++q, wt += pl.O) {
-        V xv[NV];
-        for (std::size_t v = 0; v < NV; ++v) xv[v] = at(xv0[v] + xo + q);
-        for (std::size_t o = 0; o < NO; ++o) {
-          const T wo = wt[o];
-          for (std::size_t v = 0; v < NV; ++v) acc[o][v] += xv[v] * wo;
-        }
-      }
-    }
-  for (std::size_t v = 0; v < NV; ++v) {
-    const std::size_t i = vec[v] / per_row, j = vec[v] % per_row * L;
-    if (j >= pl.OW) continue;
-    const std::size_t n = std::min(L, pl.OW - j);  // lanes past OW are dropped
-    for (std::size_t o = 0; o < NO; ++o) {
-      T* dst = y + ((o0 + o) * pl.OH + i) * pl.OW + j;
-      if (n == L) at(dst) = acc[o][v];
-      else std::memcpy(dst, &acc[o][v], n * sizeof(T));
-    }
-  }
-}
-
-template <class T, std::size_t NO>
-void row_tile_n(std::size_t nv, const RowPlan& pl, const T* xr, const T* w, const T* bias, std::size_t o0,
-                const std::size_t* vec, std::size_t p0, std::size_t p1, T* y) {
-  switch (nv) {
-    case 4: return row_tile<T, NO, 4>(pl, xr, w, bias, o0, vec, p0, p1, y);
-    case 3: return row_tile<T, NO, 3>(pl, xr, w, bias, o0, vec, p0, p1, y);
-    case 2: return row_tile<T, NO, 2>(pl, xr, w, bias, o0, vec, p0, p1, y);
-    default: return row_tile<T, NO, 1>(pl, xr, w, bias, o0, vec, p0, p1, y);
-  }
-}
-
-// y (C_out, OH, OW) = bias + conv(x); w is (C_in*KH*KW, C_out); xr: padded_size() scratch.
-// Tiles of 4 vectors x 2 channels (8 accumulators; per tap 4 loads and 2 broadcasts)
-// run through the vectors of consecutive output rows with the same window rows inside.
-template <class T>
-void row_conv_image(const RowPlan& pl, const T* x, const T* w, const T* bias, T* y, T* xr) {
-  constexpr std::size_t L = Simd<T>::L, NV = 4, NO = 2;
-  pad_rows(x, pl, xr);
-  const std::size_t per_row = pl.Wr / L, used = (pl.OW + L - 1) / L;  // vectors holding outputs
-  thread_local std::vector<std::size_t> vec;  // the class's vectors: row * per_row + column block
-  for (std::size_t i0 = 0; i0 < pl.OH;) {
-    const auto rows = pl.valid_rows(i0);
-    std::size_t i1 = i0 + 1;
-    while (i1 < pl.OH && pl.valid_rows(i1) == rows) ++i1;
-    vec.clear();
-    for (std::size_t i = i0; i < i1; ++i)
-      for (std::size_t v = 0; v < used; ++v) vec.push_back(i * per_row + v);
-    for (std::size_t s = 0; s < vec.size(); s += NV) {
-      const std::size_t nv = std::min(NV, vec.size() - s);
-      std::size_t o0 = 0;
-      for (; o0 + NO <= pl.O; o0 += NO) row_tile_n<T, NO>(nv, pl, xr, w, bias, o0, vec.data() + s, rows.first, rows.second, y);
-      if (o0 < pl.O) row_tile_n<T, 1>(nv, pl, xr, w, bias, o0, vec.data() + s, rows.first, rows.second, y);
-    }
-    i0 = i1;
-  }
-}
-
-template <class T>
-inline T hsum(const typename Simd<T>::V& v) {
-  T lanes[Simd<T>::L];
-  std::memcpy(lanes, &v, sizeof v);
-  T s = 0;
-  for (T e : lanes) s += e;  // fixed order: deterministic
-  return s;
-}
-
-// gk[o, (c,p,q)] += sum_{i,j} g[o,i,j] x[c, i+p-ph, j+q-pw] for NO channels from o0 and
-// QW window columns from q0; gr is g in padded rows, (C_out, OH, Wr), zeros past OW.
-template <class T, std::size_t NO, std::size_t QW>
-void row_dk(const RowPlan& pl, const T* xr, const T* gr, std::size_t o0, std::size_t c, std::size_t p,
-            std::size_t q0, T* gk) {
-  using V = typename Simd<T>::V;
-  constexpr std::size_t L = Simd<T>::L;
-  // rows i with 0 <= i + p - ph < H
-  const std::size_t i0 = p >= pl.ph ? 0 : pl.ph - p;
-  const std::size_t i1 = pl.H + pl.ph > p ? std::min(pl.OH, pl.H + pl.ph - p) : 0;
-  V acc[NO][QW];
-  for (std::size_t o = 0; o < NO; ++o)
-    for (std::size_t q = 0; q < QW; ++q) acc[o][q] = V{};
-  const std::size_t nv = pl.Wr / L;
-  for (std::size_t i = i0; i < i1; ++i) {
-    const T* xrow = xr + (c * pl.Hr + i + p) * pl.Wr + q0;
-    for (std::size_t v = 0; v < nv; ++v) {
-      V gv[NO];
-      for (std::size_t o = 0; o < NO; ++o) gv[o] = at(gr + ((o0 + o) * pl.OH + i) * pl.Wr + v * L);
-      for (std::size_t q = 0; q < QW; ++q) {
-        const V xv = at(xrow + v * L + q);
-        for (std::size_t o = 0; o < NO; ++o) acc[o][q] += gv[o] * xv;
-      }
-    }
-  }
-  for (std::size_t o = 0; o < NO; ++o)
-    for (std::size_t q = 0; q < QW; ++q) gk[(o0 + o) * pl.C * pl.KH * pl.KW + (c * pl.KH + p) * pl.KW + q0 + q] += hsum<T>(acc[o][q]);
-}
-
-template <class T, std::size_t NO>
-void row_dk_q(const RowPlan& pl, const T* xr, const T* gr, std::size_t o0, std::size_t c, std::size_t p, T* gk) {
-  for (std::size_t q0 = 0; q0 < pl.KW; q0 += 5) switch (std::min<std::size_t>(5, pl.KW - q0)) {
-      case 5: row_dk<T, NO, 5>(pl, xr, gr, o0, c, p, q0, gk); break;
-      case 4: row_dk<T, NO, 4>(pl, xr, gr, o0, c, p, q0, gk); break;
-      case 3: row_dk<T, NO, 3>(pl, xr, gr, o0, c, p, q0, gk); break;
-      case 2: row_dk<T, NO, 2>(pl, xr, gr, o0, c, p, q0, gk); break;
-      default: row_dk<T, NO, 1>(pl, xr, gr, o0, c, p, q0, gk); break;
-    }
-}
-
-// dJ/dK (C_out, C_in*KH*KW) and dJ/db (C_out) of one image, added into gk and gb.
-// xr: padded_size() scratch; gr: C_out*OH*Wr scratch.
-template <class T>
-void row_dk_image(const RowPlan& pl, const T* x, const T* g, T* gk, T* gb, T* xr, T* gr) {
-  using V = typename Simd<T>::V;
-  constexpr std::size_t L = Simd<T>::L;
-  if (gb || gk)  // gr[o, i, j] = g[o, i, j], 0 for j >= OW
-    for (std::size_t r = 0; r < pl.O * pl.OH; ++r) {
-      std::copy(g + r * pl.OW, g + (r + 1) * pl.OW, gr + r * pl.Wr);
-      std::fill(gr + r * pl.Wr + pl.OW, gr + (r + 1) * pl.Wr, T(0));
-    }
-  if (gb)  // db[o] += sum_{i,j} g[o,i,j]
-    for (std::size_t o = 0; o < pl.O; ++o) {
-      V acc = V{};
-      const T* go = gr + o * pl.OH * pl.Wr;
-      for (std::size_t v = 0; v < pl.OH * pl.Wr / L; ++v) acc += at(go + v * L);
-      gb[o] += hsum<T>(acc);
-    }
-  if (!gk) return;
-  pad_rows(x, pl, xr);
-  // (A lane past OW multiplies a zero of gr by an input value of the next row: only an
-  // infinite input could leak into dK there, as NaN, where the true value is infinite.)
-  for (std::size_t c = 0; c < pl.C; ++c)
-    for (std::size_t p = 0; p < pl.KH; ++p) {
-      std::size_t o0 = 0;
-      for (; o0 + 2 <= pl.O; o0 += 2) row_dk_q<T, 2>(pl, xr, gr, o0, c, p, gk);
-      if (o0 < pl.O) row_dk_q<T, 1>(pl, xr, gr, o0, c, p, gk);
-    }
-}
 
 // The adjoint of im2col: grad_x[c, i*sh+p-ph, j*sw+q-pw] += dcol[(c,p,q), (i,j)].
 template <class T>
@@ -589,17 +449,6 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
     }
     return;
   }
-  if (RowPlan::applies(g)) {
-    const RowPlan pl(g, static_cast<T*>(nullptr));
-    // w[(c,p,q), o] = k[o,c,p,q]
-    T* w = scratch<T>(CKK * g.O, 4);
-    for (std::size_t t = 0; t < CKK; ++t)
-      for (std::size_t o = 0; o < g.O; ++o) w[t * g.O + o] = kp[o * CKK + t];
-#pragma omp parallel for schedule(static) if (worth_threads(g))
-    for (std::size_t n = 0; n < g.N; ++n)
-      row_conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, y.data() + n * g.O * P, scratch<T>(pl.padded_size(), 0));
-    return;
-  }
   const DirectPlan pl(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, static_cast<T*>(nullptr));
   // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
@@ -645,12 +494,9 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
 
   // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
   // partials are added in thread order afterwards, so the result does not depend on
-  // timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C*KH*KW)
-  // on the others; dJ/db partials have Opad entries.
-  const bool rows = !one && RowPlan::applies(g);
-  const RowPlan rpl(g, static_cast<T*>(nullptr));
-  const bool natural = one || rows;
-  const std::size_t kpart = natural ? g.O * CKK : CKK * pl.Opad;
+  // timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C_in) for
+  // a 1x1 kernel; dJ/db partials have Opad entries.
+  const std::size_t kpart = one ? g.O * CKK : CKK * pl.Opad;
   const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();
   T* partial = scratch<T>(static_cast<std::size_t>(nt) * part, 3);
@@ -665,10 +511,7 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
       const T* gn = gp + n * g.O * P;
       // dK[o,c,p,q] += sum_{i,j} g[n,o,i,j] * x[n,c,i*sh+p-ph,j*sw+q-pw]
       // dJ/db_o += sum_{i,j} g[n,o,i,j]  (section 3.1.5: dJ/dvZ_j times the ones vector)
-      if (rows) {
-        row_dk_image(rpl, xn, gn, grad_k ? gk : nullptr, grad_b ? gb : nullptr, scratch<T>(rpl.padded_size(), 0),
-                     scratch<T>(g.O * g.OH * rpl.Wr, 2));
-      } else if (one) {
+      if (one) {
         if (grad_b)
           for (std::size_t o = 0; o < g.O; ++o)
             for (std::size_t i = 0; i < P; ++i) gb[o] += gn[o * P + i];
@@ -677,7 +520,7 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         using V = typename Simd<T>::V;
         constexpr std::size_t L = Simd<T>::L;
         T* gt = scratch<T>(P * pl.Opad, 2);
-        transpose_grad(gn, g.O, P, pl.Opad, gt);
+        planes_to_pixels(gn, g.O, P, pl.Opad, gt);
         if (grad_b)
           for (std::size_t o = 0; o < pl.Opad; o += L) {
             V acc = at(gb + o);
@@ -712,7 +555,7 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
     const T* gk = partial + static_cast<std::size_t>(t) * part;
     if (grad_k) {
       T* dst = grad_k->data();
-      if (natural)
+      if (one)
         for (std::size_t i = 0; i < g.O * CKK; ++i) dst[i] += gk[i];
       else
         for (std::size_t o = 0; o < g.O; ++o)

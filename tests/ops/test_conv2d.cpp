@@ -22,11 +22,11 @@ const ConvCase kCases[] = {
     {"large_padding", {1, 2, 3, 3}, {2, 2, 2, 2}, {3, 2}, {1, 2}, true},
     {"no_bias", {2, 3, 5, 6}, {5, 3, 3, 3}, {1, 0}, {2, 1}, false},
     {"non_square_kernel_batch4", {4, 1, 6, 7}, {2, 1, 2, 4}, {0, 2}, {1, 1}, true},
-    // many taps per output (C_in*KH*KW >= 64): the channel-vectorised direct kernel, and
-    // dJ/dx as the convolution of grad_out with the flipped kernel
-    {"many_taps_3x3", {2, 8, 4, 3}, {2, 8, 3, 3}, {1, 1}, {1, 1}, true},
-    {"many_taps_5x5_same_padding", {1, 3, 8, 5}, {1, 3, 5, 5}, {2, 2}, {1, 1}, true},
-    {"many_taps_strided", {1, 8, 5, 4}, {2, 8, 3, 3}, {1, 0}, {2, 1}, false},
+    // more input channels; 5x5 "same" padding with >= 4 interior rows (the direct kernel's
+    // row and column classes); dJ/dx through the flipped kernel (stride 1) or col2im
+    {"eight_channels_3x3", {2, 8, 4, 3}, {2, 8, 3, 3}, {1, 1}, {1, 1}, true},
+    {"same_padding_5x5", {1, 3, 8, 5}, {1, 3, 5, 5}, {2, 2}, {1, 1}, true},
+    {"eight_channels_strided", {1, 8, 5, 4}, {2, 8, 3, 3}, {1, 0}, {2, 1}, false},
 };
 
 // y[n,o,i,j] = b[o] + sum_{c,p,q} k[o,c,p,q] x[n,c,i*sh+p-ph,j*sw+q-pw]: the definition, directly.
@@ -103,8 +103,10 @@ TEST(Conv2d, FloatPathAgreesWithDouble) {
   EXPECT_TRUE(all_close(xt::cast<double>(bf.grad), bd.grad, 1e-5, 1e-4));
 }
 
-// ref-CNN's two convolutions in float, where a register tile holds 16 channels and the
-// row kernel runs 8 columns at a time: float against double, value and every gradient.
+// ref-CNN's two convolutions in float, where a register tile holds 16 channels and
+// results are transposed in 8x8 blocks (double: 8 channels, scalar transposes), with
+// channel counts that leave partial tiles and blocks: float against double, value and
+// every gradient.
 TEST(Conv2d, FloatPathAgreesWithDoubleAtRefCnnShapes) {
   struct Layer {
     Shape x, k;
