@@ -184,26 +184,28 @@ inline bool worth_threads(const ConvGeom& g) { return g.N > 1 && g.N * g.O * g.p
 // padding are skipped by grouping output rows into classes with the same valid window
 // rows; input columns in the padding by grouping, inside a class of at least
 // kMinRowsForColumns rows, the output columns with the same valid window columns.
+// Each group lists its taps, so a register tile runs one flat loop over them.
 // Taps are read from a zero-padded copy of the input, (C, H, Wp) with input column w
 // at padded column w + pw, so a group may also keep a padding column (as a zero).
 struct DirectPlan {
   std::size_t C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
   std::size_t Wp;    // padded row width
   std::size_t Opad;  // O rounded up to whole register tiles; w is (C*KH*KW, Opad)
-  // The taps of one window row (c, p): offset of (c, p, q=0) from a pixel's first valid
-  // input row in the padded input, and the index of w's row (c, p, 0) times Opad.
-  struct RowTaps {
+  // One tap (c, p, q): its offset from a pixel's first valid input row (p = p0) in the
+  // padded input, and the offset of w's row (c, p, q).
+  struct Tap {
     std::size_t x, w;
   };
-  // Output columns [j0, j1) whose windows have the columns q in [q0, q1) inside the image.
+  // Output columns [j0, j1) whose windows have the columns q in [q0, q1) inside the
+  // image, with the taps (c, p, q) of its row class and those columns.
   struct ColClass {
     std::size_t j0, j1, q0, q1;
+    std::vector<Tap> taps;
   };
   // Output rows [i0, i1) whose windows have the rows p in [p0, p1) inside the image,
-  // with the taps of those rows and the column groups its pixels are tiled by.
+  // and the column groups its pixels are tiled by.
   struct RowClass {
     std::size_t i0, i1, p0;
-    std::vector<RowTaps> rows;
     std::vector<ColClass> cols;
   };
   std::vector<RowClass> classes;
@@ -222,20 +224,23 @@ struct DirectPlan {
       const auto q = valid_range(j, sw, pw, W, KW);
       std::size_t j1 = j + 1;
       while (j1 < OW && valid_range(j1, sw, pw, W, KW) == q) ++j1;
-      col_classes.push_back({j, j1, q.first, q.second});
+      col_classes.push_back({j, j1, q.first, q.second, {}});
       j = j1;
     }
     for (std::size_t i = 0; i < OH;) {
       const auto p = valid_range(i, sh, ph, H, KH);
       std::size_t i1 = i + 1;
       while (i1 < OH && valid_range(i1, sh, ph, H, KH) == p) ++i1;
-      RowClass rc{i, i1, p.first, {}, {}};
-      for (std::size_t c = 0; c < C; ++c)
-        for (std::size_t r = p.first; r < p.second; ++r) rc.rows.push_back({(c * H + r - p.first) * Wp, (c * KH + r) * KW * Opad});
+      RowClass rc{i, i1, p.first, {}};
       if (i1 - i >= kMinRowsForColumns && col_classes.size() > 1)
         rc.cols = col_classes;
       else
-        rc.cols = {{0, OW, 0, KW}};
+        rc.cols = {{0, OW, 0, KW, {}}};
+      for (ColClass& cc : rc.cols)
+        for (std::size_t c = 0; c < C; ++c)
+          for (std::size_t r = p.first; r < p.second; ++r)
+            for (std::size_t q = cc.q0; q < cc.q1; ++q)
+              cc.taps.push_back({(c * H + r - p.first) * Wp + q, ((c * KH + r) * KW + q) * Opad});
       classes.push_back(std::move(rc));
       i = i1;
     }
@@ -253,13 +258,16 @@ struct DirectPlan {
 };
 
 // Zero-padded copy: xp[c, h, w + pw] = x[c, h, w], zeros elsewhere in each row.
+// (One fill of the buffer, then a plain loop per row: rows are a few dozen elements,
+// too short for a memmove or memset call each.)
 template <class T>
 void pad_columns(const T* x, const DirectPlan& pl, T* xp) {
+  const std::size_t W = pl.W, Wp = pl.Wp, pw = pl.pw;
+  std::fill(xp, xp + pl.padded_size(), T(0));
   for (std::size_t r = 0; r < pl.C * pl.H; ++r) {
-    T* dst = xp + r * pl.Wp;
-    std::fill(dst, dst + pl.pw, T(0));
-    std::copy(x + r * pl.W, x + (r + 1) * pl.W, dst + pl.pw);
-    std::fill(dst + pl.pw + pl.W, dst + pl.Wp, T(0));
+    T* dst = xp + r * Wp + pw;
+    const T* src = x + r * W;
+    for (std::size_t w = 0; w < W; ++w) dst[w] = src[w];
   }
 }
 
@@ -268,23 +276,19 @@ void pad_columns(const T* x, const DirectPlan& pl, T* xp) {
 // where xt[t] points at pixel t's first valid input row in the padded input; the
 // result goes to yt[t][...], pixel t's row of the pixel-major result.
 template <class T, std::size_t NT>
-void direct_tile(const T* const* xt, T* const* yt, const DirectPlan::RowTaps* rows, std::size_t nrows,
-                 std::size_t q0, std::size_t q1, const T* w, std::size_t Opad) {
+void direct_tile(const T* const* xt, T* const* yt, const DirectPlan::Tap* taps, std::size_t ntaps, const T* w) {
   using V = typename Simd<T>::V;
   constexpr std::size_t L = Simd<T>::L;
   V acc[kBlock][NT];
   for (std::size_t b = 0; b < kBlock; ++b)
     for (std::size_t t = 0; t < NT; ++t) acc[b][t] = V{};
-  for (std::size_t r = 0; r < nrows; ++r) {
-    const T* wr = w + rows[r].w;
-    const std::size_t xo = rows[r].x;
-    for (std::size_t q = q0; q < q1; ++q) {
-      V wv[kBlock];
-      for (std::size_t b = 0; b < kBlock; ++b) wv[b] = at(wr + q * Opad + b * L);
-      for (std::size_t t = 0; t < NT; ++t) {
-        const T xv = xt[t][xo + q];
-        for (std::size_t b = 0; b < kBlock; ++b) acc[b][t] += wv[b] * xv;
-      }
+  for (std::size_t k = 0; k < ntaps; ++k) {
+    const DirectPlan::Tap tap = taps[k];
+    V wv[kBlock];
+    for (std::size_t b = 0; b < kBlock; ++b) wv[b] = at(w + tap.w + b * L);
+    for (std::size_t t = 0; t < NT; ++t) {
+      const T xv = xt[t][tap.x];
+      for (std::size_t b = 0; b < kBlock; ++b) acc[b][t] += wv[b] * xv;
     }
   }
   for (std::size_t t = 0; t < NT; ++t)
@@ -292,15 +296,15 @@ void direct_tile(const T* const* xt, T* const* yt, const DirectPlan::RowTaps* ro
 }
 
 template <class T>
-void direct_tile_n(std::size_t nt, const T* const* xt, T* const* yt, const DirectPlan::RowTaps* rows,
-                   std::size_t nrows, std::size_t q0, std::size_t q1, const T* w, std::size_t Opad) {
+void direct_tile_n(std::size_t nt, const T* const* xt, T* const* yt, const DirectPlan::Tap* taps, std::size_t ntaps,
+                   const T* w) {
   switch (nt) {
-    case 6: return direct_tile<T, 6>(xt, yt, rows, nrows, q0, q1, w, Opad);
-    case 5: return direct_tile<T, 5>(xt, yt, rows, nrows, q0, q1, w, Opad);
-    case 4: return direct_tile<T, 4>(xt, yt, rows, nrows, q0, q1, w, Opad);
-    case 3: return direct_tile<T, 3>(xt, yt, rows, nrows, q0, q1, w, Opad);
-    case 2: return direct_tile<T, 2>(xt, yt, rows, nrows, q0, q1, w, Opad);
-    default: return direct_tile<T, 1>(xt, yt, rows, nrows, q0, q1, w, Opad);
+    case 6: return direct_tile<T, 6>(xt, yt, taps, ntaps, w);
+    case 5: return direct_tile<T, 5>(xt, yt, taps, ntaps, w);
+    case 4: return direct_tile<T, 4>(xt, yt, taps, ntaps, w);
+    case 3: return direct_tile<T, 3>(xt, yt, taps, ntaps, w);
+    case 2: return direct_tile<T, 2>(xt, yt, taps, ntaps, w);
+    default: return direct_tile<T, 1>(xt, yt, taps, ntaps, w);
   }
 }
 
@@ -317,7 +321,7 @@ void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* b
       // (>= 4 when n >= 4): small tiles leave the FMAs waiting on their own latency.
       const std::size_t width = cc.j1 - cc.j0, n = (rc.i1 - rc.i0) * width;
       const std::size_t tiles = (n + kTile - 1) / kTile;
-      const bool in_padding = rc.rows.empty() || cc.q0 >= cc.q1;  // no tap inside the image
+      const bool in_padding = cc.taps.empty();  // no tap inside the image
       for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
         for (std::size_t k = 0, s = 0; k < tiles; ++k) {
           const std::size_t nt = n / tiles + (k < n % tiles ? 1 : 0);
@@ -330,7 +334,7 @@ void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* b
             else xt[t] = xp + (i * pl.sh + rc.p0 - pl.ph) * pl.Wp + j * pl.sw;  // first valid input row
           }
           if (!in_padding)
-            direct_tile_n<T>(nt, xt, yts, rc.rows.data(), rc.rows.size(), cc.q0, cc.q1, w + o0, pl.Opad);
+            direct_tile_n<T>(nt, xt, yts, cc.taps.data(), cc.taps.size(), w + o0);
         }
     }
   pixels_to_planes(yt, P, pl.Opad, pl.O, bias, accumulate, out);  // out[o, s] (+)= yt[s, o]
