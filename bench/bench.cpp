@@ -8,7 +8,13 @@
 // gives medians over every timed block of every repetition, and ours/LibTorch per
 // row. Per-op times come from bench_ops (Google Benchmark, random interleaving).
 //
-//   bench [--reps N] [--data DIR] [--ops-threads N] [--no-ops] [--quick]
+//   bench [--reps N] [--data DIR] [--ops-threads N] [--no-ops] [--quick] [--omp-passive]
+//
+// --omp-passive runs both engines with OMP_WAIT_POLICY=passive. On a machine whose
+// cores are busy with other work, OpenMP's default spin-waiting at the end of every
+// parallel loop burns the time slice the other thread needs, and 2-thread figures
+// of both engines collapse (measured here: ours 4170 img/s passive, 595 spinning, with
+// two compilers running); on a quiet machine keep the default.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -32,11 +38,23 @@ namespace {
 struct ChildResult {
   std::vector<double> blocks;       // images per second, one per timed block
   std::vector<double> bookkeeping;  // fractions of a step, one per paired step
+  std::vector<double> zeroing;      // fractions of a step, one per paired step
   double loss = 0;
   double peak_rss_mb = 0;
 };
 
 std::string g_dir;  // where the sibling executables live
+bool g_passive = false;
+
+// The 1-minute load average (other work on the machine shows up here).
+double load_average() {
+  double l = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+    std::fclose(f);
+  }
+  return l;
+}
 
 std::string exe_dir() {
   char buf[4096];
@@ -53,8 +71,10 @@ bool exists(const std::string& path) { return access(path.c_str(), X_OK) == 0; }
 std::string run_child(const std::vector<std::string>& args, double& peak_rss_mb, bool quiet = false) {
   std::vector<std::string> env_store;
   for (char** e = environ; *e; ++e)
-    if (std::strncmp(*e, "OPENBLAS_NUM_THREADS=", 21) != 0) env_store.emplace_back(*e);
+    if (std::strncmp(*e, "OPENBLAS_NUM_THREADS=", 21) != 0 && std::strncmp(*e, "OMP_WAIT_POLICY=", 16) != 0)
+      env_store.emplace_back(*e);
   env_store.emplace_back("OPENBLAS_NUM_THREADS=1");
+  if (g_passive) env_store.emplace_back("OMP_WAIT_POLICY=passive");
   std::vector<char*> envp, argv;
   for (std::string& s : env_store) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -100,6 +120,7 @@ ChildResult run_engine(const std::string& exe, const std::vector<std::string>& f
   while (in >> key >> v) {
     if (key == "block") r.blocks.push_back(v);
     else if (key == "bookkeeping") r.bookkeeping.push_back(v);
+    else if (key == "zeroing") r.zeroing.push_back(v);
     else if (key == "loss") r.loss = v;
   }
   return r;
@@ -112,7 +133,7 @@ struct Config {
 };
 
 struct Collected {
-  std::vector<double> blocks, rss, bookkeeping;
+  std::vector<double> blocks, rss, bookkeeping, zeroing;
 };
 
 // Per-op medians (microseconds) from bench_ops' CSV output, by benchmark name.
@@ -170,20 +191,22 @@ int main(int argc, char** argv) {
     else if (a == "--ops-threads") ops_threads = std::stoi(value());
     else if (a == "--no-ops") ops = false;
     else if (a == "--quick") quick = true, reps = 1;
+    else if (a == "--omp-passive") g_passive = true;
     else {
-      std::fprintf(stderr, "usage: bench [--reps N] [--data DIR] [--ops-threads N] [--no-ops] [--quick]\n");
+      std::fprintf(stderr, "usage: bench [--reps N] [--data DIR] [--ops-threads N] [--no-ops] [--quick] [--omp-passive]\n");
       return 2;
     }
   }
   g_dir = exe_dir();
+  const double load_before = load_average();
   const bool torch = exists(g_dir + "/bench_torch");
   const std::string steps = quick ? "8" : "20";
 
   const std::vector<Config> configs = {
       {"train img/s, 1 thread", {"--mode", "train", "--threads", "1", "--batch", "64", "--steps", steps},
-       {"--bookkeeping-pairs", quick ? "4" : "16"}},
+       {"--bookkeeping-pairs", quick ? "4" : "30"}},
       {"train img/s, 2 threads", {"--mode", "train", "--threads", "2", "--batch", "64", "--steps", steps},
-       {"--bookkeeping-pairs", quick ? "4" : "16"}},
+       {"--bookkeeping-pairs", quick ? "4" : "30"}},
       {"inference img/s, batch 64, 2 threads",
        {"--mode", "infer", "--threads", "2", "--batch", "64", "--steps", quick ? "16" : "40"}, {}},
       {"inference img/s, batch 1000, 2 threads",
@@ -206,6 +229,7 @@ int main(int argc, char** argv) {
           Collected& col = (ours_turn ? ours : theirs)[c.name];
           col.blocks.insert(col.blocks.end(), res.blocks.begin(), res.blocks.end());
           col.bookkeeping.insert(col.bookkeeping.end(), res.bookkeeping.begin(), res.bookkeeping.end());
+          col.zeroing.insert(col.zeroing.end(), res.zeroing.begin(), res.zeroing.end());
           col.rss.push_back(res.peak_rss_mb);
           std::fprintf(stderr, "rep %d/%d  %-40s %-9s %9.0f img/s  rss %6.1f MB  loss %.4f\n", r + 1, reps,
                        c.name.c_str(), ours_turn ? "ours" : "libtorch", bench::median(res.blocks),
@@ -234,8 +258,12 @@ int main(int argc, char** argv) {
     std::printf("| %-44s | %10s | %10s | %6s |%s\n", name.c_str(), fmt_num(a, prec).c_str(), bs.c_str(),
                 ratio.c_str(), note);
   };
+  const double load_after = load_average();
   std::printf("\nref-CNN, float32, batch 64, SGD, Fashion-MNIST; %d repetition%s, A/B alternating; medians\n", reps,
               reps == 1 ? "" : "s");
+  std::printf("load average %.2f before, %.2f after (this run adds about its thread count)%s%s\n", load_before,
+              load_after, g_passive ? "; OMP_WAIT_POLICY=passive" : "",
+              load_before > 0.5 ? "; WARNING: other work is running, 2-thread figures are unreliable" : "");
   std::printf("| %-44s | %10s | %10s | %6s |\n", "", "ours", "libtorch", "ratio");
   std::printf("|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(12, '-').c_str(),
               std::string(12, '-').c_str(), std::string(8, '-').c_str());
@@ -265,6 +293,9 @@ int main(int argc, char** argv) {
   std::printf("\nbookkeeping (tape recording + backward dispatch) share of a train step: %.1f%% at 1 thread, "
               "%.1f%% at 2 threads\n",
               100.0 * med(ours[configs[0].name].bookkeeping), 100.0 * med(ours[configs[1].name].bookkeeping));
+  std::printf("gradient zeroing (the tape zeroes each gradient buffer, VJPs add into it) share of a train step: "
+              "%.1f%% at 1 thread, %.1f%% at 2 threads\n",
+              100.0 * med(ours[configs[0].name].zeroing), 100.0 * med(ours[configs[1].name].zeroing));
   if (torch)
     std::printf("train ratio vs libtorch (2 threads): %.2f\n",
                 med(ours[configs[1].name].blocks) / med(theirs[configs[1].name].blocks));

@@ -4,6 +4,7 @@
 // A child measures one engine in one configuration and prints lines of the form
 //   block <images per second>          one timed block of steps
 //   bookkeeping <fraction>             (ours, train only) one paired tape/raw step
+//   zeroing <fraction>                 (ours, train only) gradient zeroing in that step
 //   loss <value>                       last loss, to show both engines really train
 // The driver collects them, and the child's peak RSS from wait4().
 #pragma once
@@ -30,6 +31,9 @@ struct ChildOptions {
   int blocks = 4;              // timed blocks, each printed as one `block` line
   int steps = 20;              // steps per block
   int bookkeeping_pairs = 0;   // ours only: paired tape / raw-kernel steps
+  // ours only: "relu-pool" (ref-CNN: conv -> ReLU -> max pool) or "pool-relu", the same
+  // function (ReLU is monotone, so it commutes with max) with ReLU on 4x fewer values.
+  std::string variant = "relu-pool";
   std::string data = nn::kDefaultFashionMnistDir;
 };
 
@@ -48,10 +52,13 @@ inline ChildOptions parse_child_options(int argc, char** argv) {
     else if (a == "--blocks") o.blocks = std::stoi(value());
     else if (a == "--steps") o.steps = std::stoi(value());
     else if (a == "--bookkeeping-pairs") o.bookkeeping_pairs = std::stoi(value());
+    else if (a == "--variant") o.variant = value();
     else if (a == "--data") o.data = value();
     else throw std::invalid_argument("unknown flag " + std::string(a));
   }
   if (o.mode != "train" && o.mode != "infer") throw std::invalid_argument("--mode must be train or infer");
+  if (o.variant != "relu-pool" && o.variant != "pool-relu")
+    throw std::invalid_argument("--variant must be relu-pool or pool-relu");
   return o;
 }
 
