@@ -319,19 +319,19 @@ void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* b
     for (const DirectPlan::ColClass& cc : rc.cols) {
       // The group's pixels (i, j), row-major, in ceil(n/6) tiles of near-equal size
       // (>= 4 when n >= 4): small tiles leave the FMAs waiting on their own latency.
-      const std::size_t width = cc.j1 - cc.j0, n = (rc.i1 - rc.i0) * width;
+      const std::size_t n = (rc.i1 - rc.i0) * (cc.j1 - cc.j0);
       const std::size_t tiles = (n + kTile - 1) / kTile;
       const bool in_padding = cc.taps.empty();  // no tap inside the image
       for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
-        for (std::size_t k = 0, s = 0; k < tiles; ++k) {
+        for (std::size_t k = 0, i = rc.i0, j = cc.j0; k < tiles; ++k) {
           const std::size_t nt = n / tiles + (k < n % tiles ? 1 : 0);
           const T* xt[kTile] = {};
           T* yts[kTile] = {};
-          for (std::size_t t = 0; t < nt; ++t, ++s) {
-            const std::size_t i = rc.i0 + s / width, j = cc.j0 + s % width;
+          for (std::size_t t = 0; t < nt; ++t) {  // the next nt pixels (i, j) of the group
             yts[t] = yt + (i * pl.OW + j) * pl.Opad + o0;
             if (in_padding) std::fill(yts[t], yts[t] + kChan<T>, T(0));
             else xt[t] = xp + (i * pl.sh + rc.p0 - pl.ph) * pl.Wp + j * pl.sw;  // first valid input row
+            if (++j == cc.j1) j = cc.j0, ++i;
           }
           if (!in_padding)
             direct_tile_n<T>(nt, xt, yts, cc.taps.data(), cc.taps.size(), w + o0);

@@ -111,16 +111,20 @@ inline bool takes_over(T b, T a) {
 // y[j] = max(r0[2j], r0[2j+1], r1[2j], r1[2j+1]) with the same winner (and switch) as
 // the general loop below. For float, 8 outputs at a time with selects instead of
 // branches (random signs would mispredict every other branch).
+// x_end: the end of the input tensor; a short row's last 8 outputs may read up to 16
+// columns past the row (into the next rows, lanes that are dropped) while they stay
+// inside the tensor.
 template <class T>
-void max_pool2x2_row(const T* r0, const T* r1, std::size_t OW, int32_t top, int32_t w, T* y, int32_t* am) {
+void max_pool2x2_row(const T* r0, const T* r1, std::size_t OW, int32_t top, int32_t w, T* y, int32_t* am,
+                     const T* x_end) {
   std::size_t j = 0;
   if constexpr (std::is_same_v<T, float>) {
     typedef float V __attribute__((vector_size(32)));
     typedef int32_t I __attribute__((vector_size(32)));
     const I even = {0, 2, 4, 6, 8, 10, 12, 14}, odd = even + 1;
     auto load = [](V& v, const float* p) { std::memcpy(&v, p, sizeof v); };  // no by-value AVX vectors (-Wpsabi)
-    // 8 outputs from 16 columns of each row; a short row or the tail goes through a
-    // copy (padded with zeros whose outputs are dropped), keeping the scalar loop for double.
+    // 8 outputs from 16 columns of each row, of which the first n are stored; a short
+    // row or the tail at the very end of the tensor goes through a zero-padded copy.
     auto eight = [&](const float* p0, const float* p1, std::size_t j0, std::size_t n) {
       V a0, a1, b0, b1;
       load(a0, p0), load(a1, p0 + 8), load(b0, p1), load(b1, p1 + 8);
@@ -135,15 +139,29 @@ void max_pool2x2_row(const T* r0, const T* r1, std::size_t OW, int32_t top, int3
         best = u ? x[k] : best;
         where = u ? offset[k] : where;
       }
-      std::memcpy(y + j0, &best, n * sizeof(float));
-      if (am) std::memcpy(am + j0, &where, n * sizeof(int32_t));
+      if (n == 8) {
+        std::memcpy(y + j0, &best, sizeof best);
+        if (am) std::memcpy(am + j0, &where, sizeof where);
+        return;
+      }
+      float yb[8];
+      int32_t ab[8];
+      std::memcpy(yb, &best, sizeof best);
+      std::memcpy(ab, &where, sizeof where);
+      for (std::size_t k = 0; k < n; ++k) y[j0 + k] = yb[k];
+      if (am)
+        for (std::size_t k = 0; k < n; ++k) am[j0 + k] = ab[k];
     };
     for (; j + 8 <= OW; j += 8) eight(r0 + 2 * j, r1 + 2 * j, j, 8);
     if (j < OW) {
-      float t0[16] = {}, t1[16] = {};
-      std::memcpy(t0, r0 + 2 * j, 2 * (OW - j) * sizeof(float));
-      std::memcpy(t1, r1 + 2 * j, 2 * (OW - j) * sizeof(float));
-      eight(t0, t1, j, OW - j);
+      if (r1 + 2 * j + 16 <= x_end) {
+        eight(r0 + 2 * j, r1 + 2 * j, j, OW - j);
+      } else {
+        float t0[16] = {}, t1[16] = {};
+        std::memcpy(t0, r0 + 2 * j, 2 * (OW - j) * sizeof(float));
+        std::memcpy(t1, r1 + 2 * j, 2 * (OW - j) * sizeof(float));
+        eight(t0, t1, j, OW - j);
+      }
       j = OW;
     }
   }
@@ -162,12 +180,13 @@ void max_pool2x2_row(const T* r0, const T* r1, std::size_t OW, int32_t top, int3
 template <class T>
 void max_pool2x2_forward(const T* x, const PoolGeom& g, T* y, int32_t* argmax) {
   const std::size_t in_plane = g.H * g.W, out_plane = g.OH * g.OW;
+  const T* x_end = x + g.planes * in_plane;
 #pragma omp parallel for schedule(static) if (worth_threads(g.planes, out_plane, 4))
   for (std::size_t pl = 0; pl < g.planes; ++pl)
     for (std::size_t i = 0; i < g.OH; ++i) {
       const T* r0 = x + pl * in_plane + 2 * i * g.W;
       max_pool2x2_row(r0, r0 + g.W, g.OW, static_cast<int32_t>(2 * i * g.W), static_cast<int32_t>(g.W),
-                      y + pl * out_plane + i * g.OW, argmax ? argmax + pl * out_plane + i * g.OW : nullptr);
+                      y + pl * out_plane + i * g.OW, argmax ? argmax + pl * out_plane + i * g.OW : nullptr, x_end);
     }
 }
 

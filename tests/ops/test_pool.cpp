@@ -119,6 +119,26 @@ TEST(MaxPool2d, TwoByTwoWindowPicksTheFirstWinnerAndPropagatesNaN) {
   }
 }
 
+// Float rows of 7 and 14 outputs take the vector loop's short-row path (reading past
+// the row, lanes dropped) except at the very end of the tensor (a padded copy): value
+// and switch (through the gradient) against the scalar double path.
+TEST(MaxPool2d, TwoByTwoFloatAgreesWithDoubleOnShortRows) {
+  for (const Shape& xs : {Shape{2, 3, 14, 14}, Shape{3, 2, 28, 28}, Shape{1, 2, 5, 9}}) {
+    SCOPED_TRACE(shape_str(xs));
+    const T64 x = distinct(xs, 31), g = uniform({xs[0], xs[1], xs[2] / 2, xs[3] / 2}, 32);
+    Tape<double> td;
+    Parameter<double> pd("x", x);
+    const Value yd = max_pool2d(td, td.param(pd), {.window = {2, 2}, .stride = {2, 2}});
+    td.backward(yd, g);
+    Tape<float> tf;
+    Parameter<float> pf("x", xt::cast<float>(x));
+    const Value yf = max_pool2d(tf, tf.param(pf), {.window = {2, 2}, .stride = {2, 2}});
+    tf.backward(yf, xt::cast<float>(g));
+    EXPECT_TRUE(all_close(xt::cast<double>(tf.value(yf)), td.value(yd), 1e-6, 1e-7));
+    EXPECT_TRUE(all_close(xt::cast<double>(pf.grad), pd.grad, 1e-6, 1e-7));
+  }
+}
+
 // Appendix B: I (3,4), window (3,2), padding (1,1), stride (1,2) gives A (3,3), with
 // the padding zeros taking part: A21 = max{0, I11, I21, I31}, etc.
 TEST(MaxPool2d, DocumentAppendixBExample) {
