@@ -433,7 +433,9 @@ Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const 
       shape_error(op, "bias {} and kernel {} disagree on C_out ({} vs {})", shape_str(*b), shape_str(k), (*b)[0], k[0]);
   }
   auto [oh, ow] = check_window(op, "kernel", x, {k[2], k[3]}, a.stride, a.padding);
-  return {x[0], k[0], oh, ow};
+  const Shape out{x[0], k[0], oh, ow};
+  check_output_size(op, x, out, a.stride, a.padding);
+  return out;
 }
 
 template <class T>

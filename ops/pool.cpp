@@ -45,7 +45,9 @@ Shape pool2d_output_shape(const char* op, const Shape& x, const Attrs& a) {
   auto [oh, ow] = check_window(op, "window", x,
                                {static_cast<std::size_t>(a.window[0]), static_cast<std::size_t>(a.window[1])},
                                a.stride, a.padding);
-  return {x[0], x[1], oh, ow};
+  const Shape out{x[0], x[1], oh, ow};
+  check_output_size(op, x, out, a.stride, a.padding);
+  return out;
 }
 
 template <class T>

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 
 #include "autodiff/tensor.hpp"
 
@@ -46,6 +47,23 @@ inline std::array<std::size_t, 2> check_window(const char* op, const char* windo
     out[d] = (padded - window[d]) / static_cast<std::size_t>(stride[d]) + 1;
   }
   return out;
+}
+
+// An output shape (N, C, OH, OW) computed from the arguments must have an element count
+// a tensor can hold: at most kMaxOutputElements, so that even a double tensor's byte
+// size fits in a signed 64-bit integer. Without this, a huge padding can make
+// N*C*OH*OW wrap around to a small number and the forward write past its buffer.
+inline constexpr std::uint64_t kMaxOutputElements = std::uint64_t{1} << 60;
+inline void check_output_size(const char* op, const Shape& x, const Shape& out, std::array<int, 2> stride,
+                              std::array<int, 2> padding) {
+  std::uint64_t n = 1;
+  for (std::size_t d : out) {
+    // n <= 2^60 before the product; compare by division so it cannot overflow.
+    if (d != 0 && n > kMaxOutputElements / d)
+      shape_error(op, "output {} for input {} with padding ({},{}) and stride ({},{}) has more than 2^60 elements",
+                  shape_str(out), shape_str(x), padding[0], padding[1], stride[0], stride[1]);
+    n *= d;
+  }
 }
 
 }  // namespace ad
