@@ -174,7 +174,9 @@ class Reader {
 };
 
 std::vector<std::uint8_t> read_whole_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the file is
+  // refused below unless it is a regular file, where the flag changes nothing.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     throw CheckpointError(fmt::format("load_checkpoint: {}: cannot open: {}", path,
                                       errno_text(errno)));
@@ -324,6 +326,21 @@ std::vector<NamedTensor> load_checkpoint(const std::string& path, std::string* m
                                r.remaining()));
       }
       elems *= shape[k];
+    }
+    // A tensor without values (a zero dim) is not bounded by the file size above, but
+    // its other dims must still multiply to what an xarray can index: xtensor computes
+    // strides as signed products, which would overflow.
+    if (any_zero) {
+      constexpr auto kMaxIndex = static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max());
+      std::uint64_t product = 1;
+      for (const std::size_t d : shape) {
+        if (d == 0) continue;
+        if (d > kMaxIndex / product) {
+          throw fail(fmt::format("corrupt: tensor \"{}\" has shape {}, whose non-zero dims multiply past "
+                                 "2^63-1", t.name, format_shape(shape)));
+        }
+        product *= d;
+      }
     }
     t.value.resize(shape);
     r.f32s(t.value.data(), static_cast<std::size_t>(elems),

@@ -86,6 +86,11 @@ Dataset load_fashion_mnist(const std::string& dir, const std::string& split) {
   const std::string labels_base = split + "-labels-idx1-ubyte";
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
+    if (std::filesystem::exists(dir, ec)) {
+      throw DataError(fmt::format("load_fashion_mnist: {} is not a directory (pass the directory that "
+                                  "holds {}[.gz] and {}[.gz], not a file)", dir, images_base,
+                                  labels_base));
+    }
     throw DataError(fmt::format("load_fashion_mnist: directory {} does not exist (looked for "
                                 "{}[.gz] and {}[.gz] in it); {}", dir, images_base, labels_base,
                                 kInstallHint));

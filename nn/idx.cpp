@@ -49,7 +49,9 @@ const char* type_name(std::uint8_t code) {
 class ByteSource {
  public:
   explicit ByteSource(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the file
+    // is refused below unless it is a regular file, where the flag changes nothing.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) fail(path_, fmt::format("cannot open: {}", errno_text(errno)));
     struct stat st {};
     if (::fstat(fd_, &st) != 0) {
