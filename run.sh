@@ -4,6 +4,11 @@
 #   ./run.sh test  [ctest flags...]        build (Release) and run the whole test suite
 #   ./run.sh train [train_cnn flags...]    train the 3-layer CNN on Fashion-MNIST
 #   ./run.sh bench [bench flags...]        benchmark against LibTorch (when installed)
+#   ./run.sh test-asan [ctest flags...]    the tests under AddressSanitizer, LeakSanitizer and
+#                                          UndefinedBehaviorSanitizer (Debug, build/asan)
+#   ./run.sh test-tsan                     the OpenMP kernels under ThreadSanitizer (build/tsan)
+#   ./run.sh fuzz [seconds]                build the libFuzzer targets with clang (build/fuzz)
+#                                          and run each for `seconds` (default 60)
 #
 # Missing Debian packages are installed with apt-get when run as root; otherwise the
 # exact apt-get line is printed and the script stops. Builds use -j2.
@@ -62,8 +67,71 @@ case "$cmd" in
     cmake --build build/bench -j2 >/dev/null
     exec build/bench/bench/bench "$@"
     ;;
+  test-asan)
+    # Every test in tests/. The examples and their end-to-end runs stay in `./run.sh test`
+    # (the library code they run is all under test here): they would add a third to the
+    # build (gdb_tape_demo alone recompiles the library) and CI must stay under 15 minutes.
+    # No suppressions: libgomp's thread pool and OpenBLAS's buffers are still reachable
+    # at exit, so LeakSanitizer has nothing to report about them (README, "Errors and
+    # guarantees"). check_initialization_order catches static-init order bugs.
+    ensure_packages "${BASE_PACKAGES[@]}"
+    cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DAD_SANITIZE=ON -DAD_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build build/asan -j2
+    ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1 UBSAN_OPTIONS=print_stacktrace=1 \
+      ctest --test-dir build/asan --output-on-failure -j2 "$@"
+    ;;
+  test-tsan)
+    # libgomp is not instrumented for ThreadSanitizer, so its barriers are invisible to it
+    # and every parallel loop looks racy. LLVM's libomp implements libgomp's ABI and, with
+    # its Archer tool, tells ThreadSanitizer about OpenMP's synchronisation: GCC compiles,
+    # libomp runs. ignore_noninstrumented_modules=1 is what Archer asks for: libomp's own
+    # (uninstrumented) internals are not ours to check.
+    ensure_packages "${BASE_PACKAGES[@]}" libomp-14-dev
+    llvm_lib=/usr/lib/llvm-14/lib
+    cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DAD_BUILD_EXAMPLES=OFF \
+      -DCMAKE_CXX_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread \
+      -DOpenMP_CXX_FLAGS=-fopenmp -DOpenMP_CXX_LIB_NAMES=omp -DOpenMP_omp_LIBRARY="$llvm_lib/libomp.so" >/dev/null
+    cmake --build build/tsan -j2 --target test_threads
+    OMP_TOOL_LIBRARIES="$llvm_lib/libarcher.so" TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1" \
+      ctest --test-dir build/tsan --output-on-failure -R '^Threads\.'
+    ;;
+  fuzz)
+    seconds=${1:-60}
+    if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
+      echo "run.sh fuzz: seconds must be a positive whole number, not '$seconds'" >&2
+      exit 2
+    fi
+    ensure_packages "${BASE_PACKAGES[@]}" clang libclang-rt-14-dev
+    cmake -S tests/fuzz -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+    cmake --build build/fuzz -j2
+    # Both targets at once (one core each). New inputs go to build/fuzz/corpus_<t>; the
+    # committed seeds are only read. Each log ends with libFuzzer's report.
+    targets=(idx checkpoint)
+    pids=()
+    mkdir -p build/fuzz/crashes
+    for t in "${targets[@]}"; do
+      mkdir -p "build/fuzz/corpus_$t"
+      echo "run.sh: fuzzing the $t reader for $seconds s (log: build/fuzz/fuzz_$t.log)" >&2
+      "build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=30 -print_final_stats=1 \
+        -artifact_prefix="build/fuzz/crashes/$t-" "build/fuzz/corpus_$t" "tests/fuzz/corpus_$t" \
+        >"build/fuzz/fuzz_$t.log" 2>&1 &
+      pids+=($!)
+    done
+    failed=0
+    for i in "${!targets[@]}"; do
+      t=${targets[$i]}
+      if wait "${pids[$i]}"; then
+        echo "run.sh: fuzz_$t: $(grep -E '^(Done|stat::new_units_added)' "build/fuzz/fuzz_$t.log" | tr '\n' ' ')" >&2
+      else
+        tail -n 40 "build/fuzz/fuzz_$t.log" >&2
+        echo "run.sh: fuzz_$t failed; the input is in build/fuzz/crashes/ (tests/fuzz/README.md says what next)" >&2
+        failed=1
+      fi
+    done
+    exit "$failed"
+    ;;
   help | -h | --help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "run.sh: unknown command '$cmd' (try: ./run.sh help)" >&2
