@@ -46,14 +46,28 @@ struct ChildResult {
 std::string g_dir;  // where the sibling executables live
 bool g_passive = false;
 
-// The 1-minute load average (other work on the machine shows up here).
-double load_average() {
-  double l = -1;
-  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
-    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+// The share of CPU time the whole machine spent idle over the next `seconds` (from
+// /proc/stat; -1 if unreadable). Other work shows up here, without the lag of the load
+// average, which still counts a benchmark that has just finished.
+double idle_share(double seconds) {
+  auto sample = [](unsigned long long& busy, unsigned long long& idle) {
+    FILE* f = std::fopen("/proc/stat", "r");
+    if (!f) return false;
+    unsigned long long v[8] = {};
+    const int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
+                              &v[5], &v[6], &v[7]);
     std::fclose(f);
-  }
-  return l;
+    if (n < 5) return false;
+    idle = v[3] + v[4];  // idle + iowait
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    return true;
+  };
+  unsigned long long b0, i0, b1, i1;
+  if (!sample(b0, i0)) return -1;
+  usleep(static_cast<useconds_t>(seconds * 1e6));
+  if (!sample(b1, i1)) return -1;
+  const double busy = static_cast<double>(b1 - b0), idle = static_cast<double>(i1 - i0);
+  return busy + idle > 0 ? idle / (busy + idle) : -1;
 }
 
 std::string exe_dir() {
@@ -174,7 +188,7 @@ std::string fmt_num(double v, int prec) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 3, ops_threads = 1;
+  int reps = 5, ops_threads = 1;
   bool ops = true, quick = false;
   std::string data = nn::kDefaultFashionMnistDir;
   for (int i = 1; i < argc; ++i) {
@@ -198,15 +212,15 @@ int main(int argc, char** argv) {
     }
   }
   g_dir = exe_dir();
-  const double load_before = load_average();
+  const double idle_before = idle_share(2.0);
   const bool torch = exists(g_dir + "/bench_torch");
   const std::string steps = quick ? "8" : "20";
 
   const std::vector<Config> configs = {
       {"train img/s, 1 thread", {"--mode", "train", "--threads", "1", "--batch", "64", "--steps", steps},
-       {"--bookkeeping-pairs", quick ? "4" : "30"}},
+       {"--bookkeeping-pairs", quick ? "4" : "60"}},
       {"train img/s, 2 threads", {"--mode", "train", "--threads", "2", "--batch", "64", "--steps", steps},
-       {"--bookkeeping-pairs", quick ? "4" : "30"}},
+       {"--bookkeeping-pairs", quick ? "4" : "60"}},
       {"inference img/s, batch 64, 2 threads",
        {"--mode", "infer", "--threads", "2", "--batch", "64", "--steps", quick ? "16" : "40"}, {}},
       {"inference img/s, batch 1000, 2 threads",
@@ -258,12 +272,12 @@ int main(int argc, char** argv) {
     std::printf("| %-44s | %10s | %10s | %6s |%s\n", name.c_str(), fmt_num(a, prec).c_str(), bs.c_str(),
                 ratio.c_str(), note);
   };
-  const double load_after = load_average();
   std::printf("\nref-CNN, float32, batch 64, SGD, Fashion-MNIST; %d repetition%s, A/B alternating; medians\n", reps,
               reps == 1 ? "" : "s");
-  std::printf("load average %.2f before, %.2f after (this run adds about its thread count)%s%s\n", load_before,
-              load_after, g_passive ? "; OMP_WAIT_POLICY=passive" : "",
-              load_before > 0.5 ? "; WARNING: other work is running, 2-thread figures are unreliable" : "");
+  std::printf("CPUs %.0f%% idle in the 2 s before the run%s%s\n", 100.0 * idle_before,
+              g_passive ? "; OMP_WAIT_POLICY=passive" : "",
+              idle_before >= 0 && idle_before < 0.9 ? "; WARNING: other work is running, 2-thread figures are unreliable"
+                                                    : "");
   std::printf("| %-44s | %10s | %10s | %6s |\n", "", "ours", "libtorch", "ratio");
   std::printf("|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(12, '-').c_str(),
               std::string(12, '-').c_str(), std::string(8, '-').c_str());

@@ -106,7 +106,7 @@ struct RawStep {
 
   double zeroing_seconds = 0;  // of the last run()
 
-  float run(RefCnn& m, const Tensor<float>& images, const std::vector<int>& labels) {
+  [[gnu::noinline]] float run(RefCnn& m, const Tensor<float>& images, const std::vector<int>& labels) {
     std::copy(images.begin(), images.end(), x.begin());
     ad::conv2d_forward(x, m.k1.value, &m.b1.value, conv, z1);
     ad::relu_forward(z1, r1);

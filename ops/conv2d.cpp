@@ -37,12 +37,6 @@
 #include "ops/blas.hpp"
 #include "ops/shape_check.hpp"
 
-
-
-
-
-
-
 namespace ad {
 
 namespace {
@@ -395,7 +389,6 @@ void dk_image(const DirectPlan& pl, const T* xp, const T* gt, T* gk) {
         }
     }
 }
-
 
 // The adjoint of im2col: grad_x[c, i*sh+p-ph, j*sw+q-pw] += dcol[(c,p,q), (i,j)].
 template <class T>
