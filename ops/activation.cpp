@@ -56,7 +56,8 @@ Value record_unary(Tape<T>& tape, OpKind op, Value x, double alpha, std::source_
 }  // namespace
 
 template <class T> void relu_forward(const Tensor<T>& x, Tensor<T>& y) {
-  map(x, y, [](T v) { return v > T(0) ? v : T(0); });
+  // !(v <= 0) rather than v > 0: NaN passes through, as in PyTorch (still a select).
+  map(x, y, [](T v) { return !(v <= T(0)) ? v : T(0); });
 }
 template <class T> void leaky_relu_forward(const Tensor<T>& x, T slope, Tensor<T>& y) {
   map(x, y, [slope](T v) { return v > T(0) ? v : slope * v; });
@@ -70,12 +71,14 @@ template <class T> void relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, 
   if (!grad_x) return;
   // dz[i] += z[i] > 0 ? g[i] : 0: a select, not g * [z > 0], so the loop vectorizes
   // without a branch on the sign (and a masked g that is inf or NaN gives 0, as in PyTorch).
+  // Written !(z <= 0): a NaN input, which the forward let through, passes g on as
+  // PyTorch's threshold_backward does.
   const T* gp = grad_out.data();
   const T* zp = x.data();
   T* gx = grad_x->data();
   const std::size_t n = grad_out.size();
 #pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (std::size_t i = 0; i < n; ++i) gx[i] += zp[i] > T(0) ? gp[i] : T(0);
+  for (std::size_t i = 0; i < n; ++i) gx[i] += !(zp[i] <= T(0)) ? gp[i] : T(0);
 }
 template <class T> void leaky_relu_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, T slope, Tensor<T>* grad_x) {
   accumulate(grad_out, x, grad_x, [slope](T z) { return z > T(0) ? T(1) : slope; });

@@ -368,10 +368,9 @@ TEST(NonFinite, SmoothActivationsPropagateNaNAndSaturateAtInfinity) {
   EXPECT_EQ(relu_inf, (T64{kInf, 0.0}));
 }
 
-// PyTorch's relu returns NaN for NaN. Ours returns 0 (the forward is `x > 0 ? x : 0`),
-// which hides a NaN from every later op: see the README's "Errors and guarantees".
-// Enable this test once relu_forward lets NaN through.
-TEST(NonFinite, DISABLED_ReluPropagatesNaNAsInPyTorch) {
+// PyTorch's relu returns NaN for NaN, and so does ours: a NaN before a ReLU is not hidden
+// from every later op.
+TEST(NonFinite, ReluPropagatesNaNAsInPyTorch) {
   Tape<double> t;
   const T64 y = t.value(relu(t, t.input(T64{kNaN, -1.0, 2.0})));
   EXPECT_TRUE(std::isnan(y(0))) << "relu(NaN) = " << y(0);
