@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include "nn/data.hpp"
@@ -21,6 +22,50 @@ namespace {
 // Test-set batch: big enough to keep the GEMMs efficient, small enough that the
 // activations of one batch stay a few tens of MB (peak RSS).
 constexpr std::size_t kEvalBatch = 250;
+
+// Flag limits: far above any sensible run, low enough that sizes cannot overflow and a
+// typo (--batch 64000000) is a usage error rather than an allocation failure mid-run.
+constexpr int kMaxEpochs = 100000;
+constexpr std::size_t kMaxBatch = 65536;
+constexpr int kMaxThreads = 1024;
+constexpr int kMaxChannels = 4096;
+
+// A whole number >= 0 written in digits: CLI11 would wrap "-1" into an unsigned flag.
+const CLI::Validator kWholeNumber(
+    [](std::string& v) {
+      const bool digits = !v.empty() && v.size() <= 19 && v.find_first_not_of("0123456789") == std::string::npos;
+      return digits ? std::string() : fmt::format("Value {} is not a whole number (digits only, at most 19)", v);
+    },
+    "");
+
+// A number in (lo, hi] (or [lo, hi] when lo is included); the message shows the bounds
+// as written rather than CLI11's six decimals.
+CLI::Validator number_in(double lo, double hi, bool lo_included) {
+  return CLI::Validator(
+      [=](std::string& v) {
+        double x = 0;
+        const bool ok = CLI::detail::lexical_cast(v, x) && (lo_included ? x >= lo : x > lo) && x <= hi;
+        return ok ? std::string()
+                  : fmt::format("Value {} is not a number in {}{:g}, {:g}]", v, lo_included ? "[" : "(", lo, hi);
+      },
+      fmt::format("in {}{:g}, {:g}]", lo_included ? "[" : "(", lo, hi));
+}
+
+// --save and --curve are written after the first epoch: check up front that they can
+// be, so a typo in the directory does not cost a training run.
+void check_writable(const char* flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) return;
+  const fs::path p(path);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (fs::is_directory(p, ec))
+    throw std::runtime_error(fmt::format("{} {}: is a directory, expected a file name", flag, path));
+  if (!fs::is_directory(dir, ec))
+    throw std::runtime_error(fmt::format("{} {}: the directory {} does not exist", flag, path, dir.string()));
+  if (access(dir.c_str(), W_OK) != 0)
+    throw std::runtime_error(fmt::format("{} {}: the directory {} is not writable", flag, path, dir.string()));
+}
 
 struct Options {
   std::string data = nn::kDefaultFashionMnistDir;
@@ -133,6 +178,8 @@ void write_curve_svg(const std::string& path, const std::vector<EpochRow>& rows)
 }
 
 int run(const Options& o) {
+  check_writable("--save", o.save);
+  check_writable("--curve", o.curve);
   ad::set_num_threads(o.threads);
   const nn::Dataset train = nn::load_fashion_mnist(o.data, "train");
   const nn::Dataset test = nn::load_fashion_mnist(o.data, "t10k");
@@ -208,18 +255,20 @@ int main(int argc, char** argv) {
   Options o;
   CLI::App app{"Train the design document's 3-layer CNN on Fashion-MNIST (default: the reference CNN)."};
   app.add_option("--data", o.data, "directory with the Fashion-MNIST IDX files (.gz or raw)")->capture_default_str();
-  app.add_option("--epochs", o.epochs, "total epochs (a resumed run continues up to this)")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--batch", o.batch, "mini-batch size")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--lr", o.lr, "learning rate (default: sgd 0.05, momentum 0.01, adam 0.003)")->check(CLI::PositiveNumber);
+  app.add_option("--epochs", o.epochs, "total epochs (a resumed run continues up to this)")->capture_default_str()
+      ->check(CLI::Range(1, kMaxEpochs));
+  app.add_option("--batch", o.batch, "mini-batch size")->capture_default_str()->check(CLI::Range(std::size_t{1}, kMaxBatch));
+  app.add_option("--lr", o.lr, "learning rate (default: sgd 0.05, momentum 0.01, adam 0.003)")->check(number_in(0, 1000, false));
   app.add_option("--weight-decay", o.weight_decay, "L2 weight decay added to every gradient")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(number_in(0, 1, true));
   app.add_option("--optimizer", o.optimizer, "sgd | momentum (Nesterov, 0.9) | adam")->capture_default_str()
       ->check(CLI::IsMember({"sgd", "momentum", "adam"}));
   app.add_option("--schedule", o.schedule, "learning rate schedule: auto (cosine, constant for sgd) | constant | cosine | step")
       ->capture_default_str()->check(CLI::IsMember({"auto", "constant", "cosine", "step"}));
-  app.add_option("--threads", o.threads, "worker threads (0 = all cores)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--seed", o.seed, "seed for initialisation and shuffling")->capture_default_str();
-  app.add_option("--limit", o.limit, "use only the first N training images (0 = all)")->capture_default_str();
+  app.add_option("--threads", o.threads, "worker threads (0 = all cores)")->capture_default_str()->check(CLI::Range(0, kMaxThreads));
+  app.add_option("--seed", o.seed, "seed for initialisation and shuffling")->capture_default_str()->check(kWholeNumber);
+  app.add_option("--limit", o.limit, "use only the first N training images (0 = all)")->capture_default_str()
+      ->check(kWholeNumber);
   app.add_option("--save", o.save, "write a checkpoint after every epoch (atomically)");
   app.add_option("--load", o.load, "resume from a checkpoint (parameters, optimizer state, epochs done)");
   app.add_option("--pool", o.pool, "pooling: max | avg")->capture_default_str()->check(CLI::IsMember({"max", "avg"}));
@@ -227,7 +276,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"relu", "leaky_relu", "sigmoid", "tanh"}));
   app.add_option("--init", o.init, "he (He/Xavier, biases 0) | torch (PyTorch's default init, to compare with LibTorch)")
       ->capture_default_str()->check(CLI::IsMember({"he", "torch"}));
-  app.add_option("--channels", o.channels, "channels of the two conv layers")->capture_default_str();
+  app.add_option("--channels", o.channels, "channels of the two conv layers")->capture_default_str()
+      ->check(CLI::Range(1, kMaxChannels));
   app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
   try {
     app.parse(argc, argv);

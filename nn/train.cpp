@@ -2,6 +2,7 @@
 #include "nn/train.hpp"
 
 #include <chrono>
+#include <cmath>
 
 namespace nn {
 
@@ -102,6 +103,11 @@ int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt,
   xt::xarray<float> epochs = xt::zeros<float>({1});
   expected.emplace_back("meta.epochs", &epochs);
   load_checkpoint_into(path, expected, tag);
+  // The checksum only says the file is the one that was written; the epoch count must
+  // also be a whole number a float holds exactly, or the cast below is undefined.
+  const float e = epochs(0);
+  if (!(e >= 0.0f && e <= 16777216.0f) || e != std::floor(e))
+    throw CheckpointError(fmt::format("{}: meta.epochs is {}, not a whole number of epochs in [0, 2^24]", path, e));
   for (std::size_t i = 0; i < params.size(); ++i) params[i]->value = xt::cast<T>(staging[i]);
   for (std::size_t i = 0; i < opt_refs.size(); ++i) *opt_refs[i].second = opt_staging[i];
   return static_cast<int>(epochs(0));

@@ -2,7 +2,9 @@
 // test on a generated fixture, and model checkpoints.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <random>
 
 #include "autodiff/gradcheck.hpp"
@@ -235,6 +237,33 @@ TEST(Checkpoint, RefusesAnotherArchitectureAndLeavesTheModelUntouched) {
   EXPECT_THROW(load_model(path, n, on, other.tag()), CheckpointError);
   EXPECT_THROW(load_model(path, n, on, tiny_cnn().tag()), CheckpointError);  // right tag, wrong shapes
   EXPECT_EQ(n.parameters()[0]->value, before);
+}
+
+TEST(Checkpoint, RefusesAnEpochCountThatIsNotAWholeNumberInRange) {
+  TempDir dir;
+  const std::string path = (dir.p / "m.ckpt").string();
+  Sequential<float> m = make_cnn<float>(tiny_cnn(), 1);
+  Sgd<float> o(m.parameters(), {});
+  save_model(path, m, o, 3, tiny_cnn().tag());
+  EXPECT_EQ(load_model(path, m, o, tiny_cnn().tag()), 3);
+  const auto before = m.parameters()[0]->value;
+  for (const float bad : {std::nanf(""), -1.0f, 1.5f, 1e30f, std::numeric_limits<float>::infinity()}) {
+    // A file our own writer produced (valid checksum) whose epoch count is damaged.
+    std::vector<NamedTensor> ts = load_checkpoint(path);
+    for (auto& t : ts)
+      if (t.name == "meta.epochs") t.value(0) = bad;
+    save_checkpoint(path + ".bad", ts, tiny_cnn().tag());
+    Sequential<float> n = make_cnn<float>(tiny_cnn(), 1);
+    Sgd<float> on(n.parameters(), {});
+    try {
+      load_model(path + ".bad", n, on, tiny_cnn().tag());
+      ADD_FAILURE() << "meta.epochs " << bad << " was accepted";
+    } catch (const CheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find("meta.epochs"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("m.ckpt.bad"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(n.parameters()[0]->value, before) << "the model changed although the load failed";
+  }
 }
 
 }  // namespace
