@@ -23,47 +23,14 @@
 #include <fmt/format.h>
 
 #include "nn/checkpoint.hpp"
+#include "tests/nn/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    const std::string test = info != nullptr ? fmt::format("{}.{}", info->test_suite_name(),
-                                                           info->name())
-                                             : "none";
-    path_ = fs::temp_directory_path() /
-            fmt::format("nn_test_checkpoint_{}_{}_{}", ::getpid(), test, counter++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-  // Names of every entry in the directory.
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-
- private:
-  fs::path path_;
-};
+using nn::test::TempDir;
 
 Bytes read_raw(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

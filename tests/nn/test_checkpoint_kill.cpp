@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "nn/checkpoint.hpp"
+#include "tests/nn/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 
@@ -25,22 +26,7 @@ namespace {
 
 constexpr const char* kTag = "kill-test";
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() / fmt::format("nn_test_checkpoint_kill_{}", ::getpid());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using nn::test::TempDir;
 
 // Generation g of the model: every value is g, so a checkpoint mixing two saves, or
 // a half-written one, cannot pass for a whole generation. 32 MB: a save takes long

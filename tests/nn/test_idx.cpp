@@ -22,39 +22,14 @@
 
 #include "nn/data.hpp"
 #include "nn/idx.hpp"
+#include "tests/nn/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    const std::string test = info != nullptr ? fmt::format("{}.{}", info->test_suite_name(),
-                                                           info->name())
-                                             : "none";
-    path_ = fs::temp_directory_path() /
-            fmt::format("nn_test_idx_{}_{}_{}", ::getpid(), test, counter++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using nn::test::TempDir;
 
 // IDX bytes: 00 00 <type> <rank>, big-endian dims, then the payload as given.
 Bytes make_idx(std::uint8_t type, const std::vector<std::uint32_t>& dims, const Bytes& payload) {

@@ -9,6 +9,7 @@
 
 #include "autodiff/gradcheck.hpp"
 #include "nn/train.hpp"
+#include "tests/nn/temp_dir.hpp"
 
 namespace nn {
 namespace {
@@ -190,17 +191,11 @@ TEST(Training, OneBatchOverfitsToFullAccuracy) {
   EXPECT_EQ(evaluate(m, d, 32, tape).accuracy, 1.0);
 }
 
-struct TempDir {
-  std::filesystem::path p;
-  TempDir() : p(std::filesystem::temp_directory_path() / ("nn_train_" + std::to_string(::getpid()))) {
-    std::filesystem::create_directories(p);
-  }
-  ~TempDir() { std::filesystem::remove_all(p); }
-};
+using nn::test::TempDir;
 
 TEST(Checkpoint, ModelAndOptimizerRoundTripAndResumeIdentically) {
   TempDir dir;
-  const std::string path = (dir.p / "m.ckpt").string();
+  const std::string path = dir.file("m.ckpt");
   const Dataset d = quadrant_fixture(64, 1);
   // Run A: 2 epochs straight. Run B: 1 epoch, save, load into a fresh model, 1 more.
   auto make = [] { return make_cnn<float>(tiny_cnn(), 11); };
@@ -225,7 +220,7 @@ TEST(Checkpoint, ModelAndOptimizerRoundTripAndResumeIdentically) {
 
 TEST(Checkpoint, RefusesAnotherArchitectureAndLeavesTheModelUntouched) {
   TempDir dir;
-  const std::string path = (dir.p / "m.ckpt").string();
+  const std::string path = dir.file("m.ckpt");
   Sequential<float> m = make_cnn<float>(tiny_cnn(), 1);
   Sgd<float> o(m.parameters(), {});
   save_model(path, m, o, 3, tiny_cnn().tag());
@@ -241,7 +236,7 @@ TEST(Checkpoint, RefusesAnotherArchitectureAndLeavesTheModelUntouched) {
 
 TEST(Checkpoint, RefusesAnEpochCountThatIsNotAWholeNumberInRange) {
   TempDir dir;
-  const std::string path = (dir.p / "m.ckpt").string();
+  const std::string path = dir.file("m.ckpt");
   Sequential<float> m = make_cnn<float>(tiny_cnn(), 1);
   Sgd<float> o(m.parameters(), {});
   save_model(path, m, o, 3, tiny_cnn().tag());
