@@ -79,7 +79,7 @@ struct Options {
   uint64_t seed = 1;
   std::size_t limit = 0;
   std::string save, load, curve;
-  std::string pool = "max", activation = "relu", init = "he";
+  std::string pool = "max", activation = "relu", init = "torch";
   std::array<int, 2> channels{16, 32};
 };
 
@@ -274,8 +274,8 @@ int main(int argc, char** argv) {
   app.add_option("--pool", o.pool, "pooling: max | avg")->capture_default_str()->check(CLI::IsMember({"max", "avg"}));
   app.add_option("--activation", o.activation, "relu | leaky_relu | sigmoid | tanh")->capture_default_str()
       ->check(CLI::IsMember({"relu", "leaky_relu", "sigmoid", "tanh"}));
-  app.add_option("--init", o.init, "he (He/Xavier, biases 0) | torch (PyTorch's default init, to compare with LibTorch)")
-      ->capture_default_str()->check(CLI::IsMember({"he", "torch"}));
+  app.add_option("--init", o.init, "torch (PyTorch's default init, as LibTorch's ref-CNN) | he (He/Xavier, biases 0)")
+      ->capture_default_str()->check(CLI::IsMember({"torch", "he"}));
   app.add_option("--channels", o.channels, "channels of the two conv layers")->capture_default_str()
       ->check(CLI::Range(1, kMaxChannels));
   app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
