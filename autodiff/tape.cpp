@@ -4,6 +4,7 @@
 #include "autodiff/tape.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "autodiff/custom.hpp"
@@ -110,7 +111,19 @@ std::string node_op_name(const Tape<T>& tape, const Node<T>& node) {
 }
 
 template <class T>
+uint32_t Tape<T>::next_recording() {
+  static std::atomic<uint32_t> counter{0};
+  uint32_t r = 0;
+  while (r == 0) r = counter.fetch_add(1, std::memory_order_relaxed) + 1;  // 0 is "raw id"
+  return r;
+}
+
+template <class T>
 const Slot<T>& Tape<T>::slot(Value v) const {
+  if (v.recording != 0 && v.recording != recording_)
+    throw TapeError(fmt::format("tape: value #{} belongs to another recording (number {}; this tape's is {}): "
+                                "it was recorded before tape.reset() or on another tape",
+                                v.id, v.recording, recording_));
   if (v.id < 0 || static_cast<std::size_t>(v.id) >= slots_.size())
     throw TapeError(fmt::format("tape: value #{} is not on this tape (it holds {} values; was the "
                                 "tape reset since the value was made?)",
@@ -165,7 +178,7 @@ Value Tape<T>::new_value(const Shape& shape, bool requires_grad) {
   if (next_grad_ < spare_grad_.size()) s.grad = std::move(spare_grad_[next_grad_++]);
   s.data.resize(shape);  // no reallocation when the size matches last step's
   s.requires_grad = requires_grad && grad_enabled_;
-  return Value{static_cast<int32_t>(slots_.size() - 1)};
+  return Value{static_cast<int32_t>(slots_.size() - 1), recording_};
 }
 
 template <class T>
@@ -181,7 +194,7 @@ Value Tape<T>::param(Parameter<T>& p, std::source_location loc) {
   Slot<T>& s = slots_.emplace_back();
   s.param = &p;
   s.requires_grad = grad_enabled_;
-  Value v{static_cast<int32_t>(slots_.size() - 1)};
+  Value v{static_cast<int32_t>(slots_.size() - 1), recording_};
   if (Node<T>* n = record(OpKind::Parameter, {}, v, Attrs{}, loc)) n->label = p.name;
   return v;
 }
@@ -237,6 +250,7 @@ void Tape<T>::reset() {
   hooks_.clear();
   custom_ops_.clear();
   custom_names_.clear();
+  recording_ = next_recording();
 }
 
 template <class T>

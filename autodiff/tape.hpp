@@ -28,11 +28,18 @@
 
 namespace ad {
 
-// A light handle to a value on a tape (index of its slot). id < 0 means "none",
-// e.g. a conv2d without bias.
+// A light handle to a value on a tape: the index of its slot, and the recording it
+// belongs to. id < 0 means "none", e.g. a conv2d without bias.
+// Every handle a tape hands out carries the number of the tape's current recording
+// (a fresh number per tape and per reset()), and the tape refuses a handle of another
+// recording with a TapeError, rather than silently naming whatever value now sits in
+// that slot. A handle made from a raw id (`Value{node.inputs[0]}`, as a debugging
+// session walking `tape.nodes()` does) has recording 0 and is taken at face value.
 struct Value {
   int32_t id = -1;
+  uint32_t recording = 0;
   bool valid() const { return id >= 0; }
+  // The same slot: handles of one recording (or raw ids) name the same value.
   friend bool operator==(Value a, Value b) { return a.id == b.id; }
 };
 
@@ -226,6 +233,8 @@ class Tape {
 
   const std::vector<Node<T>>& nodes() const { return nodes_; }
   std::size_t num_values() const { return slots_.size(); }
+  // The number of the current recording (see Value); changes at every reset().
+  uint32_t recording() const { return recording_; }
   const Slot<T>& slot(Value v) const;
 
   // ---- for op implementations (ops/*.cpp) ----
@@ -268,6 +277,9 @@ class Tape {
   std::vector<std::pair<int32_t, GradHook>> hooks_;  // (value id, hook)
   std::vector<std::shared_ptr<const CustomOp>> custom_ops_;
   std::vector<std::string> custom_names_;  // custom_ops_[i]->name(), as plain data for debuggers
+  uint32_t recording_ = next_recording();  // see Value; unique across the tapes of the process
+
+  static uint32_t next_recording();
 };
 
 // Scope in which ops record nothing (inference): `{ NoGradGuard g(tape); ... }`.

@@ -118,6 +118,33 @@ TEST(Tape, UnknownHandleIsAClearError) {
   }
 }
 
+TEST(Tape, HandleKeptAcrossResetOrFromAnotherTapeIsRefused) {
+  Tape<double> t;
+  const Value x = t.input(T64{1.0, 2.0});
+  const Value y = relu(t, x);
+  t.reset();
+  const Value x2 = t.input(T64{3.0, 4.0});  // the same slot index as x
+  ASSERT_EQ(x2.id, x.id);
+  for (const Value stale : {x, y}) {
+    try {
+      t.value(stale);
+      ADD_FAILURE() << "a handle from before reset() was accepted";
+    } catch (const TapeError& e) {
+      EXPECT_NE(std::string(e.what()).find("reset()"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(fmt::format("#{}", stale.id)), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(relu(t, x), TapeError);  // ops refuse it too, before recording anything
+  EXPECT_EQ(t.nodes().size(), 1u);
+  Tape<double> other;
+  other.input(T64{5.0, 6.0});
+  EXPECT_THROW(other.value(x2), TapeError);
+  // The current recording's handles and raw ids (a debugger walking nodes()) work.
+  EXPECT_EQ(t.value(x2), (T64{3.0, 4.0}));
+  EXPECT_EQ(t.value(Value{x2.id}), (T64{3.0, 4.0}));
+  EXPECT_NE(t.recording(), other.recording());
+}
+
 TEST(Tape, ResetReusesEveryBufferForTheSameStep) {
   Tape<float> t;
   Parameter<float> k("k", xt::cast<float>(uniform({4, 1, 3, 3}, 1)));

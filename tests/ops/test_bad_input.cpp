@@ -301,7 +301,9 @@ TEST(TapeBadInput, AMissingOrStaleValueHandle) {
   EXPECT_TRUE(throws_tape_error([&] { conv2d(t, t.input(uniform({1, 1, 3, 3}, 2)), Value{}, Value{}); },
                                 {"value #-1 is not on this tape"}));
   t.reset();
-  EXPECT_TRUE(throws_tape_error([&] { relu(t, x); }, {"value #0 is not on this tape", "reset"}));
+  EXPECT_TRUE(throws_tape_error([&] { relu(t, x); }, {"value #0 belongs to another recording", "reset()"}));
+  t.input(uniform({2, 2}, 3));  // slot 0 holds a new value now: the old handle is still refused
+  EXPECT_TRUE(throws_tape_error([&] { relu(t, x); }, {"value #0 belongs to another recording", "reset()"}));
 }
 
 // ---------------------------------------------------------------- NaN and infinity
