@@ -122,7 +122,9 @@ case "$cmd" in
         echo "run.sh: fuzz_$t: $(grep -E '^(Done|stat::new_units_added)' "build/fuzz/fuzz_$t.log" | tr '\n' ' ')" >&2
       else
         tail -n 40 "build/fuzz/fuzz_$t.log" >&2
-        echo "run.sh: fuzz_$t failed; the input is in build/fuzz/crashes/ (tests/fuzz/README.md says what next)" >&2
+        # Every run draws a fresh seed (more inputs over many CI runs); this one reruns it.
+        echo "run.sh: fuzz_$t failed ($(grep -m1 -o 'Seed: [0-9]*' "build/fuzz/fuzz_$t.log"));" \
+          "the input is in build/fuzz/crashes/ (tests/fuzz/README.md says what next)" >&2
         failed=1
       fi
     done
