@@ -168,12 +168,7 @@ int run(const bench::ChildOptions& o) {
       loss = tape.value(z).data()[0];  // keep the result alive
     }
   };
-  for (int i = 0; i < o.warmup; ++i) step();
-  for (int b = 0; b < o.blocks; ++b) {
-    const auto t0 = bench::Clock::now();
-    for (int s = 0; s < o.steps; ++s) step();
-    std::printf("block %.3f\n", static_cast<double>(o.steps * o.batch) / bench::seconds_since(t0));
-  }
+  bench::time_blocks(o, step);
   if (o.mode == "train" && o.bookkeeping_pairs > 0 && !model.pool_first) {  // RawStep is ref-CNN's order
     RawStep raw(o.batch);
     RefCnn raw_model(1);

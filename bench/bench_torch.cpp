@@ -55,12 +55,7 @@ int run(const bench::ChildOptions& o) {
       loss = model->forward(x)[0][0].item<double>();
     }
   };
-  for (int i = 0; i < o.warmup; ++i) step();
-  for (int b = 0; b < o.blocks; ++b) {
-    const auto t0 = bench::Clock::now();
-    for (int s = 0; s < o.steps; ++s) step();
-    std::printf("block %.3f\n", static_cast<double>(o.steps * o.batch) / bench::seconds_since(t0));
-  }
+  bench::time_blocks(o, step);
   std::printf("loss %.6f\n", loss);
   return 0;
 }

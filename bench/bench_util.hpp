@@ -93,6 +93,18 @@ class Batches {
   std::uint64_t epoch_ = 0;
 };
 
+// The timing loop both children share: `o.warmup` untimed steps, then `o.blocks`
+// blocks of `o.steps` steps, each printed as a `block <images per second>` line.
+template <class Step>
+void time_blocks(const ChildOptions& o, Step step) {
+  for (int i = 0; i < o.warmup; ++i) step();
+  for (int b = 0; b < o.blocks; ++b) {
+    const auto t0 = Clock::now();
+    for (int s = 0; s < o.steps; ++s) step();
+    std::printf("block %.3f\n", static_cast<double>(o.steps) * static_cast<double>(o.batch) / seconds_since(t0));
+  }
+}
+
 inline double median(std::vector<double> v) {
   if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());

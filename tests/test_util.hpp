@@ -63,12 +63,13 @@ inline ::testing::AssertionResult all_close(const T64& a, const T64& b, double r
   return ::testing::AssertionSuccess();
 }
 
-// Runs `body` expecting a ShapeError whose message contains every one of `parts`.
-template <class F>
-::testing::AssertionResult throws_shape_error(F body, std::initializer_list<const char*> parts) {
+// Runs `body` expecting an exception of type E whose message contains every one of
+// `parts`; another exception, or none, fails with what happened.
+template <class E, class F>
+::testing::AssertionResult throws_error(F body, std::initializer_list<const char*> parts) {
   try {
     body();
-  } catch (const ShapeError& e) {
+  } catch (const E& e) {
     const std::string msg = e.what();
     for (const char* p : parts)
       if (msg.find(p) == std::string::npos)
@@ -78,6 +79,15 @@ template <class F>
     return ::testing::AssertionFailure() << "threw another exception: " << e.what();
   }
   return ::testing::AssertionFailure() << "did not throw";
+}
+
+template <class F>
+::testing::AssertionResult throws_shape_error(F body, std::initializer_list<const char*> parts) {
+  return throws_error<ShapeError>(body, parts);
+}
+template <class F>
+::testing::AssertionResult throws_tape_error(F body, std::initializer_list<const char*> parts) {
+  return throws_error<TapeError>(body, parts);
 }
 
 }  // namespace ad::test

@@ -22,23 +22,6 @@ T64 tensor(const Shape& s, std::initializer_list<double> values) {
   return t;
 }
 
-// Runs `body` expecting a TapeError whose message contains every one of `parts`.
-template <class F>
-::testing::AssertionResult throws_tape_error(F body, std::initializer_list<const char*> parts) {
-  try {
-    body();
-  } catch (const TapeError& e) {
-    const std::string msg = e.what();
-    for (const char* p : parts)
-      if (msg.find(p) == std::string::npos)
-        return ::testing::AssertionFailure() << "message \"" << msg << "\" lacks \"" << p << "\"";
-    return ::testing::AssertionSuccess();
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw another exception: " << e.what();
-  }
-  return ::testing::AssertionFailure() << "did not throw";
-}
-
 // ---------------------------------------------------------------- conv2d
 
 TEST(Conv2dBadInput, KernelAndBiasOfTheWrongRank) {
