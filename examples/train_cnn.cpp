@@ -215,6 +215,11 @@ int run(const Options& o) {
              n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
   std::fflush(stdout);
 
+  // A batch too big for this machine is refused here, not by the OOM killer mid-epoch.
+  const std::size_t step_batch = std::min<std::size_t>(o.batch, o.limit ? std::min(o.limit, train.count) : train.count);
+  nn::check_memory(nn::step_bytes_per_example(model, {1, train.rows, train.cols}) * step_batch,
+                   fmt::format("--batch {}: a training step of {} images", o.batch, step_batch));
+
   int start = 0;
   if (!o.load.empty()) {
     start = nn::load_model(o.load, model, *opt, cfg.tag());

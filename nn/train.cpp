@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 
 namespace nn {
 
@@ -113,12 +114,45 @@ int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt,
   return static_cast<int>(epochs(0));
 }
 
+template <class T>
+std::size_t step_bytes_per_example(Sequential<T>& model, const ad::Shape& example_shape) {
+  ad::Shape shape{1};
+  shape.insert(shape.end(), example_shape.begin(), example_shape.end());
+  ad::Tape<T> probe;
+  model.forward(probe, probe.input(ad::Tensor<T>(xt::zeros<T>(shape))));
+  std::size_t elements = 0;
+  for (std::size_t i = 0; i < probe.num_values(); ++i) {
+    const ad::Slot<T>& s = probe.slot(ad::Value{static_cast<int32_t>(i)});
+    if (!s.param) elements += s.data.size();
+  }
+  return 2 * elements * sizeof(T);  // each value and its gradient
+}
+
+std::size_t available_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  std::size_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
+}
+
+void check_memory(std::size_t bytes, const std::string& what) {
+  const std::size_t avail = available_memory_bytes();
+  if (avail == 0 || static_cast<double>(bytes) <= 0.8 * static_cast<double>(avail)) return;
+  throw std::runtime_error(fmt::format("{} needs about {:.1f} GB, over 80% of the {:.1f} GB of memory available "
+                                       "(MemAvailable in /proc/meminfo): make it smaller",
+                                       what, static_cast<double>(bytes) / 1e9, static_cast<double>(avail) / 1e9));
+}
+
 #define NN_INSTANTIATE(T)                                                                                      \
   template EpochStats train_epoch<T>(Sequential<T>&, Optimizer<T>&, BatchIterator&, ad::Tape<T>&,             \
                                      const ProgressFn&, const std::function<double(double)>&);                \
   template EpochStats evaluate<T>(Sequential<T>&, const Dataset&, std::size_t, ad::Tape<T>&);                 \
   template void save_model<T>(const std::string&, Sequential<T>&, Optimizer<T>&, int, const std::string&);    \
-  template int load_model<T>(const std::string&, Sequential<T>&, Optimizer<T>&, const std::string&);
+  template int load_model<T>(const std::string&, Sequential<T>&, Optimizer<T>&, const std::string&);           \
+  template std::size_t step_bytes_per_example<T>(Sequential<T>&, const ad::Shape&);
 NN_INSTANTIATE(float)
 NN_INSTANTIATE(double)
 #undef NN_INSTANTIATE

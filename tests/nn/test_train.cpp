@@ -261,5 +261,26 @@ TEST(Checkpoint, RefusesAnEpochCountThatIsNotAWholeNumberInRange) {
   }
 }
 
+TEST(StepMemory, RefCnnValuesAndGradientsPerImage) {
+  Sequential<float> m = make_cnn<float>(CnnConfig{}, 1);
+  // input 784, conv1 and its ReLU 2 x 16x28x28, pool 16x14x14, conv2 and its ReLU
+  // 2 x 32x14x14, pool and flatten 2 x 1568, logits 10: each value and its gradient.
+  const std::size_t elements = 784 + 2 * 12544 + 3136 + 2 * 6272 + 2 * 1568 + 10;
+  EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), 2 * elements * sizeof(float));
+}
+
+TEST(StepMemory, ABatchBeyondTheMachineIsRefusedWithTheSizes) {
+  if (available_memory_bytes() == 0) GTEST_SKIP() << "no MemAvailable in /proc/meminfo";
+  EXPECT_NO_THROW(check_memory(1024, "--batch 2"));
+  try {
+    check_memory(std::size_t{1} << 60, "--batch 99: a training step");
+    ADD_FAILURE() << "an exabyte fitted";
+  } catch (const std::runtime_error& e) {
+    const std::string msg = e.what();
+    for (const char* part : {"--batch 99: a training step", "needs about 1152921504.6 GB", "over 80% of the", "GB of memory available"})
+      EXPECT_NE(msg.find(part), std::string::npos) << msg << " lacks " << part;
+  }
+}
+
 }  // namespace
 }  // namespace nn
