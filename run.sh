@@ -73,7 +73,7 @@ case "$cmd" in
     # at exit, so LeakSanitizer has nothing to report about them (README, "Errors and
     # guarantees"). check_initialization_order catches static-init order bugs.
     ensure_packages "${BASE_PACKAGES[@]}"
-    cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DAD_SANITIZE=ON >/dev/null
+    cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DAD_SANITIZE=ON -DAD_BUILD_EXAMPLES=ON >/dev/null
     cmake --build build/asan -j2
     ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --test-dir build/asan --output-on-failure -j2 "$@"

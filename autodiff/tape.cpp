@@ -110,11 +110,16 @@ std::string node_op_name(const Tape<T>& tape, const Node<T>& node) {
   return std::string(op_name(node.op));
 }
 
+namespace {
+// One counter for the tapes of every element type, so that no two recordings in the
+// process (a Tape<float>'s and a Tape<double>'s included) share a number.
+std::atomic<uint32_t> g_recordings{0};
+}  // namespace
+
 template <class T>
 uint32_t Tape<T>::next_recording() {
-  static std::atomic<uint32_t> counter{0};
   uint32_t r = 0;
-  while (r == 0) r = counter.fetch_add(1, std::memory_order_relaxed) + 1;  // 0 is "raw id"
+  while (r == 0) r = g_recordings.fetch_add(1, std::memory_order_relaxed) + 1;  // 0 is "raw id"
   return r;
 }
 

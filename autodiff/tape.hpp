@@ -39,8 +39,11 @@ struct Value {
   int32_t id = -1;
   uint32_t recording = 0;
   bool valid() const { return id >= 0; }
-  // The same slot: handles of one recording (or raw ids) name the same value.
-  friend bool operator==(Value a, Value b) { return a.id == b.id; }
+  // The same value: the same slot of the same recording (a raw id, recording 0,
+  // matches any recording's handle to that slot).
+  friend bool operator==(Value a, Value b) {
+    return a.id == b.id && (a.recording == 0 || b.recording == 0 || a.recording == b.recording);
+  }
 };
 
 enum class OpKind : uint8_t {

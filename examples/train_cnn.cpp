@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -28,15 +30,25 @@ constexpr std::size_t kEvalBatch = 250;
 constexpr int kMaxEpochs = 100000;
 constexpr std::size_t kMaxBatch = 65536;
 constexpr int kMaxThreads = 1024;
-constexpr int kMaxChannels = 4096;
+constexpr int kMaxChannels = 1024;
 
-// A whole number >= 0 written in digits: CLI11 would wrap "-1" into an unsigned flag.
-const CLI::Validator kWholeNumber(
-    [](std::string& v) {
-      const bool digits = !v.empty() && v.size() <= 19 && v.find_first_not_of("0123456789") == std::string::npos;
-      return digits ? std::string() : fmt::format("Value {} is not a whole number (digits only, at most 19)", v);
-    },
-    "");
+// A whole number in [lo, hi], written in decimal digits only. It rewrites the value
+// without leading zeros: CLI11 parses integers with base 0, so "010" would be 8 and
+// "0x10" 16, and it wraps "-1" into an unsigned flag.
+CLI::Validator whole_in(std::uint64_t lo, std::uint64_t hi) {
+  return CLI::Validator(
+      [=](std::string& v) {
+        std::uint64_t x = 0;
+        const char* end = v.data() + v.size();
+        const bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
+        const auto [ptr, ec] = std::from_chars(v.data(), end, x);
+        if (!digits || ec != std::errc() || ptr != end || x < lo || x > hi)
+          return fmt::format("Value {} is not a whole number in [{}, {}]", v, lo, hi);
+        v = std::to_string(x);
+        return std::string();
+      },
+      fmt::format("in [{}, {}]", lo, hi));
+}
 
 // A number in (lo, hi] (or [lo, hi] when lo is included); the message shows the bounds
 // as written rather than CLI11's six decimals.
@@ -81,6 +93,7 @@ struct Options {
   std::string save, load, curve;
   std::string pool = "max", activation = "relu", init = "torch";
   std::array<int, 2> channels{16, 32};
+  double max_memory_mb = 0;  // 0: 80% of the memory available
 };
 
 // One line of the epoch table and of the curve.
@@ -215,10 +228,15 @@ int run(const Options& o) {
              n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
   std::fflush(stdout);
 
-  // A batch too big for this machine is refused here, not by the OOM killer mid-epoch.
+  // A run too big for this machine is refused here, not by the OOM killer mid-epoch:
+  // the tape of one step, plus each parameter's value, gradient and up to two
+  // optimizer buffers (Adam), plus the data set itself.
   const std::size_t step_batch = std::min<std::size_t>(o.batch, o.limit ? std::min(o.limit, train.count) : train.count);
-  nn::check_memory(nn::step_bytes_per_example(model, {1, train.rows, train.cols}) * step_batch,
-                   fmt::format("--batch {}: a training step of {} images", o.batch, step_batch));
+  const std::size_t data_bytes = (train.count + test.count) * (train.rows * train.cols + 1);
+  nn::check_memory(nn::step_bytes_per_example(model, {1, train.rows, train.cols}) * step_batch +
+                       4 * n_params * sizeof(float) + data_bytes,
+                   static_cast<std::size_t>(o.max_memory_mb * 1e6),
+                   fmt::format("--batch {}: training {} images a step", o.batch, step_batch));
 
   int start = 0;
   if (!o.load.empty()) {
@@ -261,8 +279,8 @@ int main(int argc, char** argv) {
   CLI::App app{"Train the design document's 3-layer CNN on Fashion-MNIST (default: the reference CNN)."};
   app.add_option("--data", o.data, "directory with the Fashion-MNIST IDX files (.gz or raw)")->capture_default_str();
   app.add_option("--epochs", o.epochs, "total epochs (a resumed run continues up to this)")->capture_default_str()
-      ->check(CLI::Range(1, kMaxEpochs));
-  app.add_option("--batch", o.batch, "mini-batch size")->capture_default_str()->check(CLI::Range(std::size_t{1}, kMaxBatch));
+      ->transform(whole_in(1, kMaxEpochs));
+  app.add_option("--batch", o.batch, "mini-batch size")->capture_default_str()->transform(whole_in(1, kMaxBatch));
   app.add_option("--lr", o.lr, "learning rate (default: sgd 0.05, momentum 0.01, adam 0.003)")->check(number_in(0, 1000, false));
   app.add_option("--weight-decay", o.weight_decay, "L2 weight decay added to every gradient")->capture_default_str()
       ->check(number_in(0, 1, true));
@@ -270,10 +288,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"sgd", "momentum", "adam"}));
   app.add_option("--schedule", o.schedule, "learning rate schedule: auto (cosine, constant for sgd) | constant | cosine | step")
       ->capture_default_str()->check(CLI::IsMember({"auto", "constant", "cosine", "step"}));
-  app.add_option("--threads", o.threads, "worker threads (0 = all cores)")->capture_default_str()->check(CLI::Range(0, kMaxThreads));
-  app.add_option("--seed", o.seed, "seed for initialisation and shuffling")->capture_default_str()->check(kWholeNumber);
+  app.add_option("--threads", o.threads, "worker threads (0 = all cores)")->capture_default_str()->transform(whole_in(0, kMaxThreads));
+  app.add_option("--seed", o.seed, "seed for initialisation and shuffling")->capture_default_str()
+      ->transform(whole_in(0, UINT64_MAX));
   app.add_option("--limit", o.limit, "use only the first N training images (0 = all)")->capture_default_str()
-      ->check(kWholeNumber);
+      ->transform(whole_in(0, UINT64_MAX));
   app.add_option("--save", o.save, "write a checkpoint after every epoch (atomically)");
   app.add_option("--load", o.load, "resume from a checkpoint (parameters, optimizer state, epochs done)");
   app.add_option("--pool", o.pool, "pooling: max | avg")->capture_default_str()->check(CLI::IsMember({"max", "avg"}));
@@ -282,7 +301,10 @@ int main(int argc, char** argv) {
   app.add_option("--init", o.init, "torch (PyTorch's default init, as LibTorch's ref-CNN) | he (He/Xavier, biases 0)")
       ->capture_default_str()->check(CLI::IsMember({"torch", "he"}));
   app.add_option("--channels", o.channels, "channels of the two conv layers")->capture_default_str()
-      ->check(CLI::Range(1, kMaxChannels));
+      ->transform(whole_in(1, kMaxChannels));
+  app.add_option("--max-memory", o.max_memory_mb,
+                 "refuse to start when the run would need more than this many MB (default: 80% of the memory available)")
+      ->check(number_in(0, 1e9, false));
   app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
   try {
     app.parse(argc, argv);

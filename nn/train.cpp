@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 
 namespace nn {
 
@@ -120,30 +121,62 @@ std::size_t step_bytes_per_example(Sequential<T>& model, const ad::Shape& exampl
   shape.insert(shape.end(), example_shape.begin(), example_shape.end());
   ad::Tape<T> probe;
   model.forward(probe, probe.input(ad::Tensor<T>(xt::zeros<T>(shape))));
-  std::size_t elements = 0;
+  std::size_t bytes = 0;
   for (std::size_t i = 0; i < probe.num_values(); ++i) {
     const ad::Slot<T>& s = probe.slot(ad::Value{static_cast<int32_t>(i)});
-    if (!s.param) elements += s.data.size();
+    if (s.param) continue;
+    bytes += s.data.size() * sizeof(T) * (s.requires_grad ? 2 : 1);  // the value and its gradient
   }
-  return 2 * elements * sizeof(T);  // each value and its gradient
+  // What VJPs need saved (max-pool's argmax); an unused `saved` is a 0-d xarray of size 1.
+  for (const ad::Node<T>& n : probe.nodes())
+    bytes += (n.saved.dimension() ? n.saved.size() * sizeof(T) : 0) + n.saved_index.size() * sizeof(int32_t);
+  return bytes;
 }
+
+namespace {
+
+// The first number in `path` (e.g. /proc or /sys files), or nullopt.
+std::optional<std::size_t> read_number(const char* path) {
+  std::ifstream f(path);
+  std::size_t v = 0;
+  if (f >> v) return v;
+  return std::nullopt;
+}
+
+}  // namespace
 
 std::size_t available_memory_bytes() {
+  std::size_t avail = 0;
   std::ifstream f("/proc/meminfo");
-  std::string key;
+  std::string key, unit;
   std::size_t kb = 0;
-  std::string unit;
   while (f >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb * 1024;
-  return 0;
+    if (key == "MemAvailable:") {
+      avail = kb * 1024;
+      break;
+    }
+  // A cgroup v2 limit (a container) can be far below what the host has free.
+  const auto max = read_number("/sys/fs/cgroup/memory.max");  // "max" when unlimited: no number
+  const auto cur = read_number("/sys/fs/cgroup/memory.current");
+  if (max && cur) {
+    const std::size_t left = *max > *cur ? *max - *cur : 0;
+    avail = avail ? std::min(avail, left) : left;
+  }
+  return avail;
 }
 
-void check_memory(std::size_t bytes, const std::string& what) {
-  const std::size_t avail = available_memory_bytes();
-  if (avail == 0 || static_cast<double>(bytes) <= 0.8 * static_cast<double>(avail)) return;
-  throw std::runtime_error(fmt::format("{} needs about {:.1f} GB, over 80% of the {:.1f} GB of memory available "
-                                       "(MemAvailable in /proc/meminfo): make it smaller",
-                                       what, static_cast<double>(bytes) / 1e9, static_cast<double>(avail) / 1e9));
+void check_memory(std::size_t bytes, std::size_t budget, const std::string& what) {
+  const auto gb = [](std::size_t b) { return static_cast<double>(b) / 1e9; };
+  std::string limit;
+  if (budget == 0) {
+    const std::size_t avail = available_memory_bytes();
+    if (avail == 0) return;  // unknown: nothing to check against
+    budget = static_cast<std::size_t>(0.8 * static_cast<double>(avail));
+    limit = fmt::format("80% of the {:.2f} GB of memory available", gb(avail));
+  } else {
+    limit = fmt::format("the budget of {:.3f} GB", gb(budget));
+  }
+  if (bytes > budget) throw std::runtime_error(fmt::format("{} needs about {:.2f} GB, more than {}", what, gb(bytes), limit));
 }
 
 #define NN_INSTANTIATE(T)                                                                                      \

@@ -43,19 +43,21 @@ template <class T>
 int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, const std::string& tag);
 
 // Bytes a training step needs per example on the tape: every value the model records
-// for one example of `example_shape` (e.g. {1, 28, 28}) and its gradient, found by
-// recording the forward pass of one zero example. Parameters are not counted (they are
-// the same for any batch).
+// for one example of `example_shape` (e.g. {1, 28, 28}), the gradient of each value
+// that needs one, and what the nodes save for backward (max-pool's argmax), found by
+// recording the forward pass of one zero example. Parameters are not counted (they
+// are the same for any batch).
 template <class T>
 std::size_t step_bytes_per_example(Sequential<T>& model, const ad::Shape& example_shape);
 
-// Memory this process can still use: /proc/meminfo's MemAvailable, or 0 when unknown.
+// Memory this process can still use: the smaller of /proc/meminfo's MemAvailable and
+// what a cgroup v2 limit leaves (memory.max - memory.current), or 0 when neither is known.
 std::size_t available_memory_bytes();
 
-// Throws std::runtime_error("<what> needs about X GB, over 80% of the Y GB of memory
-// available ...") when `bytes` exceeds 80% of available_memory_bytes(); does nothing
-// when that is unknown.
-// A batch that cannot fit is refused before training rather than ending in the OOM killer.
-void check_memory(std::size_t bytes, const std::string& what);
+// Throws std::runtime_error("<what> needs about X GB, more than ...") when `bytes`
+// exceeds `budget`, or with budget 0, 80% of available_memory_bytes() (no check when
+// that is unknown). Lets a program refuse a run that cannot fit before it starts,
+// rather than meet the OOM killer halfway through.
+void check_memory(std::size_t bytes, std::size_t budget, const std::string& what);
 
 }  // namespace nn

@@ -143,6 +143,23 @@ TEST(Tape, HandleKeptAcrossResetOrFromAnotherTapeIsRefused) {
   EXPECT_EQ(t.value(x2), (T64{3.0, 4.0}));
   EXPECT_EQ(t.value(Value{x2.id}), (T64{3.0, 4.0}));
   EXPECT_NE(t.recording(), other.recording());
+  EXPECT_FALSE(x == x2);  // the same slot, another recording
+  EXPECT_TRUE(Value{x2.id} == x2);
+  Tape<float> tf;
+  const Value xf = tf.input(ad::Tensor<float>{1.0f});
+  EXPECT_THROW(t.value(xf), TapeError);
+}
+
+TEST(Tape, RecordingNumbersAreUniqueAcrossElementTypes) {
+  // With a counter per element type, one of the two chases below would catch up with
+  // the other type's number; with one counter for the process neither can.
+  const Tape<double> d;
+  const Tape<float> f;
+  ASSERT_NE(f.recording(), d.recording());
+  for (int i = 0; i < 5000; ++i) {
+    ASSERT_NE(Tape<float>().recording(), d.recording()) << "after " << i << " float tapes";
+    ASSERT_NE(Tape<double>().recording(), f.recording()) << "after " << i << " double tapes";
+  }
 }
 
 TEST(Tape, ResetReusesEveryBufferForTheSameStep) {

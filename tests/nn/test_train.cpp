@@ -261,23 +261,33 @@ TEST(Checkpoint, RefusesAnEpochCountThatIsNotAWholeNumberInRange) {
   }
 }
 
-TEST(StepMemory, RefCnnValuesAndGradientsPerImage) {
+TEST(StepMemory, RefCnnValuesGradientsAndSavedIndicesPerImage) {
   Sequential<float> m = make_cnn<float>(CnnConfig{}, 1);
-  // input 784, conv1 and its ReLU 2 x 16x28x28, pool 16x14x14, conv2 and its ReLU
-  // 2 x 32x14x14, pool and flatten 2 x 1568, logits 10: each value and its gradient.
-  const std::size_t elements = 784 + 2 * 12544 + 3136 + 2 * 6272 + 2 * 1568 + 10;
-  EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), 2 * elements * sizeof(float));
+  // The input (no gradient); conv1 and its ReLU 16x28x28, pool 16x14x14, conv2 and its
+  // ReLU 32x14x14, pool and flatten 1568, logits 10, each with its gradient; and the
+  // two max pools' argmax, one int32 per output.
+  const std::size_t with_grad = 2 * 12544 + 3136 + 2 * 6272 + 2 * 1568 + 10;
+  const std::size_t expected = (784 + 2 * with_grad) * sizeof(float) + (3136 + 1568) * sizeof(int32_t);
+  EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), expected);
 }
 
-TEST(StepMemory, ABatchBeyondTheMachineIsRefusedWithTheSizes) {
-  if (available_memory_bytes() == 0) GTEST_SKIP() << "no MemAvailable in /proc/meminfo";
-  EXPECT_NO_THROW(check_memory(1024, "--batch 2"));
+TEST(StepMemory, ARunOverTheBudgetIsRefusedWithTheSizes) {
+  EXPECT_NO_THROW(check_memory(1'000'000'000, 2'000'000'000, "x"));
   try {
-    check_memory(std::size_t{1} << 60, "--batch 99: a training step");
+    check_memory(3'000'000'000, 2'000'000'000, "--batch 99: training");
+    ADD_FAILURE() << "3 GB fitted a 2 GB budget";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "--batch 99: training needs about 3.00 GB, more than the budget of 2.000 GB");
+  }
+  // Budget 0: 80% of what this machine has available.
+  if (available_memory_bytes() == 0) GTEST_SKIP() << "neither MemAvailable nor a cgroup limit is readable";
+  EXPECT_NO_THROW(check_memory(1024, 0, "a kilobyte"));
+  try {
+    check_memory(std::size_t{1} << 60, 0, "an exabyte");
     ADD_FAILURE() << "an exabyte fitted";
   } catch (const std::runtime_error& e) {
     const std::string msg = e.what();
-    for (const char* part : {"--batch 99: a training step", "needs about 1152921504.6 GB", "over 80% of the", "GB of memory available"})
+    for (const char* part : {"an exabyte needs about 1152921504.61 GB, more than 80% of the", "GB of memory available"})
       EXPECT_NE(msg.find(part), std::string::npos) << msg << " lacks " << part;
   }
 }

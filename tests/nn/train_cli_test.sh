@@ -65,6 +65,11 @@ case "$case_" in
     run 2 --epochs -1
     run 0 --help
     grep -q -- "--optimizer" "$tmp/out" || fail "help lacks --optimizer"
+    # valid values the range checks must let through (and read in decimal: 010 is 10)
+    run 0 --data "$fixture" --epochs 02 --limit 064 --lr 1e-3 --seed 0 --weight-decay 0 --threads 0 --batch 032
+    says "batch 32" "seed 0" "epoch 2/2: train loss" "using the first 64"
+    run 0 --data "$fixture" --epochs 1 --limit 32 --seed 18446744073709551615
+    says "seed 18446744073709551615"
     ;;
   runtime)
     run 1 --data "$tmp/no-such-dir"
@@ -116,14 +121,12 @@ case "$case_" in
     says --batch
     run 2 --threads 100000
     says --threads
-    # the largest --batch on the real data set would need ~21 GB: refused before training
-    # when that is over 80% of MemAvailable (a CI machine may have more; then it is skipped)
-    if [ -d /usr/share/datasets/fashion-mnist ] &&
-       [ "$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)" -lt 26000000 ]; then
-      run 1 --batch 65536 --epochs 1
-      says "--batch 65536: a training step of 60000 images needs about 21.5 GB" "memory available"
-      grep -q "epoch 1/1" "$tmp/out" && fail "started training a batch that cannot fit"
-    fi
+    run 2 --max-memory 0
+    says --max-memory
+    run 2 --epochs 0x10
+    says --epochs 0x10
+    run 2 --seed 18446744073709551616
+    says --seed 18446744073709551616
     run 2 --lr 0
     says --lr "(0, 1000]"
     run 2 --lr nan
@@ -187,6 +190,12 @@ case "$case_" in
     says "$tmp/good.ckpt" "model tag is" "c2-4" "c2-5"
     run 1 --data "$fixture" --load "$tmp/good.ckpt" --channels 2 4 --optimizer sgd
     says "$tmp/good.ckpt" "unexpected tensors the model does not have" "optim.step"
+    # a run over its memory budget is refused before training (the default budget is
+    # 80% of the memory available: --batch 65536 on the full data set needs ~23 GB)
+    run 1 --data "$fixture" --epochs 1 --max-memory 1
+    says "--batch 64: training 64 images a step needs about" "more than the budget of 0.001 GB"
+    grep -q "epoch 1/1" "$tmp/out" && fail "started training a run over its memory budget"
+    run 0 --data "$fixture" --epochs 1 --limit 64 --max-memory 2000
     # --save and --curve into a missing directory fail before any training
     run 1 --data "$fixture" --epochs 1 --limit 64 --channels 2 4 --save "$tmp/no/such/dir/m.ckpt"
     says "--save $tmp/no/such/dir/m.ckpt" "does not exist"
