@@ -229,11 +229,13 @@ int run(const Options& o) {
   std::fflush(stdout);
 
   // A run too big for this machine is refused here, not by the OOM killer mid-epoch:
-  // the tape of one step, plus each parameter's value, gradient and up to two
-  // optimizer buffers (Adam), plus the data set itself.
+  // the tape of one step (the same tape evaluates the test set in batches of
+  // kEvalBatch, so whichever is larger), plus each parameter's value, gradient and up to
+  // two optimizer buffers (Adam), plus the data set itself.
   const std::size_t step_batch = std::min<std::size_t>(o.batch, o.limit ? std::min(o.limit, train.count) : train.count);
+  const std::size_t tape_batch = std::max(step_batch, std::min(kEvalBatch, test.count));
   const std::size_t data_bytes = (train.count + test.count) * (train.rows * train.cols + 1);
-  nn::check_memory(nn::step_bytes_per_example(model, {1, train.rows, train.cols}) * step_batch +
+  nn::check_memory(nn::step_bytes_per_example(model, {1, train.rows, train.cols}) * tape_batch +
                        4 * n_params * sizeof(float) + data_bytes,
                    static_cast<std::size_t>(o.max_memory_mb * 1e6),
                    fmt::format("--batch {}: training {} images a step", o.batch, step_batch));

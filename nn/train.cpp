@@ -159,7 +159,7 @@ std::size_t available_memory_bytes() {
   const auto max = read_number("/sys/fs/cgroup/memory.max");  // "max" when unlimited: no number
   const auto cur = read_number("/sys/fs/cgroup/memory.current");
   if (max && cur) {
-    const std::size_t left = *max > *cur ? *max - *cur : 0;
+    const std::size_t left = *max > *cur ? *max - *cur : 1;  // at the limit: 1, not "unknown"
     avail = avail ? std::min(avail, left) : left;
   }
   return avail;
