@@ -28,7 +28,7 @@
 #include "nn/data.hpp"
 #include "nn/idx.hpp"
 #include "nn/train.hpp"
-#include "tests/nn/temp_dir.hpp"
+#include "tests/nn/nn_test_util.hpp"
 
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
@@ -44,22 +44,7 @@ void write_raw(const std::string& path, const Bytes& bytes) {
   ASSERT_TRUE(f.good()) << "cannot write fixture " << path;
 }
 
-// Runs fn and requires an exception of type E whose message holds every keyword.
-template <class E>
-void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> keywords) {
-  try {
-    fn();
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const std::string& k : keywords)
-      EXPECT_NE(msg.find(k), std::string::npos) << "message lacks \"" << k << "\": " << msg;
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "nothing was thrown";
-}
+using nn::test::expect_error;
 
 // Checkpoint bytes in the documented format (nn/checkpoint.hpp) with a valid CRC32,
 // for shapes save_checkpoint would never write.

@@ -23,7 +23,7 @@
 #include <fmt/format.h>
 
 #include "nn/checkpoint.hpp"
-#include "tests/nn/temp_dir.hpp"
+#include "tests/nn/nn_test_util.hpp"
 
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
@@ -74,21 +74,8 @@ bool bit_equal(const xt::xarray<float>& a, const xt::xarray<float>& b) {
 }
 
 // Runs fn, requires nn::CheckpointError, and requires every keyword in its message.
-void expect_checkpoint_error(const std::function<void()>& fn,
-                             std::initializer_list<std::string> keywords) {
-  try {
-    fn();
-  } catch (const nn::CheckpointError& e) {
-    const std::string msg = e.what();
-    for (const std::string& k : keywords) {
-      EXPECT_NE(msg.find(k), std::string::npos) << "message lacks \"" << k << "\": " << msg;
-    }
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected nn::CheckpointError, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected nn::CheckpointError, nothing was thrown";
+void expect_checkpoint_error(const std::function<void()>& fn, std::initializer_list<std::string> keywords) {
+  nn::test::expect_error<nn::CheckpointError>(fn, keywords);
 }
 
 void expect_load_error(const std::string& path, std::initializer_list<std::string> keywords) {

@@ -18,7 +18,7 @@
 #include <fmt/format.h>
 
 #include "nn/checkpoint.hpp"
-#include "tests/nn/temp_dir.hpp"
+#include "tests/nn/nn_test_util.hpp"
 
 namespace fs = std::filesystem;
 

@@ -22,7 +22,7 @@
 
 #include "nn/data.hpp"
 #include "nn/idx.hpp"
-#include "tests/nn/temp_dir.hpp"
+#include "tests/nn/nn_test_util.hpp"
 
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
@@ -71,19 +71,7 @@ Bytes read_raw(const std::string& path) {
 
 // Runs fn, requires nn::DataError, and requires every keyword in its message.
 void expect_data_error(const std::function<void()>& fn, std::initializer_list<std::string> keywords) {
-  try {
-    fn();
-  } catch (const nn::DataError& e) {
-    const std::string msg = e.what();
-    for (const std::string& k : keywords) {
-      EXPECT_NE(msg.find(k), std::string::npos) << "message lacks \"" << k << "\": " << msg;
-    }
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected nn::DataError, got another exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "expected nn::DataError, nothing was thrown";
+  nn::test::expect_error<nn::DataError>(fn, keywords);
 }
 
 void expect_idx_error(const std::string& path, std::initializer_list<std::string> keywords) {

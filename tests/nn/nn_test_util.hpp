@@ -1,5 +1,7 @@
-// A fresh directory under the system temp dir for one test, removed with everything in
-// it (even after a test took away its write permission). The name carries the pid, the
+// Helpers shared by the tests in tests/nn.
+//
+// TempDir: a fresh directory under the system temp dir for one test, removed with
+// everything in it (even after a test took away its write permission). The name carries the pid, the
 // running test's name and a counter, so parallel ctest runs and several TempDirs in one
 // test never share a directory.
 #pragma once
@@ -10,6 +12,8 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -50,5 +54,22 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// Runs fn and requires an exception of type E whose message holds every keyword.
+template <class E>
+void expect_error(const std::function<void()>& fn, std::initializer_list<std::string> keywords) {
+  try {
+    fn();
+  } catch (const E& e) {
+    const std::string msg = e.what();
+    for (const std::string& k : keywords)
+      EXPECT_NE(msg.find(k), std::string::npos) << "message lacks \"" << k << "\": " << msg;
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "threw another exception: " << e.what();
+    return;
+  }
+  ADD_FAILURE() << "nothing was thrown";
+}
 
 }  // namespace nn::test
