@@ -1,38 +1,42 @@
-// Recording a user-defined op; its VJP is dispatched from autodiff/backward.cpp.
+// Recording a user-defined op, and the one registry entry every custom node shares.
 #include "autodiff/custom.hpp"
 
 #include <array>
+#include <vector>
 
 namespace ad {
 
 template <class T>
-Value custom(Tape<T>& tape, const std::shared_ptr<const CustomOp>& op, std::initializer_list<Value> inputs,
+Value custom(Tape<T>& tape, const std::shared_ptr<const CustomOp>& op, std::span<const Value> inputs,
              std::source_location loc) {
   if (!op) throw TapeError("custom: the op is null");
   const std::string name = op->name();
-  if (inputs.size() < 1 || inputs.size() > 3)
-    shape_error(name.c_str(), "a custom op takes 1 to 3 inputs, not {}", inputs.size());
+  if (inputs.empty()) shape_error(name.c_str(), "a custom op takes at least one input");
   const std::size_t n = inputs.size();
-  std::array<Value, 3> in{};
-  std::array<Shape, 3> shapes{};
-  std::array<const Tensor<T>*, 3> xs{};
-  std::size_t i = 0;
-  for (Value v : inputs) {
-    if (!v.valid()) shape_error(name.c_str(), "input {} is not a value (Value{{}})", i);
-    in[i] = v;
-    shapes[i] = tape.shape(v);
-    xs[i] = &tape.value(v);
-    ++i;
+  std::vector<Shape> shapes(n);
+  std::vector<const Tensor<T>*> xs(n);
+  bool needs_grad = false;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!inputs[i].valid()) shape_error(name.c_str(), "input {} is not a value (Value{{}})", i);
+    shapes[i] = tape.shape(inputs[i]);
+    xs[i] = &tape.value(inputs[i]);
+    needs_grad = needs_grad || tape.any_requires_grad({inputs[i]});
   }
-  const Shape ys = op->output_shape(std::span<const Shape>(shapes.data(), n));
-  Value y = tape.new_value(ys, tape.any_requires_grad(inputs));
+  const Shape ys = op->output_shape(std::span<const Shape>(shapes));
+  Value y = tape.new_value(ys, needs_grad);
   // The slots live in a deque: xs stay valid while new_value appends.
-  op->forward(std::span<const Tensor<T>* const>(xs.data(), n), tape.mutable_value(y));
+  op->forward(std::span<const Tensor<T>* const>(xs), tape.mutable_value(y));
   if (tape.shape(y) != ys)
     throw TapeError(fmt::format("custom op {}: forward changed the output shape from {} to {}", name,
                                 shape_str(ys), shape_str(tape.shape(y))));
-  if (Node<T>* node = tape.record(OpKind::Custom, in, y, Attrs{}, loc)) node->custom = tape.add_custom_op(op);
+  if (Node<T>* node = tape.record(OpKind::Custom, inputs, y, Attrs{}, loc)) node->custom = tape.add_custom_op(op);
   return y;
+}
+
+template <class T>
+Value custom(Tape<T>& tape, const std::shared_ptr<const CustomOp>& op, std::initializer_list<Value> inputs,
+             std::source_location loc) {
+  return custom(tape, op, std::span<const Value>(inputs.begin(), inputs.size()), loc);
 }
 
 template <class T>
@@ -41,7 +45,38 @@ void custom_vjp(const CustomOp& op, const Tensor<T>& grad_out, std::span<const T
   op.vjp(grad_out, inputs, out, grad_inputs);
 }
 
+namespace {
+
+// The registry's VJP of every custom node: gathers the node's inputs and gradient
+// buffers and calls custom_vjp (the op's virtual vjp).
+template <class T>
+void custom_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  const std::size_t n = node.inputs.size();
+  std::vector<const Tensor<T>*> xs(n);
+  std::vector<Tensor<T>*> grads(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    xs[i] = &tape->value(Value{node.inputs[i]});
+    grads[i] = tape->grad_buffer(Value{node.inputs[i]});
+  }
+  const Value out{node.output};
+  custom_vjp(tape->custom_op(node.custom), tape->slot(out).grad, std::span<const Tensor<T>* const>(xs),
+             tape->value(out), std::span<Tensor<T>* const>(grads));
+}
+
+Value custom_replay(Tape<double>& t, const ReplayArgs& args) {
+  if (!args.custom || !*args.custom) throw TapeError("custom: replay without the op");
+  return custom(t, *args.custom, args.inputs);
+}
+
+}  // namespace
+
+constinit const OpDef custom_op_def{.name = "custom", .vjp_float = custom_node_vjp<float>,
+                                    .vjp_double = custom_node_vjp<double>, .replay = custom_replay};
+AD_REGISTER_OP(custom_op_def);
+
 #define AD_INSTANTIATE(T)                                                                                   \
+  template Value custom<T>(Tape<T>&, const std::shared_ptr<const CustomOp>&, std::span<const Value>,      \
+                           std::source_location);                                                          \
   template Value custom<T>(Tape<T>&, const std::shared_ptr<const CustomOp>&, std::initializer_list<Value>, \
                            std::source_location);                                                          \
   template void custom_vjp<T>(const CustomOp&, const Tensor<T>&, std::span<const Tensor<T>* const>,        \

@@ -1,7 +1,8 @@
 // User-defined ops: a forward and a VJP written by the user, recorded on the tape as
 // a node like any other (OpKind::Custom), so it is printed, drawn, stepped through,
-// checked by anomaly mode and re-checked by gradcheck_nodes. The built-in ops do not
-// go through this interface: their VJPs stay plain function calls in backward.cpp.
+// checked by anomaly mode and re-checked by gradcheck_nodes. Every custom node shares
+// one registry entry (OpKind::Custom, autodiff/op.hpp), as a built-in op has its own;
+// that entry's VJP calls the CustomOp's virtual vjp.
 #pragma once
 
 #include <initializer_list>
@@ -15,7 +16,7 @@
 
 namespace ad {
 
-// The interface of a custom op of 1 to 3 inputs. Both scalar types are required:
+// The interface of a custom op of one or more inputs. Both scalar types are required:
 // training tapes are float, and gradcheck_nodes replays every node in double. Most
 // ops write the maths once as templates and wrap them with make_custom_op (below).
 class CustomOp {
@@ -78,14 +79,17 @@ std::shared_ptr<const CustomOp> make_custom_op(Args&&... args) {
   return std::make_shared<const CustomOpOf<Impl>>(std::forward<Args>(args)...);
 }
 
-// Records `op` applied to 1 to 3 inputs: checks the shapes (op.output_shape), runs
+// Records `op` applied to one or more inputs: checks the shapes (op.output_shape), runs
 // op.forward, and appends an OpKind::Custom node whose VJP is op.vjp. The tape keeps
 // `op` alive until reset().
 template <class T>
 Value custom(Tape<T>& tape, const std::shared_ptr<const CustomOp>& op, std::initializer_list<Value> inputs,
              std::source_location loc = std::source_location::current());
+template <class T>
+Value custom(Tape<T>& tape, const std::shared_ptr<const CustomOp>& op, std::span<const Value> inputs,
+             std::source_location loc = std::source_location::current());
 
-// The VJP of a custom node, called by the reverse loop (autodiff/backward.cpp).
+// The VJP of a custom node, called by the reverse loop through OpKind::Custom's entry.
 template <class T>
 void custom_vjp(const CustomOp& op, const Tensor<T>& grad_out, std::span<const Tensor<T>* const> inputs,
                 const Tensor<T>& out, std::span<Tensor<T>* const> grad_inputs);

@@ -17,11 +17,15 @@ std::string label_and_site(const Node<T>& node) {
   return s;
 }
 
+// The op's own attribute text (OpDef::format_attrs), e.g. "stride=1x1 pad=2x2".
+template <class T>
+std::string node_attrs(const Node<T>& node) {
+  return node.op->format_attrs ? node.op->format_attrs(node.attrs, node.saved_index) : std::string();
+}
+
 template <class T>
 std::string extra_attrs(const Node<T>& node) {
-  std::string a = format_attrs(node.op, node.attrs);
-  if (node.op == OpKind::SoftmaxCrossEntropy && !node.saved_index.empty())
-    a += fmt::format("{}labels={}", a.empty() ? "" : " ", node.saved_index.size());
+  const std::string a = node_attrs(node);
   return a.empty() ? a : " " + a;
 }
 
@@ -75,18 +79,8 @@ std::string format_summary(const TensorSummary& s) {
   return fmt::format("min {:.6g} max {:.6g} mean {:.6g} nan {} inf {}", s.min, s.max, s.mean, s.nan, s.inf);
 }
 
-std::string format_attrs(OpKind op, const Attrs& a) {
-  const std::string geom = fmt::format("stride={}x{} pad={}x{}", a.stride[0], a.stride[1], a.padding[0], a.padding[1]);
-  switch (op) {
-    case OpKind::Conv2d: return geom;
-    case OpKind::AvgPool2d: return fmt::format("window={}x{} {}", a.window[0], a.window[1], geom);
-    case OpKind::MaxPool2d:
-      return fmt::format("window={}x{} {}{}", a.window[0], a.window[1], geom,
-                         a.max_padding == MaxPoolPadding::Zero ? " pad_value=0" : "");
-    case OpKind::LeakyRelu: return fmt::format("slope={:g}", a.alpha);
-    case OpKind::Scale: return fmt::format("factor={:g}", a.alpha);
-    default: return {};
-  }
+std::string format_attrs(OpId op, const Attrs& a) {
+  return op && op->format_attrs ? op->format_attrs(a, {}) : std::string();
 }
 
 template <class T>
@@ -145,7 +139,7 @@ std::string to_dot(const Tape<T>& tape) {
     const Node<T>& node = tape.nodes()[i];
     const Value out{node.output};
     std::string text = fmt::format("#{} {}\\n{}", i, node_op_name(tape, node), shape_str(tape.value(out).shape()));
-    if (const std::string a = format_attrs(node.op, node.attrs); !a.empty()) text += "\\n" + a;
+    if (const std::string a = node_attrs(node); !a.empty()) text += "\\n" + a;
     if (!node.label.empty()) text += "\\n" + dot_escape(node.label);
     std::string style;
     if (node.op == OpKind::Input)

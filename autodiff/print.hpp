@@ -36,7 +36,7 @@ TensorSummary summarize(const Tensor<T>& t);
 std::string format_summary(const TensorSummary& s);
 
 // "window=2x2 stride=2x2 pad=0x0" for the fields `op` reads ("" when none).
-std::string format_attrs(OpKind op, const Attrs& a);
+std::string format_attrs(OpId op, const Attrs& a);
 
 // One node's line without its index and shape, values named by id (see above).
 template <class T>

@@ -1,6 +1,7 @@
 // The tape: slots, node recording, buffer reuse between steps, the reverse loop (run
 // whole or one node at a time), gradient hooks and anomaly checks. The per-op
-// dispatch of the reverse loop is in autodiff/backward.cpp.
+// work of each node is its op's VJP, found through the node's registry entry
+// (autodiff/op.hpp).
 #include "autodiff/tape.hpp"
 
 #include <algorithm>
@@ -75,33 +76,6 @@ AnomalyError anomaly(const Tape<T>& tape, const Node<T>& node, std::size_t index
 }
 
 }  // namespace
-
-std::string_view op_name(OpKind op) {
-  switch (op) {
-    case OpKind::Input: return "input";
-    case OpKind::Parameter: return "param";
-    case OpKind::Conv2d: return "conv2d";
-    case OpKind::AvgPool2d: return "avg_pool2d";
-    case OpKind::MaxPool2d: return "max_pool2d";
-    case OpKind::Relu: return "relu";
-    case OpKind::LeakyRelu: return "leaky_relu";
-    case OpKind::Sigmoid: return "sigmoid";
-    case OpKind::Tanh: return "tanh";
-    case OpKind::Flatten: return "flatten";
-    case OpKind::Linear: return "linear";
-    case OpKind::Matmul: return "matmul";
-    case OpKind::Add: return "add";
-    case OpKind::BiasAdd: return "bias_add";
-    case OpKind::Mul: return "mul";
-    case OpKind::Scale: return "scale";
-    case OpKind::Sum: return "sum";
-    case OpKind::Mean: return "mean";
-    case OpKind::SoftmaxCrossEntropy: return "softmax_cross_entropy";
-    case OpKind::Mse: return "mse";
-    case OpKind::Custom: return "custom";
-  }
-  return "?";
-}
 
 template <class T>
 std::string node_op_name(const Tape<T>& tape, const Node<T>& node) {
@@ -205,13 +179,21 @@ Value Tape<T>::param(Parameter<T>& p, std::source_location loc) {
 }
 
 template <class T>
-Node<T>* Tape<T>::record(OpKind op, std::array<Value, 3> inputs, Value out, const Attrs& attrs,
+Node<T>* Tape<T>::record(OpId op, std::initializer_list<Value> inputs, Value out, const Attrs& attrs,
+                         const std::source_location& loc) {
+  return record(op, std::span<const Value>(inputs.begin(), inputs.size()), out, attrs, loc);
+}
+
+template <class T>
+Node<T>* Tape<T>::record(OpId op, std::span<const Value> inputs, Value out, const Attrs& attrs,
                          const std::source_location& loc) {
   if (!grad_enabled_) return nullptr;
   if (anomaly_) check_forward();
   Node<T>& n = nodes_.emplace_back();
   n.op = op;
-  for (std::size_t i = 0; i < 3; ++i) n.inputs[i] = inputs[i].id;
+  if (next_inputs_ < spare_inputs_.size()) n.inputs = std::move(spare_inputs_[next_inputs_++]);
+  n.inputs.clear();
+  for (Value v : inputs) n.inputs.push_back(v.id);
   n.output = out.id;
   n.attrs = attrs;
   n.where = SourceLoc::from(loc);
@@ -237,6 +219,7 @@ void Tape<T>::reset() {
   spare_grad_.clear();
   spare_saved_.clear();
   spare_index_.clear();
+  spare_inputs_.clear();
   for (Slot<T>& s : slots_) {
     if (s.param) continue;
     spare_data_.push_back(std::move(s.data));
@@ -245,8 +228,9 @@ void Tape<T>::reset() {
   for (Node<T>& n : nodes_) {
     spare_saved_.push_back(std::move(n.saved));
     spare_index_.push_back(std::move(n.saved_index));
+    spare_inputs_.push_back(std::move(n.inputs));
   }
-  next_data_ = next_grad_ = next_saved_ = next_index_ = 0;
+  next_data_ = next_grad_ = next_saved_ = next_index_ = next_inputs_ = 0;
   slots_.clear();
   nodes_.clear();
   consumed_ = false;
@@ -374,7 +358,9 @@ template <class T>
 void Tape<T>::run_node(int index) {
   const Node<T>& node = nodes_[static_cast<std::size_t>(index)];
   if (!hooks_.empty()) run_hooks(node);
-  dispatch_vjp(node);
+  // The op's VJP, through its registry entry: e.g. conv2d_node_vjp (ops/conv2d.cpp),
+  // which calls conv2d_vjp with the node's saved data.
+  if (!node.op->leaf) node.op->template vjp<T>()(this, node);
   if (anomaly_) check_backward(node, index);
 }
 

@@ -2,8 +2,9 @@
 //
 // A forward pass appends one Node per op. Values (inputs, parameters, op results)
 // live in slots on the tape and are named by light `Value` handles. `backward(loss)`
-// walks the nodes once, last to first, and calls each op's VJP through one `switch`
-// (autodiff/backward.cpp), so `break conv2d_vjp` and `p tape.nodes()[7]` work in gdb.
+// walks the nodes once, last to first, and calls each node's VJP through the op's
+// registry entry (autodiff/op.hpp: node.op->vjp), a table of named functions declared
+// in the op's own file, so `break conv2d_vjp` and `p tape.nodes()[7]` work in gdb.
 // The same reverse loop can be run one node at a time (backward_begin/backward_step),
 // with NaN/Inf checks (set_anomaly_mode) and gradient hooks (add_hook).
 //
@@ -19,77 +20,16 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <span>
 #include <source_location>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "autodiff/op.hpp"
 #include "autodiff/tensor.hpp"
 
 namespace ad {
-
-// A light handle to a value on a tape: the index of its slot, and the recording it
-// belongs to. id < 0 means "none", e.g. a conv2d without bias.
-// Every handle a tape hands out carries the number of the tape's current recording
-// (a fresh number per tape and per reset()), and the tape refuses a handle of another
-// recording with a TapeError, rather than silently naming whatever value now sits in
-// that slot. A handle made from a raw id (`Value{node.inputs[0]}`, as a debugging
-// session walking `tape.nodes()` does) has recording 0 and is taken at face value.
-struct Value {
-  int32_t id = -1;
-  uint32_t recording = 0;
-  bool valid() const { return id >= 0; }
-  // The same value: the same slot of the same recording (a raw id, recording 0,
-  // matches any recording's handle to that slot).
-  friend bool operator==(Value a, Value b) {
-    return a.id == b.id && (a.recording == 0 || b.recording == 0 || a.recording == b.recording);
-  }
-};
-
-enum class OpKind : uint8_t {
-  Input,      // leaf: constant (no gradient)
-  Parameter,  // leaf: trainable, gradient accumulates into Parameter::grad
-  Conv2d,
-  AvgPool2d,
-  MaxPool2d,
-  Relu,
-  LeakyRelu,
-  Sigmoid,
-  Tanh,
-  Flatten,
-  Linear,
-  Matmul,
-  Add,
-  BiasAdd,
-  Mul,
-  Scale,
-  Sum,
-  Mean,
-  SoftmaxCrossEntropy,
-  Mse,
-  Custom,  // a user-defined op (autodiff/custom.hpp); Node::custom names it
-};
-
-// "conv2d", "max_pool2d", ... ("custom" for every user-defined op; node_op_name,
-// below, gives a custom op's own name).
-std::string_view op_name(OpKind op);
-
-class CustomOp;  // autodiff/custom.hpp
-
-// How padding behaves in max pooling (appendix B vs PyTorch).
-enum class MaxPoolPadding : uint8_t {
-  NegInf,  // padding never wins the max (PyTorch); the default
-  Zero,    // padding zeros take part in the max, as in appendix B's example
-};
-
-// The attributes of any node; each op reads the fields it documents.
-struct Attrs {
-  std::array<int, 2> window{0, 0};   // pooling window (h_l, w_l)
-  std::array<int, 2> stride{1, 1};   // (h_s, w_s)
-  std::array<int, 2> padding{0, 0};  // (h_p, w_p), zeros on both sides
-  MaxPoolPadding max_padding = MaxPoolPadding::NegInf;
-  double alpha = 0.0;                // leaky_relu slope, scale factor
-};
 
 // Where an op was recorded (file:line), captured by std::source_location.
 struct SourceLoc {
@@ -110,16 +50,17 @@ struct SourceLoc {
 // One recorded op. Plain data: print it, copy it, look at it in a debugger.
 template <class T>
 struct Node {
-  OpKind op = OpKind::Input;
-  std::array<int32_t, 3> inputs{-1, -1, -1};  // value ids; -1 = unused
-  int32_t output = -1;                        // value id of the result
-  Attrs attrs;
+  OpId op = OpKind::Input;       // the op's registry entry (autodiff/op.hpp): p *node.op
+  std::vector<int32_t> inputs;   // value ids, in the op's order; -1 = an absent optional input
+  int32_t output = -1;           // value id of the result
+  Attrs attrs;                   // the op's attribute struct, named by attrs.type
   Tensor<T> saved;                   // extra tensor saved for backward (softmax probabilities)
   std::vector<int32_t> saved_index;  // integer data saved for backward (max-pool switches, labels)
   std::string label;                 // optional, e.g. "conv1.pool"
   SourceLoc where;                   // call site of the op
   int32_t custom = -1;               // OpKind::Custom: index into Tape::custom_ops()
 
+  // The inputs present (absent optional ones, id -1, not counted).
   int num_inputs() const {
     int n = 0;
     for (int32_t id : inputs) n += id >= 0;
@@ -249,18 +190,28 @@ class Tape {
   bool any_requires_grad(std::initializer_list<Value> vs) const;
   // Appends a node producing `out` and returns it, or nullptr when nothing is recorded
   // (no-grad mode). Saved buffers in the node are recycled from the previous step.
-  Node<T>* record(OpKind op, std::array<Value, 3> inputs, Value out, const Attrs& attrs,
+  // `inputs` in the op's order, Value{} for an absent optional input.
+  Node<T>* record(OpId op, std::initializer_list<Value> inputs, Value out, const Attrs& attrs,
+                  const std::source_location& loc);
+  Node<T>* record(OpId op, std::span<const Value> inputs, Value out, const Attrs& attrs,
                   const std::source_location& loc);
   // The gradient buffer of v for the current backward (zeroed on first use), or
   // nullptr if v needs no gradient. Parameters hand out their own grad.
   Tensor<T>* grad_buffer(Value v);
+  // For the registry's VJP adapters (OpDef::vjp_*): the gradient of node's output, the
+  // value of its input k, and the gradient buffer of input k (nullptr when input k is
+  // absent or needs no gradient).
+  const Tensor<T>& grad_out(const Node<T>& node) const { return slots_[static_cast<std::size_t>(node.output)].grad; }
+  const Tensor<T>& input_value(const Node<T>& node, std::size_t k) const { return value(Value{node.inputs.at(k)}); }
+  Tensor<T>* input_grad(const Node<T>& node, std::size_t k) {
+    return k < node.inputs.size() ? grad_buffer(Value{node.inputs[k]}) : nullptr;
+  }
 
  private:
   Slot<T>& slot_mut(Value v);
   void start_backward(Value out, const Tensor<T>& seed, BackwardOptions opt);
   void advance_cursor(int from);           // to the next node with work below `from`
   void run_node(int index);                // hooks, VJP and anomaly checks of one node
-  void dispatch_vjp(const Node<T>& node);  // autodiff/backward.cpp
   void run_hooks(const Node<T>& node);
   void check_forward();                    // anomaly mode: nodes [checked_, size)
   void check_backward(const Node<T>& node, int index);
@@ -270,8 +221,8 @@ class Tape {
   std::deque<Slot<T>> slots_;
   // Buffers of the previous step, handed out again in the same order.
   std::vector<Tensor<T>> spare_data_, spare_grad_, spare_saved_;
-  std::vector<std::vector<int32_t>> spare_index_;
-  std::size_t next_data_ = 0, next_grad_ = 0, next_saved_ = 0, next_index_ = 0;
+  std::vector<std::vector<int32_t>> spare_index_, spare_inputs_;
+  std::size_t next_data_ = 0, next_grad_ = 0, next_saved_ = 0, next_index_ = 0, next_inputs_ = 0;
   bool grad_enabled_ = true;
   bool consumed_ = false;  // a backward() ran without retain_graph
   int cursor_ = -1;        // next node of the reverse pass in progress, -1 if none

@@ -43,13 +43,13 @@ struct ConvCase {
 };
 constexpr ConvCase kConv1{1, 16, 28}, kConv2{16, 32, 14};
 
-ad::Attrs conv_attrs() {
-  ad::Attrs a;
+ad::Conv2dOptions conv_attrs() {
+  ad::Conv2dOptions a;
   a.padding = {2, 2};
   return a;
 }
-ad::Attrs pool_attrs() {
-  ad::Attrs a;
+ad::Pool2dOptions pool_attrs() {
+  ad::Pool2dOptions a;
   a.window = {2, 2}, a.stride = {2, 2};
   return a;
 }

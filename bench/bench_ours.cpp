@@ -84,7 +84,8 @@ constexpr float kLr = 0.05f;
 // The same step with the kernels called directly on preallocated buffers: the
 // work of a step without the tape (its VJPs still add into zeroed gradients).
 struct RawStep {
-  ad::Attrs conv, pool;
+  ad::Conv2dOptions conv;
+  ad::Pool2dOptions pool;
   Tensor<float> x, z1, r1, p1, z2, r2, p2, f, z3, probs;
   Tensor<float> gz3, gf, gp2, gr2, gz2, gp1, gr1, gz1, seed;
   std::vector<int32_t> sw1, sw2, lab;

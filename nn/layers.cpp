@@ -152,16 +152,14 @@ Sequential<T> make_cnn(const CnnConfig& cfg, uint64_t seed) {
   const ad::Pool2dOptions pool{.window = {cfg.pool_window, cfg.pool_window}, .stride = {cfg.pool_stride, cfg.pool_stride}};
   // Shapes through the network, checked by the ops' own shape rules.
   ad::Shape s{1, std::size_t(cfg.in_channels), std::size_t(cfg.height), std::size_t(cfg.width)};
-  ad::Attrs conv_attrs{.stride = conv.stride, .padding = conv.padding};
-  ad::Attrs pool_attrs{.window = pool.window, .stride = pool.stride, .padding = pool.padding};
 
   Sequential<T> m;
   int c_in = cfg.in_channels;
   for (int l = 0; l < 2; ++l) {
     const std::string n = std::to_string(l + 1);
     const ad::Shape ks{std::size_t(cfg.channels[l]), std::size_t(c_in), std::size_t(cfg.kernel), std::size_t(cfg.kernel)};
-    s = ad::conv2d_output_shape(s, ks, nullptr, conv_attrs);
-    s = ad::pool2d_output_shape(cfg.pool == PoolKind::Max ? "max_pool2d" : "avg_pool2d", s, pool_attrs);
+    s = ad::conv2d_output_shape(s, ks, nullptr, conv);
+    s = ad::pool2d_output_shape(cfg.pool == PoolKind::Max ? "max_pool2d" : "avg_pool2d", s, pool);
     m.template add<Conv2d<T>>("conv" + n, c_in, cfg.channels[l], std::array<int, 2>{cfg.kernel, cfg.kernel}, conv, conv_init, rng);
     m.template add<ActivationLayer<T>>("act" + n, cfg.activation);
     m.template add<Pool2d<T>>("pool" + n, cfg.pool, pool);

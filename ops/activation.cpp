@@ -44,12 +44,10 @@ T stable_sigmoid(T x) {
 }
 
 template <class T, class Forward>
-Value record_unary(Tape<T>& tape, OpKind op, Value x, double alpha, std::source_location loc, Forward fwd) {
+Value record_unary(Tape<T>& tape, OpId op, Value x, const Attrs& attrs, std::source_location loc, Forward fwd) {
   Value y = tape.new_value(tape.shape(x), tape.any_requires_grad({x}));
   fwd(tape.value(x), tape.mutable_value(y));
-  Attrs a;
-  a.alpha = alpha;
-  tape.record(op, {x}, y, a, loc);
+  tape.record(op, {x}, y, attrs, loc);
   return y;
 }
 
@@ -91,18 +89,79 @@ template <class T> void tanh_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, 
 }
 
 template <class T> Value relu(Tape<T>& tape, Value x, std::source_location loc) {
-  return record_unary(tape, OpKind::Relu, x, 0.0, loc, [](const Tensor<T>& in, Tensor<T>& out) { relu_forward(in, out); });
+  return record_unary(tape, OpKind::Relu, x, Attrs{}, loc, [](const Tensor<T>& in, Tensor<T>& out) { relu_forward(in, out); });
 }
 template <class T> Value leaky_relu(Tape<T>& tape, Value x, double slope, std::source_location loc) {
-  return record_unary(tape, OpKind::LeakyRelu, x, slope, loc,
+  return record_unary(tape, OpKind::LeakyRelu, x, Attrs::of(LeakyReluAttrs{slope}), loc,
                       [slope](const Tensor<T>& in, Tensor<T>& out) { leaky_relu_forward(in, static_cast<T>(slope), out); });
 }
 template <class T> Value sigmoid(Tape<T>& tape, Value x, std::source_location loc) {
-  return record_unary(tape, OpKind::Sigmoid, x, 0.0, loc, [](const Tensor<T>& in, Tensor<T>& out) { sigmoid_forward(in, out); });
+  return record_unary(tape, OpKind::Sigmoid, x, Attrs{}, loc, [](const Tensor<T>& in, Tensor<T>& out) { sigmoid_forward(in, out); });
 }
 template <class T> Value tanh(Tape<T>& tape, Value x, std::source_location loc) {
-  return record_unary(tape, OpKind::Tanh, x, 0.0, loc, [](const Tensor<T>& in, Tensor<T>& out) { tanh_forward(in, out); });
+  return record_unary(tape, OpKind::Tanh, x, Attrs{}, loc, [](const Tensor<T>& in, Tensor<T>& out) { tanh_forward(in, out); });
 }
+
+// ---- the registry entries (autodiff/op.hpp) ----
+
+namespace {
+
+// ReLU reads its input, sigmoid and tanh their output (the saved y).
+template <class T> void relu_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  relu_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_grad(node, 0));
+}
+template <class T> void leaky_relu_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  leaky_relu_vjp(tape->grad_out(node), tape->input_value(node, 0),
+                 static_cast<T>(attrs_as<LeakyReluAttrs>(node.attrs).slope), tape->input_grad(node, 0));
+}
+template <class T> void sigmoid_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  sigmoid_vjp(tape->grad_out(node), tape->value(Value{node.output}), tape->input_grad(node, 0));
+}
+template <class T> void tanh_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  tanh_vjp(tape->grad_out(node), tape->value(Value{node.output}), tape->input_grad(node, 0));
+}
+
+Value relu_replay(Tape<double>& t, const ReplayArgs& r) { return relu(t, r.inputs[0]); }
+Value leaky_relu_replay(Tape<double>& t, const ReplayArgs& r) {
+  return leaky_relu(t, r.inputs[0], r.attrs.get<LeakyReluAttrs>().slope);
+}
+Value sigmoid_replay(Tape<double>& t, const ReplayArgs& r) { return sigmoid(t, r.inputs[0]); }
+Value tanh_replay(Tape<double>& t, const ReplayArgs& r) { return ad::tanh(t, r.inputs[0]); }
+
+std::string leaky_relu_format(const Attrs& attrs, std::span<const int32_t>) {
+  return fmt::format("slope={:g}", attrs.get<LeakyReluAttrs>().slope);
+}
+
+// The kink of ReLU and leaky ReLU is at 0.
+void kink_at_zero(const Attrs&, std::size_t, const Tensor<double>& x, double margin, std::vector<bool>& at) {
+  for (std::size_t i = 0; i < x.size(); ++i) at[i] = std::abs(x.data()[i]) <= margin;
+}
+
+}  // namespace
+
+constinit const OpDef relu_op{.name = "relu",
+                              .vjp_float = relu_node_vjp<float>,
+                              .vjp_double = relu_node_vjp<double>,
+                              .replay = relu_replay,
+                              .kinks = kink_at_zero};
+constinit const OpDef leaky_relu_op{.name = "leaky_relu",
+                                    .vjp_float = leaky_relu_node_vjp<float>,
+                                    .vjp_double = leaky_relu_node_vjp<double>,
+                                    .replay = leaky_relu_replay,
+                                    .format_attrs = leaky_relu_format,
+                                    .kinks = kink_at_zero};
+constinit const OpDef sigmoid_op{.name = "sigmoid",
+                                 .vjp_float = sigmoid_node_vjp<float>,
+                                 .vjp_double = sigmoid_node_vjp<double>,
+                                 .replay = sigmoid_replay};
+constinit const OpDef tanh_op{.name = "tanh",
+                              .vjp_float = tanh_node_vjp<float>,
+                              .vjp_double = tanh_node_vjp<double>,
+                              .replay = tanh_replay};
+AD_REGISTER_OP(relu_op);
+AD_REGISTER_OP(leaky_relu_op);
+AD_REGISTER_OP(sigmoid_op);
+AD_REGISTER_OP(tanh_op);
 
 #define AD_INSTANTIATE(T)                                                                      \
   template void relu_forward<T>(const Tensor<T>&, Tensor<T>&);                                \

@@ -8,6 +8,20 @@
 
 namespace ad {
 
+// leaky_relu's node attributes.
+struct LeakyReluAttrs {
+  static constexpr const char* kType = "ad::LeakyReluAttrs";
+  double slope = 0.01;
+};
+
+extern const OpDef relu_op, leaky_relu_op, sigmoid_op, tanh_op;
+namespace OpKind {
+inline constexpr OpId Relu = &relu_op;
+inline constexpr OpId LeakyRelu = &leaky_relu_op;
+inline constexpr OpId Sigmoid = &sigmoid_op;
+inline constexpr OpId Tanh = &tanh_op;
+}  // namespace OpKind
+
 // Forwards: y = f(x), y already shaped like x. Any shape.
 template <class T> void relu_forward(const Tensor<T>& x, Tensor<T>& y);
 template <class T> void leaky_relu_forward(const Tensor<T>& x, T slope, Tensor<T>& y);

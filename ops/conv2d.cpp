@@ -50,7 +50,7 @@ struct ConvGeom {
 };
 
 template <class T>
-ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Attrs& a) {
+ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a) {
   ConvGeom g{};
   g.N = x.shape()[0], g.C = x.shape()[1], g.H = x.shape()[2], g.W = x.shape()[3];
   g.O = k.shape()[0], g.KH = k.shape()[2], g.KW = k.shape()[3];
@@ -412,7 +412,7 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
 
 }  // namespace
 
-Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Attrs& a) {
+Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& a) {
   const char* op = "conv2d";
   check_rank(op, "input", x, 4, "(N, C_in, H, W)");
   check_rank(op, "kernel", k, 4, "(C_out, C_in, KH, KW)");
@@ -432,7 +432,7 @@ Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const 
 }
 
 template <class T>
-void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Attrs& a,
+void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& a,
                     Tensor<T>& y) {
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p();
@@ -462,7 +462,7 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
 }
 
 template <class T>
-void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Attrs& a,
+void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
@@ -568,22 +568,46 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt,
              std::source_location loc) {
-  Attrs a;
-  a.padding = opt.padding;
-  a.stride = opt.stride;
   const Shape bs = b.valid() ? tape.shape(b) : Shape{};
-  const Shape ys = conv2d_output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, a);
+  const Shape ys = conv2d_output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, opt);
   Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
-  conv2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, a,
+  conv2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, opt,
                  tape.mutable_value(y));
-  tape.record(OpKind::Conv2d, {x, k, b}, y, a, loc);
+  tape.record(OpKind::Conv2d, {x, k, b}, y, Attrs::of(opt), loc);
   return y;
 }
 
+// ---- the registry entry (autodiff/op.hpp) ----
+
+namespace {
+
+template <class T>
+void conv2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  conv2d_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1),
+             attrs_as<Conv2dOptions>(node.attrs), tape->input_grad(node, 0), tape->input_grad(node, 1),
+             tape->input_grad(node, 2));
+}
+
+Value conv2d_replay(Tape<double>& t, const ReplayArgs& r) {
+  return conv2d(t, r.inputs[0], r.inputs[1], r.inputs[2], r.attrs.get<Conv2dOptions>());
+}
+
+std::string conv2d_format(const Attrs& attrs, std::span<const int32_t>) {
+  const auto a = attrs.get<Conv2dOptions>();
+  return fmt::format("stride={}x{} pad={}x{}", a.stride[0], a.stride[1], a.padding[0], a.padding[1]);
+}
+
+}  // namespace
+
+constinit const OpDef conv2d_op{.name = "conv2d", .input_names = {"input", "kernel", "bias"},
+                                .vjp_float = conv2d_node_vjp<float>, .vjp_double = conv2d_node_vjp<double>,
+                                .replay = conv2d_replay, .format_attrs = conv2d_format};
+AD_REGISTER_OP(conv2d_op);
+
 #define AD_INSTANTIATE(T)                                                                        \
   template void conv2d_forward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*,         \
-                                  const Attrs&, Tensor<T>&);                                     \
-  template void conv2d_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, const Attrs&, \
+                                  const Conv2dOptions&, Tensor<T>&);                                     \
+  template void conv2d_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, \
                               Tensor<T>*, Tensor<T>*, Tensor<T>*);                               \
   template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);
 AD_INSTANTIATE(float)

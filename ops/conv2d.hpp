@@ -10,24 +10,31 @@
 
 namespace ad {
 
+// Also the node's attributes (Node::attrs.get<Conv2dOptions>()).
 struct Conv2dOptions {
+  static constexpr const char* kType = "ad::Conv2dOptions";
   std::array<int, 2> padding{0, 0};  // (h_p, w_p), zeros on both sides
   std::array<int, 2> stride{1, 1};   // (h_s, w_s)
 };
 
+extern const OpDef conv2d_op;
+namespace OpKind {
+inline constexpr OpId Conv2d = &conv2d_op;
+}
+
 // Checks x (N,C_in,H,W), k (C_out,C_in,KH,KW), b (C_out) or none, and returns the
 // output shape (N, C_out, OH, OW), OH = floor((H + 2 h_p - KH) / h_s) + 1 (the
 // document's note). Throws ShapeError naming the argument, both shapes and the rule.
-Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Attrs& a);
+Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& a);
 
 // y = x * k + b, with y already shaped by conv2d_output_shape. b may be null.
 template <class T>
-void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Attrs& a,
+void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& a,
                     Tensor<T>& y);
 
 // Adds dJ/dx, dJ/dk, dJ/db for dJ/dy = grad_out into the non-null buffers.
 template <class T>
-void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Attrs& a,
+void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b);
 
 // Records conv2d on the tape. Pass Value{} as b for no bias.

@@ -86,9 +86,7 @@ template <class T> Value scale(Tape<T>& tape, Value x, double s, std::source_loc
   const Tensor<T>& xv = tape.value(x);
   T* yp = tape.mutable_value(y).data();
   for (std::size_t i = 0; i < xv.size(); ++i) yp[i] = static_cast<T>(s) * xv.data()[i];
-  Attrs at;
-  at.alpha = s;
-  tape.record(OpKind::Scale, {x}, y, at, loc);
+  tape.record(OpKind::Scale, {x}, y, Attrs::of(ScaleAttrs{s}), loc);
   return y;
 }
 
@@ -115,7 +113,7 @@ template <class T> Value bias_add(Tape<T>& tape, Value x, Value b, std::source_l
 
 namespace {
 template <class T>
-Value reduce(Tape<T>& tape, OpKind op, Value x, bool average, std::source_location loc) {
+Value reduce(Tape<T>& tape, OpId op, Value x, bool average, std::source_location loc) {
   const Tensor<T>& xv0 = tape.value(x);
   if (xv0.size() == 0) shape_error(op_name(op).data(), "input {} is empty", shape_str(xv0.shape()));
   Value y = tape.new_value(Shape{}, tape.any_requires_grad({x}));
@@ -130,6 +128,66 @@ Value reduce(Tape<T>& tape, OpKind op, Value x, bool average, std::source_locati
 
 template <class T> Value sum(Tape<T>& tape, Value x, std::source_location loc) { return reduce(tape, OpKind::Sum, x, false, loc); }
 template <class T> Value mean(Tape<T>& tape, Value x, std::source_location loc) { return reduce(tape, OpKind::Mean, x, true, loc); }
+
+// ---- the registry entries (autodiff/op.hpp) ----
+
+namespace {
+
+template <class T> void add_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  add_vjp(tape->grad_out(node), tape->input_grad(node, 0), tape->input_grad(node, 1));
+}
+template <class T> void mul_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  mul_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), tape->input_grad(node, 0),
+          tape->input_grad(node, 1));
+}
+template <class T> void scale_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  scale_vjp(tape->grad_out(node), static_cast<T>(attrs_as<ScaleAttrs>(node.attrs).factor), tape->input_grad(node, 0));
+}
+template <class T> void bias_add_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  bias_add_vjp(tape->grad_out(node), tape->input_grad(node, 0), tape->input_grad(node, 1));
+}
+// sum: dJ/dx = g everywhere; mean: g / size.
+template <class T> void sum_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  broadcast_scalar_vjp(tape->grad_out(node), T(1), tape->input_grad(node, 0));
+}
+template <class T> void mean_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  broadcast_scalar_vjp(tape->grad_out(node), T(1) / static_cast<T>(tape->input_value(node, 0).size()),
+                       tape->input_grad(node, 0));
+}
+
+Value add_replay(Tape<double>& t, const ReplayArgs& r) { return add(t, r.inputs[0], r.inputs[1]); }
+Value mul_replay(Tape<double>& t, const ReplayArgs& r) { return mul(t, r.inputs[0], r.inputs[1]); }
+Value scale_replay(Tape<double>& t, const ReplayArgs& r) { return scale(t, r.inputs[0], r.attrs.get<ScaleAttrs>().factor); }
+Value bias_add_replay(Tape<double>& t, const ReplayArgs& r) { return bias_add(t, r.inputs[0], r.inputs[1]); }
+Value sum_replay(Tape<double>& t, const ReplayArgs& r) { return sum(t, r.inputs[0]); }
+Value mean_replay(Tape<double>& t, const ReplayArgs& r) { return mean(t, r.inputs[0]); }
+
+std::string scale_format(const Attrs& attrs, std::span<const int32_t>) {
+  return fmt::format("factor={:g}", attrs.get<ScaleAttrs>().factor);
+}
+
+}  // namespace
+
+constinit const OpDef add_op{.name = "add", .input_names = {"a", "b"}, .vjp_float = add_node_vjp<float>,
+                             .vjp_double = add_node_vjp<double>, .replay = add_replay};
+constinit const OpDef mul_op{.name = "mul", .input_names = {"a", "b"}, .vjp_float = mul_node_vjp<float>,
+                             .vjp_double = mul_node_vjp<double>, .replay = mul_replay};
+constinit const OpDef scale_op{.name = "scale", .vjp_float = scale_node_vjp<float>,
+                               .vjp_double = scale_node_vjp<double>, .replay = scale_replay,
+                               .format_attrs = scale_format};
+constinit const OpDef bias_add_op{.name = "bias_add", .input_names = {"input", "bias"},
+                                  .vjp_float = bias_add_node_vjp<float>, .vjp_double = bias_add_node_vjp<double>,
+                                  .replay = bias_add_replay};
+constinit const OpDef sum_op{.name = "sum", .vjp_float = sum_node_vjp<float>, .vjp_double = sum_node_vjp<double>,
+                             .replay = sum_replay};
+constinit const OpDef mean_op{.name = "mean", .vjp_float = mean_node_vjp<float>, .vjp_double = mean_node_vjp<double>,
+                              .replay = mean_replay};
+AD_REGISTER_OP(add_op);
+AD_REGISTER_OP(mul_op);
+AD_REGISTER_OP(scale_op);
+AD_REGISTER_OP(bias_add_op);
+AD_REGISTER_OP(sum_op);
+AD_REGISTER_OP(mean_op);
 
 #define AD_INSTANTIATE(T)                                                                                      \
   template Value add<T>(Tape<T>&, Value, Value, std::source_location);                                        \

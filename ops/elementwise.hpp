@@ -7,6 +7,22 @@
 
 namespace ad {
 
+// scale's node attributes.
+struct ScaleAttrs {
+  static constexpr const char* kType = "ad::ScaleAttrs";
+  double factor = 1.0;
+};
+
+extern const OpDef add_op, mul_op, scale_op, bias_add_op, sum_op, mean_op;
+namespace OpKind {
+inline constexpr OpId Add = &add_op;
+inline constexpr OpId Mul = &mul_op;
+inline constexpr OpId Scale = &scale_op;
+inline constexpr OpId BiasAdd = &bias_add_op;
+inline constexpr OpId Sum = &sum_op;
+inline constexpr OpId Mean = &mean_op;
+}  // namespace OpKind
+
 // c = a + b, a and b of the same shape.          VJP: ga += g, gb += g.
 template <class T> Value add(Tape<T>& tape, Value a, Value b, std::source_location loc = std::source_location::current());
 // c = a .* b, a and b of the same shape.         VJP: ga += g .* b, gb += g .* a.

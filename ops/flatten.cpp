@@ -37,6 +37,19 @@ template <class T> Value flatten(Tape<T>& tape, Value x, std::source_location lo
   return y;
 }
 
+// ---- the registry entry (autodiff/op.hpp) ----
+
+namespace {
+template <class T> void flatten_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  flatten_vjp(tape->grad_out(node), tape->input_grad(node, 0));
+}
+Value flatten_replay(Tape<double>& t, const ReplayArgs& r) { return flatten(t, r.inputs[0]); }
+}  // namespace
+
+constinit const OpDef flatten_op{.name = "flatten", .vjp_float = flatten_node_vjp<float>,
+                                 .vjp_double = flatten_node_vjp<double>, .replay = flatten_replay};
+AD_REGISTER_OP(flatten_op);
+
 #define AD_INSTANTIATE(T)                                               \
   template void flatten_forward<T>(const Tensor<T>&, Tensor<T>&);      \
   template void flatten_vjp<T>(const Tensor<T>&, Tensor<T>*);          \

@@ -7,6 +7,11 @@
 
 namespace ad {
 
+extern const OpDef flatten_op;
+namespace OpKind {
+inline constexpr OpId Flatten = &flatten_op;
+}
+
 // Checks x has rank >= 2 and returns (N, product of the other axes).
 Shape flatten_output_shape(const Shape& x);
 

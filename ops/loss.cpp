@@ -95,6 +95,37 @@ void mse_vjp(const Tensor<T>& grad_out, const Tensor<T>& pred, const Tensor<T>& 
   }
 }
 
+// ---- the registry entries (autodiff/op.hpp) ----
+
+namespace {
+// The node saved the softmax probabilities and the labels.
+template <class T> void softmax_cross_entropy_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  softmax_cross_entropy_vjp(tape->grad_out(node), node.saved, node.saved_index, tape->input_grad(node, 0));
+}
+template <class T> void mse_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  mse_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), tape->input_grad(node, 0),
+          tape->input_grad(node, 1));
+}
+Value softmax_cross_entropy_replay(Tape<double>& t, const ReplayArgs& r) {
+  return softmax_cross_entropy(t, r.inputs[0], std::vector<int>(r.saved_index.begin(), r.saved_index.end()));
+}
+Value mse_replay(Tape<double>& t, const ReplayArgs& r) { return mse(t, r.inputs[0], r.inputs[1]); }
+std::string softmax_cross_entropy_format(const Attrs&, std::span<const int32_t> labels) {
+  return labels.empty() ? std::string() : fmt::format("labels={}", labels.size());
+}
+}  // namespace
+
+constinit const OpDef softmax_cross_entropy_op{.name = "softmax_cross_entropy",
+                                               .input_names = {"logits"},
+                                               .vjp_float = softmax_cross_entropy_node_vjp<float>,
+                                               .vjp_double = softmax_cross_entropy_node_vjp<double>,
+                                               .replay = softmax_cross_entropy_replay,
+                                               .format_attrs = softmax_cross_entropy_format};
+constinit const OpDef mse_op{.name = "mse", .input_names = {"prediction", "target"}, .vjp_float = mse_node_vjp<float>,
+                             .vjp_double = mse_node_vjp<double>, .replay = mse_replay};
+AD_REGISTER_OP(softmax_cross_entropy_op);
+AD_REGISTER_OP(mse_op);
+
 #define AD_INSTANTIATE(T)                                                                                     \
   template Value softmax_cross_entropy<T>(Tape<T>&, Value, const std::vector<int>&, std::source_location);   \
   template void softmax_cross_entropy_vjp<T>(const Tensor<T>&, const Tensor<T>&, const std::vector<int32_t>&, \

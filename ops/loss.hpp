@@ -10,6 +10,12 @@
 
 namespace ad {
 
+extern const OpDef softmax_cross_entropy_op, mse_op;
+namespace OpKind {
+inline constexpr OpId SoftmaxCrossEntropy = &softmax_cross_entropy_op;
+inline constexpr OpId Mse = &mse_op;
+}  // namespace OpKind
+
 // J = -1/N sum_n log softmax(z_n)[label_n] for logits (N, K) and N labels in [0, K).
 // Returns a scalar (). Computed with the log-sum-exp shift, so no overflow for large z.
 template <class T>

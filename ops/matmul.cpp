@@ -87,6 +87,29 @@ Value matmul(Tape<T>& tape, Value a, Value b, std::source_location loc) {
   return y;
 }
 
+// ---- the registry entries (autodiff/op.hpp) ----
+
+namespace {
+template <class T> void linear_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  linear_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), tape->input_grad(node, 0),
+             tape->input_grad(node, 1), tape->input_grad(node, 2));
+}
+template <class T> void matmul_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  matmul_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), tape->input_grad(node, 0),
+             tape->input_grad(node, 1));
+}
+Value linear_replay(Tape<double>& t, const ReplayArgs& r) { return linear(t, r.inputs[0], r.inputs[1], r.inputs[2]); }
+Value matmul_replay(Tape<double>& t, const ReplayArgs& r) { return matmul(t, r.inputs[0], r.inputs[1]); }
+}  // namespace
+
+constinit const OpDef linear_op{.name = "linear", .input_names = {"input", "weight", "bias"},
+                                .vjp_float = linear_node_vjp<float>, .vjp_double = linear_node_vjp<double>,
+                                .replay = linear_replay};
+constinit const OpDef matmul_op{.name = "matmul", .input_names = {"a", "b"}, .vjp_float = matmul_node_vjp<float>,
+                                .vjp_double = matmul_node_vjp<double>, .replay = matmul_replay};
+AD_REGISTER_OP(linear_op);
+AD_REGISTER_OP(matmul_op);
+
 #define AD_INSTANTIATE(T)                                                                                 \
   template void linear_forward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*, Tensor<T>&);    \
   template void linear_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*,         \

@@ -8,6 +8,12 @@
 
 namespace ad {
 
+extern const OpDef linear_op, matmul_op;
+namespace OpKind {
+inline constexpr OpId Linear = &linear_op;
+inline constexpr OpId Matmul = &matmul_op;
+}  // namespace OpKind
+
 // y (N, D_out) = x (N, D_in) W (D_in, D_out) + b (D_out). W has the document's
 // layout: W^[3] is (D_in, D_out) and each row of y is (W^T B)^T for B one row of x.
 // b may be null. Throws ShapeError on mismatch.

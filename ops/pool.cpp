@@ -8,10 +8,12 @@
 // Padding: see MaxPoolPadding in autodiff/tape.hpp.
 #include "ops/pool.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "ops/shape_check.hpp"
 
@@ -29,7 +31,7 @@ inline bool worth_threads(std::size_t planes, std::size_t outputs_per_plane, std
   return planes > 1 && planes * outputs_per_plane * taps >= (1u << 16);
 }
 
-PoolGeom geom(const Shape& xs, const Shape& ys, const Attrs& a) {
+PoolGeom geom(const Shape& xs, const Shape& ys, const Pool2dOptions& a) {
   return {xs[0] * xs[1], xs[2], xs[3], ys[2], ys[3],
           static_cast<std::size_t>(a.window[0]), static_cast<std::size_t>(a.window[1]),
           a.stride[0], a.stride[1], a.padding[0], a.padding[1]};
@@ -37,7 +39,7 @@ PoolGeom geom(const Shape& xs, const Shape& ys, const Attrs& a) {
 
 }  // namespace
 
-Shape pool2d_output_shape(const char* op, const Shape& x, const Attrs& a) {
+Shape pool2d_output_shape(const char* op, const Shape& x, const Pool2dOptions& a) {
   check_rank(op, "input", x, 4, "(N, C, H, W)");
   check_nonempty(op, "input", x);
   if (a.window[0] < 1 || a.window[1] < 1)
@@ -51,7 +53,7 @@ Shape pool2d_output_shape(const char* op, const Shape& x, const Attrs& a) {
 }
 
 template <class T>
-void avg_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y) {
+void avg_pool2d_forward(const Tensor<T>& x, const Pool2dOptions& a, Tensor<T>& y) {
   const PoolGeom g = geom(to_shape(x.shape()), to_shape(y.shape()), a);
   const T inv = T(1) / static_cast<T>(g.KH * g.KW);
 #pragma omp parallel for schedule(static) if (worth_threads(g.planes, g.OH * g.OW, g.KH * g.KW))
@@ -76,7 +78,7 @@ void avg_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y) {
 }
 
 template <class T>
-void avg_pool2d_vjp(const Tensor<T>& grad_out, const Attrs& a, Tensor<T>* grad_x) {
+void avg_pool2d_vjp(const Tensor<T>& grad_out, const Pool2dOptions& a, Tensor<T>* grad_x) {
   if (!grad_x) return;
   const PoolGeom g = geom(to_shape(grad_x->shape()), to_shape(grad_out.shape()), a);
   const T inv = T(1) / static_cast<T>(g.KH * g.KW);
@@ -195,7 +197,7 @@ void max_pool2x2_forward(const T* x, const PoolGeom& g, T* y, int32_t* argmax) {
 }  // namespace
 
 template <class T>
-void max_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y, int32_t* argmax) {
+void max_pool2d_forward(const Tensor<T>& x, const Pool2dOptions& a, Tensor<T>& y, int32_t* argmax) {
   const PoolGeom g = geom(to_shape(x.shape()), to_shape(y.shape()), a);
   if (g.KH == 2 && g.KW == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0)
     return max_pool2x2_forward(x.data(), g, y.data(), argmax);
@@ -255,20 +257,18 @@ void max_pool2d_vjp(const Tensor<T>& grad_out, const std::vector<int32_t>& argma
 
 template <class T>
 Value avg_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt, std::source_location loc) {
-  Attrs a;
-  a.window = opt.window, a.stride = opt.stride, a.padding = opt.padding;
+  Pool2dOptions a = opt;
+  a.max_padding = MaxPoolPadding::NegInf;  // not used by average pooling: recorded as the default
   const Shape ys = pool2d_output_shape("avg_pool2d", tape.shape(x), a);
   Value y = tape.new_value(ys, tape.any_requires_grad({x}));
   avg_pool2d_forward(tape.value(x), a, tape.mutable_value(y));
-  tape.record(OpKind::AvgPool2d, {x}, y, a, loc);
+  tape.record(OpKind::AvgPool2d, {x}, y, Attrs::of(a), loc);
   return y;
 }
 
 template <class T>
 Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt, std::source_location loc) {
-  Attrs a;
-  a.window = opt.window, a.stride = opt.stride, a.padding = opt.padding;
-  a.max_padding = opt.max_padding;
+  const Pool2dOptions& a = opt;
   const Shape ys = pool2d_output_shape("max_pool2d", tape.shape(x), a);
   if (a.max_padding == MaxPoolPadding::NegInf && (a.padding[0] >= a.window[0] || a.padding[1] >= a.window[1]))
     shape_error("max_pool2d",
@@ -276,7 +276,7 @@ Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt, std::source_l
                 "could hold only padding; use MaxPoolPadding::Zero for the document's semantics",
                 a.padding[0], a.padding[1], a.window[0], a.window[1]);
   Value y = tape.new_value(ys, tape.any_requires_grad({x}));
-  Node<T>* node = tape.record(OpKind::MaxPool2d, {x}, y, a, loc);
+  Node<T>* node = tape.record(OpKind::MaxPool2d, {x}, y, Attrs::of(a), loc);
   int32_t* switches = nullptr;
   if (node && tape.requires_grad(y)) {
     node->saved_index.resize(xt::compute_size(ys));
@@ -286,10 +286,83 @@ Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt, std::source_l
   return y;
 }
 
+// ---- the registry entries (autodiff/op.hpp) ----
+
+namespace {
+
+template <class T>
+void avg_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  avg_pool2d_vjp(tape->grad_out(node), attrs_as<Pool2dOptions>(node.attrs), tape->input_grad(node, 0));
+}
+
+template <class T>
+void max_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  max_pool2d_vjp(tape->grad_out(node), node.saved_index, tape->input_grad(node, 0));
+}
+
+Value avg_pool2d_replay(Tape<double>& t, const ReplayArgs& r) {
+  return avg_pool2d(t, r.inputs[0], r.attrs.get<Pool2dOptions>());
+}
+Value max_pool2d_replay(Tape<double>& t, const ReplayArgs& r) {
+  return max_pool2d(t, r.inputs[0], r.attrs.get<Pool2dOptions>());
+}
+
+std::string pool2d_format(const Attrs& attrs, std::span<const int32_t>) {
+  const auto a = attrs.get<Pool2dOptions>();
+  return fmt::format("window={}x{} stride={}x{} pad={}x{}{}", a.window[0], a.window[1], a.stride[0], a.stride[1],
+                     a.padding[0], a.padding[1], a.max_padding == MaxPoolPadding::Zero ? " pad_value=0" : "");
+}
+
+// Max pooling is not differentiable where a window's best two candidates are within
+// `margin`: marks those near-winners (a padding zero is a candidate with
+// MaxPoolPadding::Zero, but is not an element of x).
+void max_pool2d_kinks(const Attrs& attrs, std::size_t, const Tensor<double>& x, double margin, std::vector<bool>& at) {
+  const auto a = attrs.get<Pool2dOptions>();
+  const std::ptrdiff_t H = static_cast<std::ptrdiff_t>(x.shape()[2]), W = static_cast<std::ptrdiff_t>(x.shape()[3]);
+  const std::size_t planes = x.shape()[0] * x.shape()[1];
+  const std::ptrdiff_t OH = (H + 2 * a.padding[0] - a.window[0]) / a.stride[0] + 1;
+  const std::ptrdiff_t OW = (W + 2 * a.padding[1] - a.window[1]) / a.stride[1] + 1;
+  const bool zero_pad = a.max_padding == MaxPoolPadding::Zero;
+  std::vector<std::pair<double, std::ptrdiff_t>> cand;  // (value, index in plane; -1 = padding)
+  for (std::size_t pl = 0; pl < planes; ++pl) {
+    const double* xp = x.data() + pl * static_cast<std::size_t>(H * W);
+    for (std::ptrdiff_t i = 0; i < OH; ++i)
+      for (std::ptrdiff_t j = 0; j < OW; ++j) {
+        cand.clear();
+        for (std::ptrdiff_t p = 0; p < a.window[0]; ++p)
+          for (std::ptrdiff_t q = 0; q < a.window[1]; ++q) {
+            const std::ptrdiff_t ih = i * a.stride[0] + p - a.padding[0], iw = j * a.stride[1] + q - a.padding[1];
+            if (ih >= 0 && ih < H && iw >= 0 && iw < W) cand.emplace_back(xp[ih * W + iw], ih * W + iw);
+            else if (zero_pad) cand.emplace_back(0.0, -1);
+          }
+        double best = -INFINITY;
+        for (const auto& c : cand) best = std::max(best, c.first);
+        std::size_t near = 0;
+        for (const auto& c : cand) near += c.first >= best - margin;
+        if (near < 2) continue;  // a clear winner: differentiable
+        for (const auto& c : cand)
+          if (c.first >= best - margin && c.second >= 0)
+            at[pl * static_cast<std::size_t>(H * W) + static_cast<std::size_t>(c.second)] = true;
+      }
+  }
+}
+
+}  // namespace
+
+constinit const OpDef avg_pool2d_op{.name = "avg_pool2d", .vjp_float = avg_pool2d_node_vjp<float>,
+                                    .vjp_double = avg_pool2d_node_vjp<double>, .replay = avg_pool2d_replay,
+                                    .format_attrs = pool2d_format};
+AD_REGISTER_OP(avg_pool2d_op);
+
+constinit const OpDef max_pool2d_op{.name = "max_pool2d", .vjp_float = max_pool2d_node_vjp<float>,
+                                    .vjp_double = max_pool2d_node_vjp<double>, .replay = max_pool2d_replay,
+                                    .format_attrs = pool2d_format, .kinks = max_pool2d_kinks};
+AD_REGISTER_OP(max_pool2d_op);
+
 #define AD_INSTANTIATE(T)                                                                        \
-  template void avg_pool2d_forward<T>(const Tensor<T>&, const Attrs&, Tensor<T>&);              \
-  template void avg_pool2d_vjp<T>(const Tensor<T>&, const Attrs&, Tensor<T>*);                  \
-  template void max_pool2d_forward<T>(const Tensor<T>&, const Attrs&, Tensor<T>&, int32_t*);    \
+  template void avg_pool2d_forward<T>(const Tensor<T>&, const Pool2dOptions&, Tensor<T>&);              \
+  template void avg_pool2d_vjp<T>(const Tensor<T>&, const Pool2dOptions&, Tensor<T>*);                  \
+  template void max_pool2d_forward<T>(const Tensor<T>&, const Pool2dOptions&, Tensor<T>&, int32_t*);    \
   template void max_pool2d_vjp<T>(const Tensor<T>&, const std::vector<int32_t>&, Tensor<T>*);   \
   template Value avg_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);    \
   template Value max_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);

@@ -11,7 +11,15 @@
 
 namespace ad {
 
+// How padding behaves in max pooling (appendix B vs PyTorch).
+enum class MaxPoolPadding : uint8_t {
+  NegInf,  // padding never wins the max (PyTorch); the default
+  Zero,    // padding zeros take part in the max, as in appendix B's example
+};
+
+// Also the node's attributes (Node::attrs.get<Pool2dOptions>()).
 struct Pool2dOptions {
+  static constexpr const char* kType = "ad::Pool2dOptions";
   std::array<int, 2> window{2, 2};   // (h_l, w_l)
   std::array<int, 2> stride{2, 2};   // (h_s, w_s)
   std::array<int, 2> padding{0, 0};  // (h_p, w_p) on both sides
@@ -21,20 +29,26 @@ struct Pool2dOptions {
   MaxPoolPadding max_padding = MaxPoolPadding::NegInf;
 };
 
+extern const OpDef avg_pool2d_op, max_pool2d_op;
+namespace OpKind {
+inline constexpr OpId AvgPool2d = &avg_pool2d_op;
+inline constexpr OpId MaxPool2d = &max_pool2d_op;
+}  // namespace OpKind
+
 // Checks x (N,C,H,W) against the window and returns (N, C, OH, OW),
 // OH = floor((H + 2 h_p - h_l) / h_s) + 1. `op` names the caller in errors.
-Shape pool2d_output_shape(const char* op, const Shape& x, const Attrs& a);
+Shape pool2d_output_shape(const char* op, const Shape& x, const Pool2dOptions& a);
 
 // y[n,c,i,j] = 1/(h_l w_l) sum_{p,q} x[n,c,i*sh+p-ph,j*sw+q-pw], padding zeros counted.
 template <class T>
-void avg_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y);
+void avg_pool2d_forward(const Tensor<T>& x, const Pool2dOptions& a, Tensor<T>& y);
 template <class T>
-void avg_pool2d_vjp(const Tensor<T>& grad_out, const Attrs& a, Tensor<T>* grad_x);
+void avg_pool2d_vjp(const Tensor<T>& grad_out, const Pool2dOptions& a, Tensor<T>* grad_x);
 
 // y[n,c,i,j] = max over the window; argmax (may be null) receives, per output element,
 // the winner's flat index h*W+w within its (H, W) plane, or -1 when a padding zero won.
 template <class T>
-void max_pool2d_forward(const Tensor<T>& x, const Attrs& a, Tensor<T>& y, int32_t* argmax);
+void max_pool2d_forward(const Tensor<T>& x, const Pool2dOptions& a, Tensor<T>& y, int32_t* argmax);
 // Routes grad_out through the switches: grad_x[n,c,argmax] += grad_out[n,c,i,j].
 template <class T>
 void max_pool2d_vjp(const Tensor<T>& grad_out, const std::vector<int32_t>& argmax, Tensor<T>* grad_x);

@@ -18,8 +18,8 @@ TEST(Tape, RecordsOneNodePerOpWithInputsAttributesAndCallSite) {
   EXPECT_EQ(n.inputs[0], x.id);
   EXPECT_EQ(n.inputs[2], -1);
   EXPECT_EQ(n.output, y.id);
-  EXPECT_EQ(n.attrs.padding, (std::array<int, 2>{1, 0}));
-  EXPECT_EQ(n.attrs.stride, (std::array<int, 2>{2, 1}));
+  EXPECT_EQ(n.attrs.get<Conv2dOptions>().padding, (std::array<int, 2>{1, 0}));
+  EXPECT_EQ(n.attrs.get<Conv2dOptions>().stride, (std::array<int, 2>{2, 1}));
   EXPECT_EQ(n.label, "conv1");
   EXPECT_EQ(n.where.line, static_cast<uint32_t>(line));
   EXPECT_NE(std::string(n.where.file).find("test_tape.cpp"), std::string::npos);

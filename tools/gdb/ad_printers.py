@@ -14,8 +14,6 @@
 # m_begin/m_end) and never call into the program, so they also work on a core file.
 # `p/r value` shows the raw structure.
 
-import re
-
 import gdb
 import gdb.printing
 
@@ -145,44 +143,57 @@ def _tensor_str(t, limit=None):
 
 # ---- tape-autodiff types --------------------------------------------------------
 
-_OP_NAMES = {
-    "Input": "input",
-    "Parameter": "param",
-    "Conv2d": "conv2d",
-    "AvgPool2d": "avg_pool2d",
-    "MaxPool2d": "max_pool2d",
-    "LeakyRelu": "leaky_relu",
-    "BiasAdd": "bias_add",
-    "SoftmaxCrossEntropy": "softmax_cross_entropy",
-}
+def _op_name(node):
+    """The op's name, read from the program: node.op points at the op's registry
+    entry (ad::OpDef, autodiff/op.hpp), whose `name` is what ad::op_name returns. The
+    printers keep no copy of the op names."""
+    op = node["op"]
+    if int(op) == 0:
+        return "?"
+    try:
+        return op.dereference()["name"].string()
+    except gdb.error:
+        return "?"
 
 
-def _op_name(op):
-    """ad::op_name for an ad::OpKind value."""
-    name = str(op).split("::")[-1]
-    if name in _OP_NAMES:
-        return _OP_NAMES[name]
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+def _attr_value(v):
+    t = v.type.strip_typedefs()
+    if t.code == gdb.TYPE_CODE_ARRAY or (t.tag or "").startswith("std::array"):
+        elems = v["_M_elems"] if (t.tag or "").startswith("std::array") else v
+        r = elems.type.strip_typedefs().range()
+        items = [_num(elems[i]) for i in range(r[0], r[1] + 1)]
+        return "x".join(items) if len(items) == 2 else "(" + ",".join(items) + ")"
+    if t.code == gdb.TYPE_CODE_ENUM:
+        return str(v).split("::")[-1]
+    if t.code == gdb.TYPE_CODE_BOOL:
+        return "true" if bool(v) else "false"
+    return _num(v)
 
 
-def _attrs_str(op, attrs):
-    """ad::format_attrs."""
-    window = _array(attrs["window"])
-    stride = _array(attrs["stride"])
-    pad = _array(attrs["padding"])
-    geom = "stride=%dx%d pad=%dx%d" % (stride[0], stride[1], pad[0], pad[1])
-    if op == "conv2d":
-        return geom
-    if op in ("avg_pool2d", "max_pool2d"):
-        s = "window=%dx%d %s" % (window[0], window[1], geom)
-        if op == "max_pool2d" and str(attrs["max_padding"]).endswith("Zero"):
-            s += " pad_value=0"
-        return s
-    if op == "leaky_relu":
-        return "slope=%g" % float(attrs["alpha"])
-    if op == "scale":
-        return "factor=%g" % float(attrs["alpha"])
-    return ""
+def _attrs_value(attrs):
+    """The attribute struct a node's ad::Attrs blob holds, typed by its own name
+    (attrs.type, e.g. "ad::Conv2dOptions"), or None when it holds none."""
+    t = attrs["type"]
+    if int(t) == 0:
+        return None
+    typ = gdb.lookup_type(t.string())
+    return attrs["bytes"].address.cast(typ.pointer()).dereference()
+
+
+def _attrs_str(attrs):
+    """The fields of the node's attribute struct: "padding=1x1 stride=1x1"."""
+    try:
+        val = _attrs_value(attrs)
+    except (gdb.error, RuntimeError) as e:
+        return "<attributes: %s>" % e
+    if val is None:
+        return ""
+    parts = []
+    for f in val.type.strip_typedefs().fields():
+        if f.is_base_class or not hasattr(f, "bitpos"):  # static members (kType) have no position
+            continue
+        parts.append("%s=%s" % (f.name, _attr_value(val[f.name])))
+    return " ".join(parts)
 
 
 def _where_str(where):
@@ -196,14 +207,10 @@ def _where_str(where):
     return "%s:%d" % (f.rsplit("/", 1)[-1], line)
 
 
-def _node_tail(node, op):
-    """' stride=1x1 pad=1x1 "conv1" @ model.cpp:42' (attributes, label, call site)."""
+def _node_tail(node):
+    """' padding=1x1 stride=1x1 "conv1" @ model.cpp:42' (attributes, label, call site)."""
     s = ""
-    a = _attrs_str(op, node["attrs"])
-    if op == "softmax_cross_entropy":
-        n = _vector_size(node["saved_index"])
-        if n:
-            a = (a + " " if a else "") + "labels=%d" % n
+    a = _attrs_str(node["attrs"])
     if a:
         s += " " + a
     label = _string(node["label"])
@@ -216,7 +223,7 @@ def _node_tail(node, op):
 
 
 def _node_inputs(node):
-    return [int(node["inputs"]["_M_elems"][i]) for i in range(3) if int(node["inputs"]["_M_elems"][i]) >= 0]
+    return [int(i) for i in _vector_items(node["inputs"]) if int(i) >= 0]
 
 
 class NodePrinter:
@@ -227,12 +234,12 @@ class NodePrinter:
 
     def to_string(self):
         node = self.val
-        op = _op_name(node["op"])
+        op = _op_name(node)
         if op == "custom":
             op = "custom[%d]" % int(node["custom"])
         ins = _node_inputs(node)
         args = "(" + ", ".join("%%%d" % i for i in ins) + ")" if ins else ""
-        return "%s%s -> %%%d%s" % (op, args, int(node["output"]), _node_tail(node, _op_name(node["op"])))
+        return "%s%s -> %%%d%s" % (op, args, int(node["output"]), _node_tail(node))
 
 
 class TapePrinter:
@@ -252,7 +259,10 @@ class TapePrinter:
         slots = tape["slots_"]
         nslots = _deque_size(slots)
         cursor = int(tape["cursor_"])
-        head = "%s: %d nodes, %d values" % (tape.type.strip_typedefs().name, len(nodes), nslots)
+        ty = tape.type.strip_typedefs()
+        while ty.code in (gdb.TYPE_CODE_REF, getattr(gdb, "TYPE_CODE_RVALUE_REF", gdb.TYPE_CODE_REF)):
+            ty = ty.target().strip_typedefs()
+        head = "%s: %d nodes, %d values" % (ty.unqualified().tag or str(ty), len(nodes), nslots)
         if cursor >= 0:
             head += ", backward at #%d" % cursor
         if bool(tape["anomaly_"]):
@@ -271,7 +281,7 @@ class TapePrinter:
             custom_names = []
 
         for i, node in enumerate(nodes):
-            op = _op_name(node["op"])
+            op = _op_name(node)
             shown = op
             if op == "custom":
                 c = int(node["custom"])
@@ -284,7 +294,7 @@ class TapePrinter:
             except gdb.error:
                 shape = "?"
             mark = "=> " if i == cursor else "   "
-            lines.append("%s#%d %s%s -> %s%s" % (mark, i, shown, args, shape, _node_tail(node, op)))
+            lines.append("%s#%d %s%s -> %s%s" % (mark, i, shown, args, shape, _node_tail(node)))
         return "\n".join(lines)
 
 
@@ -340,15 +350,26 @@ class SourceLocPrinter:
 
 
 class AttrsPrinter:
+    """ad::Attrs: the op's attribute struct, by its type name: "ad::Conv2dOptions {padding=1x1 stride=1x1}"."""
+
     def __init__(self, val):
         self.val = val
 
     def to_string(self):
-        a = self.val
-        w, s, p = _array(a["window"]), _array(a["stride"]), _array(a["padding"])
-        return "window=%dx%d stride=%dx%d pad=%dx%d pad_value=%s alpha=%g" % (
-            w[0], w[1], s[0], s[1], p[0], p[1],
-            "0" if str(a["max_padding"]).endswith("Zero") else "-inf", float(a["alpha"]))
+        t = self.val["type"]
+        if int(t) == 0:
+            return "(no attributes)"
+        return "%s {%s}" % (t.string(), _attrs_str(self.val))
+
+
+class OpDefPrinter:
+    """ad::OpDef (*node.op): the op's registry entry, by name."""
+
+    def __init__(self, val):
+        self.val = val
+
+    def to_string(self):
+        return "op %s" % self.val["name"].string()
 
 
 class TensorPrinter:
@@ -377,6 +398,7 @@ def build_printer():
     pp.add_printer("Value", r"^ad::Value$", ValuePrinter)
     pp.add_printer("SourceLoc", r"^ad::SourceLoc$", SourceLocPrinter)
     pp.add_printer("Attrs", r"^ad::Attrs$", AttrsPrinter)
+    pp.add_printer("OpDef", r"^ad::OpDef$", OpDefPrinter)
     pp.add_printer("xarray", r"^xt::xarray_container<.*>$", TensorPrinter)
     pp.add_printer("xtensor", r"^xt::xtensor_container<.*>$", TensorPrinter)
     return pp
