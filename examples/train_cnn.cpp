@@ -2,7 +2,8 @@
 // on Fashion-MNIST with a progress bar, evaluates on the test set after every epoch,
 // and can save, resume from, and load checkpoints. `./run.sh train --help`.
 //
-// Exit codes: 0 success, 1 runtime error (bad data, bad checkpoint, ...), 2 usage error.
+// Exit codes: 0 success, 1 runtime error (bad data, bad checkpoint, a non-finite loss,
+// lost output, ...), 2 usage error, 130 / 143 after SIGINT / SIGTERM.
 // The last line printed on success is exactly "test accuracy: 0.XXXX".
 #include <fcntl.h>
 #include <signal.h>
@@ -156,14 +157,14 @@ class Progress {
       last_ = el;
       const int width = 30, fill = static_cast<int>(width * static_cast<double>(done) / static_cast<double>(total_));
       out("\repoch {}/{} [{}{}] {:3.0f}% {:>6} img/s  loss {:.4f}  ETA {} ", epoch_, epochs_,
-                 std::string(static_cast<std::size_t>(fill), '='), std::string(static_cast<std::size_t>(width - fill), ' '),
-                 100.0 * static_cast<double>(done) / static_cast<double>(total_), static_cast<long>(rate), loss, hms(eta));
+          std::string(static_cast<std::size_t>(fill), '='), std::string(static_cast<std::size_t>(width - fill), ' '),
+          100.0 * static_cast<double>(done) / static_cast<double>(total_), static_cast<long>(rate), loss, hms(eta));
       if (done == total_) out("\r\033[K");
       flush_out();
     } else if (done * 4 / total_ > quarter_ && done < total_) {
       quarter_ = done * 4 / total_;
       out("epoch {}/{}: {}/{} images, {:.0f} img/s, loss {:.4f}, ETA {}\n", epoch_, epochs_, done, total_, rate,
-                 loss, hms(eta));
+          loss, hms(eta));
       flush_out();
     }
   }

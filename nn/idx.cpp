@@ -77,7 +77,7 @@ class ByteSource {
     unsigned char magic[2] = {0, 0};
     const ssize_t got = pread_all(magic, 2, 0);
     if (got == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
-      in_.resize(kInBytes);
+      in_.resize(kInBytes + 1);  // + 1: room to put back a magic byte (inflate_some)
       // 16 + MAX_WBITS: a gzip wrapper (header, CRC32 and length trailer checked).
       if (::inflateInit2(&zs_, 16 + MAX_WBITS) != Z_OK) {
         close_all();
@@ -145,7 +145,7 @@ class ByteSource {
   // Makes compressed input available; false at the end of the file.
   bool fill_input() {
     if (zs_.avail_in > 0) return true;
-    const std::size_t got = read_file(in_.data(), in_.size());
+    const std::size_t got = read_file(in_.data(), kInBytes);
     zs_.next_in = in_.data();
     zs_.avail_in = static_cast<uInt>(got);
     return got > 0;

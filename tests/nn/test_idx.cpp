@@ -268,6 +268,41 @@ TEST(Idx, RejectsJunkAfterTheGzipDataButReadsConcatenatedMembers) {
   EXPECT_EQ(a.data, ramp(24));
 }
 
+// The reader takes the compressed file in 128 KB reads: a second member whose magic
+// 1f 8b is split by that boundary (1f the last byte of one read, 8b the first of the
+// next) must still be read as a member. Stored (level 0) members of random bytes
+// make the sizes exact.
+TEST(Idx, ReadsAMemberWhoseMagicStraddlesAReadBoundary) {
+  TempDir dir;
+  constexpr std::size_t kRead = std::size_t{1} << 17, n = 3 * kRead;
+  Bytes payload(n);
+  std::mt19937_64 rng(5);
+  for (std::uint8_t& b : payload) b = static_cast<std::uint8_t>(rng());
+  const Bytes whole = make_idx(0x08, {static_cast<std::uint32_t>(n)}, payload);
+  const auto stored_gz = [&](std::size_t from, std::size_t to, const std::string& path) {
+    gzFile gz = gzopen(path.c_str(), "wb0");
+    EXPECT_NE(gz, nullptr);
+    EXPECT_EQ(gzwrite(gz, whole.data() + from, static_cast<unsigned>(to - from)), static_cast<int>(to - from));
+    EXPECT_EQ(gzclose(gz), Z_OK);
+    return read_raw(path);
+  };
+  // The first member: as many bytes of `whole` as make it exactly kRead - 1 bytes long.
+  std::size_t split = kRead - 100;
+  Bytes first = stored_gz(0, split, dir.file("a.gz"));
+  for (int i = 0; i < 20 && first.size() != kRead - 1; ++i) {
+    split = split + (kRead - 1) - first.size();
+    first = stored_gz(0, split, dir.file("a.gz"));
+  }
+  ASSERT_EQ(first.size(), kRead - 1) << "could not size the first member";
+  const Bytes second = stored_gz(split, whole.size(), dir.file("b.gz"));
+  ASSERT_GT(second.size(), kRead);  // the next read fills the whole buffer
+  Bytes both = first;
+  both.insert(both.end(), second.begin(), second.end());
+  write_raw(dir.file("two.gz"), both);
+  const nn::IdxArray a = nn::read_idx(dir.file("two.gz"));
+  EXPECT_EQ(a.data, payload);
+}
+
 TEST(Idx, RejectsCorruptGzipStream) {
   TempDir dir;
   const std::string path = dir.file("corrupt.gz");
