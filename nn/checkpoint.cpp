@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -215,24 +216,69 @@ std::vector<std::uint8_t> read_whole_file(const std::string& path) {
 
 // ---------------------------------------------------------------- public API
 
-void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& tensors,
-                     const std::string& model_tag) {
-  const std::vector<std::uint8_t> bytes = serialize(path, tensors, model_tag);
+namespace {
+
+// The temp file of the write in progress, for remove_partial_file (a signal handler):
+// a static buffer and a flag, never heap memory, so the handler reads nothing that
+// another thread could free under it.
+char g_partial_path[4096 + 64];
+std::atomic<bool> g_partial_set{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "a signal handler reads g_partial_set");
+
+// Publishes `tmp` as the write in progress for the lifetime of the object.
+class PartialFile {
+ public:
+  explicit PartialFile(const std::string& tmp) {
+    if (tmp.size() >= sizeof g_partial_path) return;  // too long to publish: not removed on a signal
+    std::memcpy(g_partial_path, tmp.c_str(), tmp.size() + 1);
+    g_partial_set.store(true, std::memory_order_release);
+  }
+  ~PartialFile() { g_partial_set.store(false, std::memory_order_release); }
+  PartialFile(const PartialFile&) = delete;
+  PartialFile& operator=(const PartialFile&) = delete;
+};
+
+// "a character device", "a FIFO", ... for an st_mode that is not a regular file.
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+}  // namespace
+
+bool remove_partial_file() noexcept {
+  if (!g_partial_set.load(std::memory_order_acquire)) return false;
+  return ::unlink(g_partial_path) == 0;
+}
+
+void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes,
+                           std::string_view who) {
+  // Renaming over a device or a FIFO would replace it with a regular file (as root,
+  // --save /dev/null would delete the device): refuse anything but a regular file.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    throw WriteError(fmt::format("{}: {}: is {}, not a regular file; refusing to rename a file "
+                                 "over it", who, path, file_kind(st.st_mode)));
+  }
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  const PartialFile partial(tmp);
 
   // O_NOFOLLOW: never write through a symlink planted at the temp name.
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) {
-    throw CheckpointError(fmt::format("save_checkpoint: {}: cannot create temporary file {}: {}",
-                                      path, tmp, errno_text(errno)));
+    throw WriteError(fmt::format("{}: {}: cannot create temporary file {}: {}", who, path, tmp,
+                                 errno_text(errno)));
   }
   // On any failure from here on, the temp file is ours to remove; `path` is
   // untouched until the rename.
   const auto abandon = [&](const char* step, int err, bool close_fd) {
     if (close_fd) ::close(fd);
     ::unlink(tmp.c_str());
-    throw CheckpointError(fmt::format("save_checkpoint: {}: {} {} failed: {}", path, step, tmp,
-                                      errno_text(err)));
+    throw WriteError(fmt::format("{}: {}: {} {} failed: {}", who, path, step, tmp, errno_text(err)));
   };
   std::size_t done = 0;
   while (done < bytes.size()) {
@@ -248,8 +294,8 @@ void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& te
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    throw CheckpointError(fmt::format("save_checkpoint: {}: cannot rename {} over it: {}", path,
-                                      tmp, errno_text(err)));
+    throw WriteError(fmt::format("{}: {}: cannot rename {} over it: {}", who, path, tmp,
+                                 errno_text(err)));
   }
 
   // Make the rename itself durable.
@@ -259,11 +305,20 @@ void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& te
   if (dir_fd < 0 || (::fsync(dir_fd) != 0 && errno != EINVAL)) {
     const int err = errno;
     if (dir_fd >= 0) ::close(dir_fd);
-    throw CheckpointError(fmt::format("save_checkpoint: {}: written, but fsync of directory {} "
-                                      "failed, so it may not survive a crash: {}", path, dir,
-                                      errno_text(err)));
+    throw WriteError(fmt::format("{}: {}: written, but fsync of directory {} failed, so it may "
+                                 "not survive a crash: {}", who, path, dir, errno_text(err)));
   }
   ::close(dir_fd);
+}
+
+void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& tensors,
+                     const std::string& model_tag) {
+  const std::vector<std::uint8_t> bytes = serialize(path, tensors, model_tag);
+  try {
+    write_file_atomically(path, bytes, "save_checkpoint");
+  } catch (const WriteError& e) {
+    throw CheckpointError(e.what());
+  }
 }
 
 std::vector<NamedTensor> load_checkpoint(const std::string& path, std::string* model_tag) {

@@ -12,7 +12,7 @@ namespace ad {
 
 Shape flatten_output_shape(const Shape& x) {
   if (x.size() < 2) shape_error("flatten", "input {} must have rank >= 2 (N, ...), not rank {}", shape_str(x), x.size());
-  check_nonempty("flatten", "input", x);
+  check_nonempty_but_batch("flatten", "input", x);  // N = 0: (0, C*H*W)
   std::size_t d = 1;
   for (std::size_t i = 1; i < x.size(); ++i) d *= x[i];
   return {x[0], d};

@@ -41,7 +41,7 @@ PoolGeom geom(const Shape& xs, const Shape& ys, const Pool2dOptions& a) {
 
 Shape pool2d_output_shape(const char* op, const Shape& x, const Pool2dOptions& a) {
   check_rank(op, "input", x, 4, "(N, C, H, W)");
-  check_nonempty(op, "input", x);
+  check_nonempty_but_batch(op, "input", x);  // N = 0: an empty output
   if (a.window[0] < 1 || a.window[1] < 1)
     shape_error(op, "window ({},{}) must be >= 1 on both axes", a.window[0], a.window[1]);
   auto [oh, ow] = check_window(op, "window", x,

@@ -23,6 +23,15 @@ inline void check_nonempty(const char* op, const char* what, const Shape& s) {
     if (s[i] == 0) shape_error(op, "{} {} is empty along axis {}; every axis must be >= 1", what, shape_str(s), i);
 }
 
+// The same for every axis but the batch axis 0: an empty batch (N = 0) is accepted, as
+// in PyTorch (a data loader's empty last shard), and gives an empty output.
+inline void check_nonempty_but_batch(const char* op, const char* what, const Shape& s) {
+  for (std::size_t i = 1; i < s.size(); ++i)
+    if (s[i] == 0)
+      shape_error(op, "{} {} is empty along axis {}; every axis but the batch axis 0 must be >= 1", what,
+                  shape_str(s), i);
+}
+
 // Sliding-window geometry on an (N, C, H, W) input: stride >= 1, padding >= 0, and
 // the window (KH, KW) fits inside the padded input. Returns (OH, OW) by the
 // document's note: floor((H + 2 h_p - KH) / h_s) + 1.
