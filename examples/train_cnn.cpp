@@ -18,6 +18,7 @@
 #include "nn/layers.hpp"
 #include "nn/optim.hpp"
 #include "nn/train.hpp"
+#include "nn/weights.hpp"
 
 namespace {
 
@@ -94,6 +95,8 @@ struct Options {
   std::string pool = "max", activation = "relu", init = "torch";
   std::array<int, 2> channels{16, 32};
   double max_memory_mb = 0;  // 0: 80% of the memory available
+  // --import / --export: weights in PyTorch's state_dict names and layouts (nn/weights.hpp).
+  std::string import_weights, export_weights;
 };
 
 // One line of the epoch table and of the curve.
@@ -190,9 +193,20 @@ void write_curve_svg(const std::string& path, const std::vector<EpochRow>& rows)
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error(fmt::format("--curve {}: cannot rename into place", path));
 }
 
+// --export: a .safetensors file, or else a directory of .npy files; checked before training.
+void check_export(const std::string& path) {
+  if (path.empty()) return;
+  if (path.ends_with(".safetensors")) return check_writable("--export", path);
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_directory(path, ec))
+    throw std::runtime_error(fmt::format("--export {}: exists and is not a directory (a name without .safetensors is a "
+                                         "directory of .npy files)", path));
+}
+
 int run(const Options& o) {
   check_writable("--save", o.save);
   check_writable("--curve", o.curve);
+  check_export(o.export_weights);
   ad::set_num_threads(o.threads);
   const nn::Dataset train = nn::load_fashion_mnist(o.data, "train");
   const nn::Dataset test = nn::load_fashion_mnist(o.data, "t10k");
@@ -240,6 +254,13 @@ int run(const Options& o) {
                    static_cast<std::size_t>(o.max_memory_mb * 1e6),
                    fmt::format("--batch {}: training {} images a step", o.batch, step_batch));
 
+  // Weights from PyTorch (or an earlier --export): every name and shape must match the
+  // model, whose tag a file we wrote must also carry; otherwise nothing changes.
+  if (!o.import_weights.empty()) {
+    nn::load_weights(o.import_weights, model, {.model_tag = cfg.tag()});
+    fmt::print("imported weights from {} (PyTorch's state_dict layout)\n", o.import_weights);
+  }
+
   int start = 0;
   if (!o.load.empty()) {
     start = nn::load_model(o.load, model, *opt, cfg.tag());
@@ -270,6 +291,10 @@ int run(const Options& o) {
     fmt::print("training curve: {}\n", o.curve);
   }
   if (!evaluated) last_test = nn::evaluate(model, test, kEvalBatch, tape);
+  if (!o.export_weights.empty()) {
+    nn::save_weights(o.export_weights, model, {.model_tag = cfg.tag()});
+    fmt::print("exported weights to {} (PyTorch's state_dict layout)\n", o.export_weights);
+  }
   fmt::print("test accuracy: {:.4f}\n", last_test.accuracy);
   return 0;
 }
@@ -308,6 +333,12 @@ int main(int argc, char** argv) {
                  "refuse to start when the run would need more than this many MB (default: 80% of the memory available)")
       ->check(number_in(0, 1e9, false));
   app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
+  // Weights in and out, in PyTorch's state_dict names and layouts (README, "Weights in and out").
+  app.add_option("--import", o.import_weights,
+                 "start from these weights: FILE.safetensors or a directory of .npy files (PyTorch's names and layouts)")
+      ->excludes("--load");
+  app.add_option("--export", o.export_weights,
+                 "after training, write the weights: FILE.safetensors, or else a directory of .npy files");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
