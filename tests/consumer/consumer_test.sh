@@ -24,7 +24,7 @@ fail() {
 step() { echo "consumer_test: $way: $* ($SECONDS s)"; }
 
 # The compile command of one of the consumer's own files.
-compile_command() { grep '"command"' "$1/compile_commands.json" | grep -F "tests/consumer/$2" | head -n1; }
+compile_command() { awk -v f="tests/consumer/$2" '/"command"/ && index($0, f) { print; exit }' "$1/compile_commands.json"; }
 
 # Our warning flags and -march=native stay ours; no include directory exposes tests/.
 check_consumer_flags() {
@@ -70,12 +70,14 @@ check_subproject() {
 
 # The .debug_gdb_scripts entry names the printers by a relative path.
 check_gdb_entry() {
-  local lib=$1 section
-  section=$(objdump -s -j .debug_gdb_scripts "$lib" 2>/dev/null | grep -v '^$' || true)
-  echo "$section" | tr -d '\n' | grep -q 'ad_printers' ||
-    { echo "$section"; fail "$lib has no .debug_gdb_scripts entry for the printers"; }
-  strings "$lib" | grep -qF "$src/tools/gdb" && fail "$lib holds the absolute path $src/tools/gdb"
-  strings "$lib" | grep -qxF "tools/gdb/ad_printers.py" || fail "$lib does not name tools/gdb/ad_printers.py"
+  local lib=$1
+  # (never `cmd | grep -q`: with pipefail, grep quitting early can fail the pipe)
+  local sections text
+  sections=$(objdump -h "$lib")
+  text=$(strings "$lib")
+  grep -q '\.debug_gdb_scripts' <<<"$sections" || fail "$lib has no .debug_gdb_scripts section"
+  grep -qF "$src/tools/gdb" <<<"$text" && fail "$lib holds the absolute path $src/tools/gdb"
+  grep -qxF "tools/gdb/ad_printers.py" <<<"$text" || fail "$lib does not name tools/gdb/ad_printers.py"
   return 0
 }
 
@@ -108,6 +110,14 @@ case "$way" in
     ;;
   find_package)
     configure_build_run "$work/find_package" -DAD_CONSUME=find_package -DCMAKE_PREFIX_PATH="$prefix"
+    # gdb finds the installed printers through its source path, as the README says.
+    if command -v gdb >/dev/null; then
+      share=$prefix/share/tape_autodiff
+      scripts=$(cd / && gdb -batch -nx -iex "directory $share" -iex "add-auto-load-safe-path $share" -ex "break main" \
+        -ex run -ex "info auto-load python-scripts" "$work/find_package/consumer" 2>&1)
+      grep -qE "^Yes +tools/gdb/ad_printers.py" <<<"$scripts" && grep -qF "full name: $share/tools/gdb/ad_printers.py" <<<"$scripts" ||
+        { echo "$scripts"; fail "gdb did not load the installed printers"; }
+    fi
     echo "PASS"
     ;;
   pkg_config)
@@ -143,7 +153,8 @@ case "$way" in
         dpkg --compare-versions "$have" "$rel" "$want" || fail "$dep: $name $have is installed"
       fi
     done
-    dpkg-deb -c "$deb" | grep -q '/usr/include/tape_autodiff/autodiff/ad.hpp$' || fail "the package lacks the headers"
+    contents=$(dpkg-deb -c "$deb")
+    grep -q '/usr/include/tape_autodiff/autodiff/ad.hpp$' <<<"$contents" || fail "the package lacks the headers"
     dpkg-deb -x "$deb" "$work/debroot"
     configure_build_run "$work/deb_consumer" -DAD_CONSUME=find_package -DCMAKE_PREFIX_PATH="$work/debroot/usr"
     echo "PASS"
