@@ -113,7 +113,9 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::uint8_t> file, c
   const std::uint64_t data_size = file.size() - 8 - n;
   SafetensorsHeader out;
   out.data_start = 8 + n;
-  for (const auto& [name, info] : header.items()) {
+  for (const auto& item : header.items()) {
+    const std::string& name = item.key();  // (not a structured binding: clang 14 cannot capture one)
+    const Json& info = item.value();
     if (name == "__metadata__") {
       if (!info.is_object()) throw fail("__metadata__ is not an object of strings");
       for (const auto& [key, value] : info.items()) {
