@@ -79,11 +79,12 @@ set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME libtape-autodiff-dev)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "${PROJECT_DESCRIPTION}")
-set(CPACK_PACKAGE_DESCRIPTION "tape-autodiff: a tape-based reverse-mode automatic differentiation engine for CNNs
- (conv2d, pooling, activations, linear, losses, each with a hand-derived VJP), a small
- nn library (layers, optimizers, training loop, checkpoints, safetensors and .npy
- weights with PyTorch state_dict names), gdb pretty-printers. Static libraries,
- headers, CMake package (find_package(tape_autodiff)) and pkg-config file.")
+set(CPACK_PACKAGE_DESCRIPTION "tape-autodiff: a tape-based reverse-mode automatic differentiation engine
+for CNNs (conv2d, pooling, activations, linear, losses, each with a hand-derived
+VJP), a small nn library (layers, optimizers, training loop, checkpoints,
+safetensors and .npy weights with PyTorch state_dict names) and gdb
+pretty-printers. Static libraries, headers, CMake package
+(find_package(tape_autodiff)) and pkg-config file.")
 set(CPACK_PACKAGE_CONTACT "tape-autodiff maintainers <tape-autodiff@example.org>")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_RESOURCE_FILE_LICENSE ${PROJECT_SOURCE_DIR}/LICENSE)
