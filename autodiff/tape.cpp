@@ -11,9 +11,11 @@
 #include "autodiff/custom.hpp"
 
 // gdb loads our pretty-printers (tools/gdb/ad_printers.py) for every binary that links
-// the tape: this entry in .debug_gdb_scripts names the script by absolute path (set by
-// CMake). gdb runs it once `add-auto-load-safe-path` allows the directory; see the
-// README, "Debugging a model". "MS" + entry size 1: identical entries merge at link time.
+// the tape: this entry in .debug_gdb_scripts names the script by the relative name CMake
+// sets, which gdb looks up in the current directory and then along its source path
+// (`directory`), so no path of the build machine is compiled in. gdb runs it once
+// `add-auto-load-safe-path` allows the directory; see the README, "Step through it in
+// gdb". "MS" + entry size 1: identical entries merge at link time.
 #if defined(__ELF__) && defined(AD_GDB_PRINTERS_PATH)
 asm(".pushsection \".debug_gdb_scripts\", \"MS\",@progbits,1\n"
     ".byte 1\n"  // 1 = a Python script file name follows

@@ -24,6 +24,7 @@
 #include "nn/layers.hpp"
 #include "nn/optim.hpp"
 #include "nn/train.hpp"
+#include "nn/weights.hpp"
 
 namespace {
 
@@ -106,6 +107,8 @@ struct Options {
   std::string pool = "max", activation = "relu", init = "torch";
   std::array<int, 2> channels{16, 32};
   double max_memory_mb = 0;  // 0: 80% of the memory available
+  // --import / --export: weights in PyTorch's state_dict names and layouts (nn/weights.hpp).
+  std::string import_weights, export_weights;
 };
 
 // One line of the epoch table and of the curve.
@@ -221,9 +224,20 @@ void write_curve_svg(const std::string& path, const std::vector<EpochRow>& rows)
   nn::write_file_atomically(path, std::span(reinterpret_cast<const std::uint8_t*>(svg.data()), svg.size()), "--curve");
 }
 
+// --export: a .safetensors file, or else a directory of .npy files; checked before training.
+void check_export(const std::string& path) {
+  if (path.empty()) return;
+  if (path.ends_with(".safetensors")) return check_writable("--export", path);
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_directory(path, ec))
+    throw std::runtime_error(fmt::format("--export {}: exists and is not a directory (a name without .safetensors is a "
+                                         "directory of .npy files)", path));
+}
+
 int run(const Options& o) {
   check_writable("--save", o.save);
   check_writable("--curve", o.curve);
+  check_export(o.export_weights);
   ad::set_num_threads(o.threads);
 
   // Everything that decides the run's memory comes from the IDX headers, the flags and
@@ -288,6 +302,13 @@ int run(const Options& o) {
       n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
   flush_out();
 
+  // Weights from PyTorch (or an earlier --export): every name and shape must match the
+  // model, whose tag a file we wrote must also carry; otherwise nothing changes.
+  if (!o.import_weights.empty()) {
+    nn::load_weights(o.import_weights, model, {.model_tag = cfg.tag()});
+    out("imported weights from {} (PyTorch's state_dict layout)\n", o.import_weights);
+  }
+
   int start = 0;
   if (!o.load.empty()) {
     start = nn::load_model(o.load, model, *opt, cfg.tag());
@@ -328,6 +349,10 @@ int run(const Options& o) {
     out("training curve: {}\n", o.curve);
   }
   if (!evaluated) last_test = nn::evaluate(model, test, kEvalBatch, tape);
+  if (!o.export_weights.empty()) {
+    nn::save_weights(o.export_weights, model, {.model_tag = cfg.tag()});
+    out("exported weights to {} (PyTorch's state_dict layout)\n", o.export_weights);
+  }
   out("test accuracy: {:.4f}\n", last_test.accuracy);
   finish_output();
   return 0;
@@ -400,6 +425,12 @@ int main(int argc, char** argv) {
                  "refuse to start when the run would need more than this many MB (default: 80% of the memory available)")
       ->check(number_in(1e-6, 1e9, true));  // at least one byte: a budget that rounds to 0 bytes would mean "none"
   app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
+  // Weights in and out, in PyTorch's state_dict names and layouts (README, "Weights in and out").
+  app.add_option("--import", o.import_weights,
+                 "start from these weights: FILE.safetensors or a directory of .npy files (PyTorch's names and layouts)")
+      ->excludes("--load");
+  app.add_option("--export", o.export_weights,
+                 "after training, write the weights: FILE.safetensors, or else a directory of .npy files");
   install_signal_handlers();
   // A closed stdout (train_cnn >&-) would lose the results, and the next file opened
   // would take descriptor 1 and receive them: refuse before opening anything.
