@@ -15,4 +15,5 @@
 #include "ops/flatten.hpp"
 #include "ops/loss.hpp"
 #include "ops/matmul.hpp"
+#include "ops/norm.hpp"
 #include "ops/pool.hpp"

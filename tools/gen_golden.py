@@ -148,6 +148,38 @@ def misc_cases():
              loss=True)
 
 
+# ---------------------------------------------------------------- issue 11: normalisation, losses, convolutions
+def save_extra(name, **arrays):
+    """Adds arrays that are neither inputs nor gradients to a case written by run_case."""
+    for k, v in arrays.items():
+        v = v.detach().numpy() if torch.is_tensor(v) else np.asarray(v)
+        np.save(os.path.join(ROOT, name, k + ".npy"), v.reshape(v.shape or (1,)))
+
+
+def batch_norm_cases():
+    specs = {  # name: (x shape, affine, training, momentum, eps)
+        "batch_norm2d_train": ((4, 3, 3, 5), 1, 1, 0.1, 1e-5),
+        "batch_norm2d_train_plain": ((2, 2, 3, 3), 0, 1, 0.3, 1e-3),
+        "batch_norm2d_eval": ((2, 3, 4, 4), 1, 0, 0.1, 1e-5),
+    }
+    for name, (xs, affine, training, momentum, eps) in specs.items():
+        seed_for(name)
+        c = xs[1]
+        inputs = {"x": torch.randn(xs) * 2 + 1}
+        if affine:
+            inputs["weight"], inputs["bias"] = torch.rand(c) + 0.5, torch.randn(c)
+        running_mean, running_var = torch.randn(c), torch.rand(c) + 0.5
+
+        def fn(x, weight=None, bias=None):  # on copies: run_case and gradcheck call it often
+            return F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, bool(training),
+                                momentum, eps)
+        run_case(name, fn, inputs, list(inputs), [training, momentum, eps, affine])
+        rm, rv = running_mean.clone(), running_var.clone()
+        F.batch_norm(inputs["x"], rm, rv, inputs.get("weight"), inputs.get("bias"), bool(training), momentum, eps)
+        save_extra(name, running_mean=running_mean, running_var=running_var, running_mean_after=rm,
+                   running_var_after=rv)
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -215,4 +247,5 @@ if __name__ == "__main__":
     conv_cases()
     pool_cases()
     misc_cases()
+    batch_norm_cases()
     cnn_cases()

@@ -112,6 +112,24 @@ TEST(Mse, MatchesPyTorchGoldenFiles) {
              [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return mse(t, v[0], v[1]); });
 }
 
+// Training mode: batch statistics and the running-statistic update; eval mode: the
+// running statistics. attrs [training, momentum, eps, affine].
+TEST(BatchNorm2d, MatchesPyTorchGoldenFilesWithTheRunningStatistics) {
+  for (const char* c : {"batch_norm2d_train", "batch_norm2d_train_plain", "batch_norm2d_eval"}) {
+    const Golden g(c);
+    const bool affine = g.load("attrs")(3) != 0;
+    T64 rm = g.load("running_mean"), rv = g.load("running_var");
+    check_case(c, affine ? std::vector<std::string>{"x", "weight", "bias"} : std::vector<std::string>{"x"},
+               [&](Tape<double>& t, const Golden& gc, const std::vector<Value>& v) {
+                 const T64 a = gc.load("attrs");
+                 return batch_norm2d(t, v[0], affine ? v[1] : Value{}, affine ? v[2] : Value{}, &rm, &rv,
+                                     {.training = a(0) != 0, .momentum = a(1), .eps = a(2)});
+               });
+    EXPECT_TRUE(matches(rm, g.load("running_mean_after"))) << c << " running_mean";
+    EXPECT_TRUE(matches(rv, g.load("running_var_after"))) << c << " running_var";
+  }
+}
+
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
 // connected, loss): every parameter gradient from generic backprop over the tape.
 TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
