@@ -180,6 +180,20 @@ def batch_norm_cases():
                    running_var_after=rv)
 
 
+def dropout_cases():
+    """PyTorch's own mask (its generator is not ours): the test applies it with
+    dropout_forward / dropout_vjp and checks the scaling and the gradient."""
+    name, p = "dropout", 0.3
+    seed_for(name)
+    x = off_kink(2, 3, 4, 5)  # no zeros: the mask is out != 0
+
+    def fn(x):  # the same draw at every call, so gradcheck sees one function
+        torch.manual_seed(1234)
+        return F.dropout(x, p, True)
+    out = run_case(name, fn, {"x": x}, ["x"], [p])
+    save_extra(name, mask=(out != 0).double())
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -248,4 +262,5 @@ if __name__ == "__main__":
     pool_cases()
     misc_cases()
     batch_norm_cases()
+    dropout_cases()
     cnn_cases()

@@ -38,7 +38,7 @@ TEST(OpRegistry, EveryOpKindIsRegisteredUnderItsName) {
       {OpKind::Mul, "mul"},               {OpKind::Scale, "scale"},         {OpKind::Sum, "sum"},
       {OpKind::Mean, "mean"},             {OpKind::SoftmaxCrossEntropy, "softmax_cross_entropy"},
       {OpKind::Mse, "mse"},
-      {OpKind::BatchNorm2d, "batch_norm2d"},
+      {OpKind::BatchNorm2d, "batch_norm2d"}, {OpKind::Dropout, "dropout"},
   };
   for (const auto& [op, name] : kinds) {
     EXPECT_EQ(op_name(op), name);

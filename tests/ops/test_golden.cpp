@@ -130,6 +130,23 @@ TEST(BatchNorm2d, MatchesPyTorchGoldenFilesWithTheRunningStatistics) {
   }
 }
 
+// PyTorch's mask (mask.npy, 1 = kept) through dropout_forward and dropout_vjp: the
+// 1/(1 - p) scaling and the gradient. attrs [p].
+TEST(Dropout, MatchesPyTorchGoldenFilesForItsMask) {
+  const Golden g("dropout");
+  const double p = g.load("attrs")(0);
+  const T64 x = g.load("x"), m = g.load("mask");
+  std::vector<int32_t> bits((m.size() + 31) / 32, 0);
+  for (std::size_t i = 0; i < m.size(); ++i)
+    if (m.data()[i] != 0) bits[i / 32] = static_cast<int32_t>(static_cast<uint32_t>(bits[i / 32]) | (1u << (i % 32)));
+  T64 y(x.shape());
+  dropout_forward(x, p, bits, y);
+  EXPECT_TRUE(matches(y, g.load("out")));
+  T64 gx = xt::zeros<double>(x.shape());
+  dropout_vjp(T64(xt::reshape_view(g.load("cot"), x.shape())), p, bits, &gx);
+  EXPECT_TRUE(matches(gx, g.load("grad_x")));
+}
+
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
 // connected, loss): every parameter gradient from generic backprop over the tape.
 TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
