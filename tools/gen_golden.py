@@ -194,6 +194,27 @@ def dropout_cases():
     save_extra(name, mask=(out != 0).double())
 
 
+def softmax_cases():
+    specs = {  # name: (fn, x shape, axis, stability offset added to one line)
+        "softmax_last": (F.softmax, (4, 6), -1, 50.0),
+        "softmax_axis1": (F.softmax, (2, 5, 3), 1, 0.0),
+        "log_softmax_last": (F.log_softmax, (4, 6), -1, 80.0),
+        "log_softmax_axis0": (F.log_softmax, (3, 2, 4), 0, 0.0),
+    }
+    for name, (fn, xs, axis, offset) in specs.items():
+        seed_for(name)
+        x = torch.randn(xs) * 2
+        x.view(-1)[: xs[-1]] += offset  # the first line along the last axis: huge but finite
+        run_case(name, lambda x: fn(x, dim=axis), {"x": x}, ["x"], [axis])
+
+    for name, ignore_index, labels in (("nll_loss", -100, [1, -100, 4, 0, 2, 4]),
+                                       ("nll_loss_ignore2", 2, [2, 3, 0, 2, 1, 3])):
+        seed_for(name)
+        log_probs = F.log_softmax(torch.randn(6, 5) * 2, dim=1)
+        run_case(name, lambda log_probs, labels: F.nll_loss(log_probs, labels, ignore_index=ignore_index),
+                 {"log_probs": log_probs, "labels": torch.tensor(labels)}, ["log_probs"], [ignore_index], loss=True)
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -263,4 +284,5 @@ if __name__ == "__main__":
     misc_cases()
     batch_norm_cases()
     dropout_cases()
+    softmax_cases()
     cnn_cases()

@@ -39,6 +39,7 @@ TEST(OpRegistry, EveryOpKindIsRegisteredUnderItsName) {
       {OpKind::Mean, "mean"},             {OpKind::SoftmaxCrossEntropy, "softmax_cross_entropy"},
       {OpKind::Mse, "mse"},
       {OpKind::BatchNorm2d, "batch_norm2d"}, {OpKind::Dropout, "dropout"},
+      {OpKind::Softmax, "softmax"},       {OpKind::LogSoftmax, "log_softmax"}, {OpKind::NllLoss, "nll_loss"},
   };
   for (const auto& [op, name] : kinds) {
     EXPECT_EQ(op_name(op), name);

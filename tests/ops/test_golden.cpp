@@ -147,6 +147,25 @@ TEST(Dropout, MatchesPyTorchGoldenFilesForItsMask) {
   EXPECT_TRUE(matches(gx, g.load("grad_x")));
 }
 
+// attrs [axis] (negative from the end); one line is shifted by +50 / +80.
+TEST(Softmax, MatchesPyTorchGoldenFiles) {
+  for (const char* c : {"softmax_last", "softmax_axis1"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      return softmax(t, v[0], static_cast<int>(g.load("attrs")(0)));
+    });
+  for (const char* c : {"log_softmax_last", "log_softmax_axis0"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      return log_softmax(t, v[0], static_cast<int>(g.load("attrs")(0)));
+    });
+}
+// attrs [ignore_index]; some labels are ignored.
+TEST(NllLoss, MatchesPyTorchGoldenFiles) {
+  for (const char* c : {"nll_loss", "nll_loss_ignore2"})
+    check_case(c, {"log_probs"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      return nll_loss(t, v[0], g.labels(), {.ignore_index = static_cast<int>(g.load("attrs")(0))});
+    });
+}
+
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
 // connected, loss): every parameter gradient from generic backprop over the tape.
 TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
