@@ -215,6 +215,22 @@ def softmax_cases():
                  {"log_probs": log_probs, "labels": torch.tensor(labels)}, ["log_probs"], [ignore_index], loss=True)
 
 
+def conv_general_cases():
+    specs = {  # name: (x shape, k shape, (ph, pw), (sh, sw), has_bias, (dh, dw), groups)
+        "conv2d_groups2": ((2, 4, 6, 5), (6, 2, 3, 3), (1, 1), (1, 1), 1, (1, 1), 2),
+        "conv2d_depthwise": ((2, 3, 7, 6), (6, 1, 3, 3), (1, 0), (2, 1), 1, (1, 1), 3),
+        "conv2d_dilation": ((2, 2, 9, 8), (3, 2, 3, 2), (2, 1), (1, 2), 1, (2, 3), 1),
+        "conv2d_groups_dilation_stride": ((1, 6, 10, 9), (4, 3, 2, 3), (1, 2), (2, 3), 0, (3, 2), 2),
+    }
+    for name, (xs, ks, pad, stride, bias, dil, groups) in specs.items():
+        seed_for(name)
+        inputs = {"x": torch.randn(xs), "k": torch.randn(ks) * 0.5}
+        if bias:
+            inputs["b"] = torch.randn(ks[0])
+        run_case(name, lambda x, k, b=None: F.conv2d(x, k, b, stride, pad, dil, groups), inputs,
+                 list(inputs), [*pad, *stride, bias, *dil, groups])
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -285,4 +301,5 @@ if __name__ == "__main__":
     batch_norm_cases()
     dropout_cases()
     softmax_cases()
+    conv_general_cases()
     cnn_cases()

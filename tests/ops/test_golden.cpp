@@ -67,6 +67,19 @@ TEST(Conv2d, MatchesPyTorchGoldenFiles) {
   }
 }
 
+// Dilation and groups (the general path): attrs [ph, pw, sh, sw, has_bias, dh, dw, groups].
+TEST(Conv2d, DilatedAndGroupedMatchPyTorchGoldenFiles) {
+  for (const char* c : {"conv2d_groups2", "conv2d_depthwise", "conv2d_dilation", "conv2d_groups_dilation_stride"}) {
+    const bool bias = Golden(c).has("b");
+    check_case(c, bias ? std::vector<std::string>{"x", "k", "b"} : std::vector<std::string>{"x", "k"},
+               [bias](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+                 return conv2d(t, v[0], v[1], bias ? v[2] : Value{},
+                               {.padding = g.pair(0), .stride = g.pair(2), .dilation = g.pair(5),
+                                .groups = static_cast<int>(g.load("attrs")(7))});
+               });
+  }
+}
+
 Pool2dOptions pool_opts(const Golden& g) { return {.window = g.pair(0), .stride = g.pair(2), .padding = g.pair(4)}; }
 
 TEST(AvgPool2d, MatchesPyTorchGoldenFiles) {
