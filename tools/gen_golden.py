@@ -231,6 +231,22 @@ def conv_general_cases():
                  list(inputs), [*pad, *stride, bias, *dil, groups])
 
 
+def conv_transpose_cases():
+    specs = {  # name: (x shape, k shape, (ph, pw), (sh, sw), has_bias, (oph, opw), (dh, dw), groups)
+        "conv_transpose2d_stride2_outpad1": ((2, 3, 4, 5), (3, 2, 3, 3), (1, 1), (2, 2), 1, (1, 1), (1, 1), 1),
+        "conv_transpose2d_asym": ((2, 2, 3, 4), (2, 3, 2, 3), (0, 2), (3, 1), 1, (2, 0), (1, 1), 1),
+        "conv_transpose2d_groups_dilation": ((1, 4, 3, 4), (4, 3, 3, 2), (1, 0), (2, 1), 0, (1, 0), (1, 2), 2),
+        "conv_transpose2d_outpad_ge_stride": ((1, 2, 3, 3), (2, 2, 3, 3), (1, 0), (1, 1), 1, (1, 1), (2, 2), 1),
+    }
+    for name, (xs, ks, pad, stride, bias, opad, dil, groups) in specs.items():
+        seed_for(name)
+        inputs = {"x": torch.randn(xs), "k": torch.randn(ks) * 0.5}
+        if bias:
+            inputs["b"] = torch.randn(ks[1] * groups)
+        run_case(name, lambda x, k, b=None: F.conv_transpose2d(x, k, b, stride, pad, opad, groups, dil), inputs,
+                 list(inputs), [*pad, *stride, bias, *opad, *dil, groups])
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -302,4 +318,5 @@ if __name__ == "__main__":
     dropout_cases()
     softmax_cases()
     conv_general_cases()
+    conv_transpose_cases()
     cnn_cases()

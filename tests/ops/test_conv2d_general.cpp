@@ -99,17 +99,18 @@ TEST(Conv2dGeneral, VjpAddsWhenTheInputFeedsTwoConvolutions) {
 TEST(Conv2dGeneral, GradcheckNodesPassesOnADepthwiseSeparableBlock) {
   Parameter<double> kd("kd", uniform({4, 1, 3, 3}, 1)), bd("bd", uniform({4}, 2)), kp("kp", uniform({3, 4, 1, 1}, 3));
   Tape<double> t;
-  const Value x = t.input(uniform({2, 4, 6, 6}, 4));
-  const Value h = conv2d(t, x, t.param(kd), t.param(bd), {.padding = {2, 2}, .dilation = {2, 2}, .groups = 4});
-  const Value y = conv2d(t, ad::tanh(t, h), t.param(kp), Value{});
+  const Value x = t.input(uniform({2, 4, 6, 6}, 4)), vkd = t.param(kd), vbd = t.param(bd);  // #0, #1, #2
+  const Value h = conv2d(t, x, vkd, vbd, {.padding = {2, 2}, .dilation = {2, 2}, .groups = 4});  // #3
+  const Value a = ad::tanh(t, h), vkp = t.param(kp);                                               // #4, #5
+  const Value y = conv2d(t, a, vkp, Value{});                                                      // #6
   t.backward(sum(t, y));
   const NodeGradcheckResult r = gradcheck_nodes(t);
   EXPECT_TRUE(r.ok) << r.report;
   EXPECT_EQ(r.nodes.size(), 4u);
-  EXPECT_NE(format_node(t, 3).find("conv2d(#0, #2, #1) -> (2,4,6,6) stride=1x1 pad=2x2 dilation=2x2 groups=4"),
+  EXPECT_NE(format_node(t, 3).find("conv2d(#0, #1, #2) -> (2,4,6,6) stride=1x1 pad=2x2 dilation=2x2 groups=4"),
             std::string::npos)
       << format_node(t, 3);
-  EXPECT_NE(format_node(t, 6).find("conv2d(#5, #4) -> (2,3,6,6) stride=1x1 pad=0x0 @"), std::string::npos)
+  EXPECT_NE(format_node(t, 6).find("conv2d(#4, #5) -> (2,3,6,6) stride=1x1 pad=0x0 @"), std::string::npos)
       << format_node(t, 6);
 }
 

@@ -80,6 +80,20 @@ TEST(Conv2d, DilatedAndGroupedMatchPyTorchGoldenFiles) {
   }
 }
 
+// attrs [ph, pw, sh, sw, has_bias, oph, opw, dh, dw, groups]; stride 2 with output_padding 1 first.
+TEST(ConvTranspose2d, MatchesPyTorchGoldenFiles) {
+  for (const char* c : {"conv_transpose2d_stride2_outpad1", "conv_transpose2d_asym", "conv_transpose2d_groups_dilation",
+                        "conv_transpose2d_outpad_ge_stride"}) {
+    const bool bias = Golden(c).has("b");
+    check_case(c, bias ? std::vector<std::string>{"x", "k", "b"} : std::vector<std::string>{"x", "k"},
+               [bias](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+                 return conv_transpose2d(t, v[0], v[1], bias ? v[2] : Value{},
+                                         {.padding = g.pair(0), .stride = g.pair(2), .output_padding = g.pair(5),
+                                          .dilation = g.pair(7), .groups = static_cast<int>(g.load("attrs")(9))});
+               });
+  }
+}
+
 Pool2dOptions pool_opts(const Golden& g) { return {.window = g.pair(0), .stride = g.pair(2), .padding = g.pair(4)}; }
 
 TEST(AvgPool2d, MatchesPyTorchGoldenFiles) {
