@@ -572,13 +572,7 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt,
              std::source_location loc) {
-  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
-  const Shape ys = conv2d_output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, opt);
-  Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
-  conv2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, opt,
-                 tape.mutable_value(y));
-  tape.record(OpKind::Conv2d, {x, k, b}, y, Attrs::of(opt), loc);
-  return y;
+  return record_conv<T, Conv2dOptions>(tape, OpKind::Conv2d, x, k, b, opt, loc, conv2d_output_shape, conv2d_forward<T>);
 }
 
 // ---- the registry entry (autodiff/op.hpp) ----

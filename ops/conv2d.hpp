@@ -46,6 +46,21 @@ template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b);
 
+// Records a convolution-like op of (input, kernel, optional bias) with its options as the
+// node's attributes: output_shape checks the shapes, forward fills the new value
+// (conv2d, conv_transpose2d).
+template <class T, class Options>
+Value record_conv(Tape<T>& tape, OpId op, Value x, Value k, Value b, const Options& opt, const std::source_location& loc,
+                  Shape (*output_shape)(const Shape&, const Shape&, const Shape*, const Options&),
+                  void (*forward)(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*, const Options&, Tensor<T>&)) {
+  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
+  const Shape ys = output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, opt);
+  Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
+  forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, opt, tape.mutable_value(y));
+  tape.record(op, {x, k, b}, y, Attrs::of(opt), loc);
+  return y;
+}
+
 // Records conv2d on the tape. Pass Value{} as b for no bias.
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt = {},

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "ops/blas.hpp"
+#include "ops/scratch.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -35,13 +36,24 @@ namespace {
 
 using Index = long long;
 
+// The geometry of one call in plain integers, from x (N, C, H, W), k (O, C/G, KH, KW)
+// and the options; OH = (H + 2 ph - dh (KH - 1) - 1) / sh + 1, likewise OW.
 struct GeneralGeom {
-  std::size_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, G;
+  std::size_t N, C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, G, OH, OW;
+
+  template <class T>
+  GeneralGeom(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a)
+      : N(x.shape()[0]), C(x.shape()[1]), H(x.shape()[2]), W(x.shape()[3]),
+        O(k.shape()[0]), KH(k.shape()[2]), KW(k.shape()[3]),
+        sh(to_size(a.stride[0])), sw(to_size(a.stride[1])), ph(to_size(a.padding[0])), pw(to_size(a.padding[1])),
+        dh(to_size(a.dilation[0])), dw(to_size(a.dilation[1])), G(to_size(a.groups)),
+        OH((H + 2 * ph - dh * (KH - 1) - 1) / sh + 1), OW((W + 2 * pw - dw * (KW - 1) - 1) / sw + 1) {}
+
   std::size_t cg() const { return C / G; }             // input channels per group
   std::size_t og() const { return O / G; }             // output channels per group
   std::size_t ckk() const { return cg() * KH * KW; }   // taps per output channel
   std::size_t p() const { return OH * OW; }            // output pixels per image
-  // Output columns j whose tap q reads inside the image: [j0, j1).
+  // Output columns j whose tap q reads inside the image: [j0, j1); rows likewise.
   std::pair<std::size_t, std::size_t> valid_cols(std::size_t q) const {
     return valid(static_cast<Index>(q * dw) - static_cast<Index>(pw), sw, W, OW);
   }
@@ -56,30 +68,29 @@ struct GeneralGeom {
     const Index hi = last < 0 ? 0 : std::min(static_cast<Index>(n_out), last / si + 1);
     return {static_cast<std::size_t>(std::min(lo, hi)), static_cast<std::size_t>(hi)};
   }
+  static std::size_t to_size(int v) { return static_cast<std::size_t>(v); }
 };
-
-template <class T>
-GeneralGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a) {
-  GeneralGeom g{};
-  g.N = x.shape()[0], g.C = x.shape()[1], g.H = x.shape()[2], g.W = x.shape()[3];
-  g.O = k.shape()[0], g.KH = k.shape()[2], g.KW = k.shape()[3];
-  g.sh = static_cast<std::size_t>(a.stride[0]), g.sw = static_cast<std::size_t>(a.stride[1]);
-  g.ph = static_cast<std::size_t>(a.padding[0]), g.pw = static_cast<std::size_t>(a.padding[1]);
-  g.dh = static_cast<std::size_t>(a.dilation[0]), g.dw = static_cast<std::size_t>(a.dilation[1]);
-  g.G = static_cast<std::size_t>(a.groups);
-  g.OH = (g.H + 2 * g.ph - g.dh * (g.KH - 1) - 1) / g.sh + 1;
-  g.OW = (g.W + 2 * g.pw - g.dw * (g.KW - 1) - 1) / g.sw + 1;
-  return g;
-}
 
 inline bool worth_threads(const GeneralGeom& g) { return g.N > 1 && g.N * g.O * g.p() * g.ckk() >= (1u << 18); }
 
-// A growing per-thread scratch buffer, kept across calls.
-template <class T>
-T* scratch(std::size_t n, int which) {
-  thread_local std::vector<T> buf[2];
-  if (buf[which].size() < n) buf[which].resize(n);
-  return buf[which].data();
+struct GeneralScratch {};  // the tag of this file's ThreadScratch buffers: 0 col, 1 dcol
+
+// Visits, for every tap (c', p, q) and output row i whose input row lies inside the
+// image, the output columns [j0, j1) whose input column does too:
+// f(tap row of col, output row i, input row offset, j0, j1, input column of j = 0).
+// Output pixel (i, j) of tap (c', p, q) reads input (c', i*sh + p*dh - ph, j*sw + q*dw - pw).
+template <class F>
+void for_each_tap_row(const GeneralGeom& g, F f) {
+  for (std::size_t c = 0; c < g.cg(); ++c)
+    for (std::size_t p = 0; p < g.KH; ++p) {
+      const auto [i0, i1] = g.valid_rows(p);
+      for (std::size_t q = 0; q < g.KW; ++q) {
+        const std::size_t tap = (c * g.KH + p) * g.KW + q;
+        const auto [j0, j1] = g.valid_cols(q);
+        for (std::size_t i = i0; i < i1; ++i)
+          f(tap, i, (c * g.H + i * g.sh + p * g.dh - g.ph) * g.W, j0, j1, q * g.dw - g.pw);
+      }
+    }
 }
 
 // col[(c',p,q), (i,j)] = x[c', i*sh + p*dh - ph, j*sw + q*dw - pw], 0 in the padding;
@@ -87,42 +98,38 @@ T* scratch(std::size_t n, int which) {
 template <class T>
 void im2col(const T* x, const GeneralGeom& g, T* col) {
   const std::size_t P = g.p();
-  for (std::size_t c = 0; c < g.cg(); ++c)
-    for (std::size_t p = 0; p < g.KH; ++p) {
-      const auto [i0, i1] = g.valid_rows(p);
-      for (std::size_t q = 0; q < g.KW; ++q) {
-        T* dst = col + ((c * g.KH + p) * g.KW + q) * P;
-        std::fill(dst, dst + P, T(0));
-        const auto [j0, j1] = g.valid_cols(q);
-        for (std::size_t i = i0; i < i1; ++i) {
-          const T* src = x + (c * g.H + i * g.sh + p * g.dh - g.ph) * g.W;  // a row inside the image
-          T* row = dst + i * g.OW;
-          for (std::size_t j = j0; j < j1; ++j) row[j] = src[j * g.sw + q * g.dw - g.pw];
-        }
-      }
-    }
+  std::fill(col, col + g.ckk() * P, T(0));
+  for_each_tap_row(g, [&](std::size_t tap, std::size_t i, std::size_t row, std::size_t j0, std::size_t j1,
+                          std::size_t q0) {
+    T* dst = col + tap * P + i * g.OW;
+    for (std::size_t j = j0; j < j1; ++j) dst[j] = x[row + j * g.sw + q0];
+  });
 }
 
 // The adjoint of im2col: dx[c', i*sh + p*dh - ph, j*sw + q*dw - pw] += dcol[(c',p,q), (i,j)].
 template <class T>
 void col2im_add(const T* dcol, const GeneralGeom& g, T* dx) {
   const std::size_t P = g.p();
-  for (std::size_t c = 0; c < g.cg(); ++c)
-    for (std::size_t p = 0; p < g.KH; ++p) {
-      const auto [i0, i1] = g.valid_rows(p);
-      for (std::size_t q = 0; q < g.KW; ++q) {
-        const T* src = dcol + ((c * g.KH + p) * g.KW + q) * P;
-        const auto [j0, j1] = g.valid_cols(q);
-        for (std::size_t i = i0; i < i1; ++i) {
-          T* dst = dx + (c * g.H + i * g.sh + p * g.dh - g.ph) * g.W;
-          const T* row = src + i * g.OW;
-          for (std::size_t j = j0; j < j1; ++j) dst[j * g.sw + q * g.dw - g.pw] += row[j];
-        }
-      }
-    }
+  for_each_tap_row(g, [&](std::size_t tap, std::size_t i, std::size_t row, std::size_t j0, std::size_t j1,
+                          std::size_t q0) {
+    const T* src = dcol + tap * P + i * g.OW;
+    for (std::size_t j = j0; j < j1; ++j) dx[row + j * g.sw + q0] += src[j];
+  });
 }
 
 }  // namespace
+
+void check_conv_options(const char* op, const Shape& x, std::array<int, 2> stride, std::array<int, 2> padding,
+                        std::array<int, 2> dilation, int groups) {
+  if (stride[0] < 1 || stride[1] < 1) shape_error(op, "stride ({},{}) must be >= 1 on both axes", stride[0], stride[1]);
+  if (padding[0] < 0 || padding[1] < 0)
+    shape_error(op, "padding ({},{}) must be >= 0 on both axes", padding[0], padding[1]);
+  if (dilation[0] < 1 || dilation[1] < 1)
+    shape_error(op, "dilation ({},{}) must be >= 1 on both axes", dilation[0], dilation[1]);
+  if (groups < 1) shape_error(op, "groups {} must be >= 1", groups);
+  if (x[1] % static_cast<std::size_t>(groups) != 0)
+    shape_error(op, "input {} has C_in = {} channels, which groups = {} does not divide", shape_str(x), x[1], groups);
+}
 
 Shape conv2d_general_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& a) {
   const char* op = "conv2d";
@@ -130,10 +137,8 @@ Shape conv2d_general_output_shape(const Shape& x, const Shape& k, const Shape* b
   check_rank(op, "kernel", k, 4, "(C_out, C_in/groups, KH, KW)");
   check_nonempty(op, "input", x);
   check_nonempty(op, "kernel", k);
-  if (a.groups < 1) shape_error(op, "groups {} must be >= 1", a.groups);
+  check_conv_options(op, x, a.stride, a.padding, a.dilation, a.groups);
   const auto G = static_cast<std::size_t>(a.groups);
-  if (x[1] % G != 0)
-    shape_error(op, "input {} has C_in = {} channels, which groups = {} does not divide", shape_str(x), x[1], G);
   if (k[0] % G != 0)
     shape_error(op, "kernel {} has C_out = {} channels, which groups = {} does not divide", shape_str(k), k[0], G);
   if (k[1] != x[1] / G)
@@ -144,12 +149,6 @@ Shape conv2d_general_output_shape(const Shape& x, const Shape& k, const Shape* b
     if ((*b)[0] != k[0])
       shape_error(op, "bias {} and kernel {} disagree on C_out ({} vs {})", shape_str(*b), shape_str(k), (*b)[0], k[0]);
   }
-  if (a.stride[0] < 1 || a.stride[1] < 1)
-    shape_error(op, "stride ({},{}) must be >= 1 on both axes", a.stride[0], a.stride[1]);
-  if (a.padding[0] < 0 || a.padding[1] < 0)
-    shape_error(op, "padding ({},{}) must be >= 0 on both axes", a.padding[0], a.padding[1]);
-  if (a.dilation[0] < 1 || a.dilation[1] < 1)
-    shape_error(op, "dilation ({},{}) must be >= 1 on both axes", a.dilation[0], a.dilation[1]);
   std::size_t out[2];
   for (int d = 0; d < 2; ++d) {
     // the dilated kernel spans h_d (KH - 1) + 1 rows of the padded input
@@ -170,14 +169,14 @@ Shape conv2d_general_output_shape(const Shape& x, const Shape& k, const Shape* b
 template <class T>
 void conv2d_general_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& a,
                             Tensor<T>& y) {
-  const GeneralGeom g = geom(x, k, a);
+  const GeneralGeom g(x, k, a);
   const std::size_t P = g.p(), CKK = g.ckk(), Og = g.og(), HW = g.H * g.W;
   const T* bp = b ? b->data() : nullptr;
   const auto N = static_cast<std::ptrdiff_t>(g.N);
 #pragma omp parallel for schedule(static) if (worth_threads(g))
   for (std::ptrdiff_t ni = 0; ni < N; ++ni) {
     const auto n = static_cast<std::size_t>(ni);
-    T* col = scratch<T>(CKK * P, 0);
+    T* col = ThreadScratch<T, GeneralScratch>::get(CKK * P, 0);
     for (std::size_t gi = 0; gi < g.G; ++gi) {
       im2col(x.data() + (n * g.C + gi * g.cg()) * HW, g, col);
       // y_g (Og, P) = b_g 1^T + K_g (Og, CKK) col (CKK, P)
@@ -192,7 +191,7 @@ template <class T>
 void conv2d_general_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                         Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
   if (!grad_x && !grad_k && !grad_b) return;
-  const GeneralGeom g = geom(x, k, a);
+  const GeneralGeom g(x, k, a);
   const std::size_t P = g.p(), CKK = g.ckk(), Og = g.og(), HW = g.H * g.W;
   // Per-thread partials: dJ/dK in k's layout (C_out, Cg KH KW), then dJ/db (C_out).
   const std::size_t part = g.O * CKK + g.O;
@@ -210,7 +209,7 @@ void conv2d_general_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Ten
       if (grad_b)  // dJ/db[o] += sum_{i,j} g[n,o,i,j]
         for (std::size_t o = 0; o < g.O; ++o)
           for (std::size_t s = 0; s < P; ++s) gb[o] += gn[o * P + s];
-      T* col = scratch<T>(CKK * P, 0);
+      T* col = ThreadScratch<T, GeneralScratch>::get(CKK * P, 0);
       for (std::size_t gi = 0; gi < g.G; ++gi) {
         const T* gg = gn + gi * Og * P;            // (Og, P)
         const T* kg = k.data() + gi * Og * CKK;    // (Og, CKK)
@@ -219,7 +218,7 @@ void conv2d_general_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Ten
           gemm<T>(false, true, Og, CKK, P, T(1), gg, col, T(1), gk + gi * Og * CKK);
         }
         if (grad_x) {  // dcol (CKK, P) = K_g^T (CKK, Og) g_g (Og, P), then back onto the pixels
-          T* dcol = scratch<T>(CKK * P, 1);
+          T* dcol = ThreadScratch<T, GeneralScratch>::get(CKK * P, 1);
           gemm<T>(true, false, CKK, P, Og, T(1), kg, gg, T(0), dcol);
           col2im_add(dcol, g, grad_x->data() + (n * g.C + gi * g.cg()) * HW);
         }

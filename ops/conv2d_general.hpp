@@ -3,9 +3,16 @@
 // (ops/conv2d.cpp) for those options. Same contracts as theirs (ops/conv2d.hpp).
 #pragma once
 
+#include <array>
+
 #include "ops/conv2d.hpp"
 
 namespace ad {
+
+// The options conv2d's general path and conv_transpose2d share: stride >= 1, padding
+// >= 0, dilation >= 1 on both axes, groups >= 1 dividing C_in of x (N, C_in, H, W).
+void check_conv_options(const char* op, const Shape& x, std::array<int, 2> stride, std::array<int, 2> padding,
+                        std::array<int, 2> dilation, int groups);
 
 // x (N, C_in, H, W), k (C_out, C_in/groups, KH, KW), b (C_out) or none; C_in and C_out
 // divisible by groups; OH = floor((H + 2 h_p - h_d (KH - 1) - 1) / h_s) + 1.

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 
+#include "ops/conv2d_general.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -70,13 +71,11 @@ Shape conv_transpose2d_output_shape(const Shape& x, const Shape& k, const Shape*
   for (std::size_t d = 1; d < 4; ++d)  // N may be 0: an empty batch gives an empty output
     if (x[d] == 0) shape_error(op, "input {} is empty along axis {}; C_in, H and W must be >= 1", shape_str(x), d);
   check_nonempty(op, "kernel", k);
-  if (a.groups < 1) shape_error(op, "groups {} must be >= 1", a.groups);
-  const auto G = static_cast<std::size_t>(a.groups);
   if (x[1] != k[0])
     shape_error(op, "input {} and kernel {} disagree on C_in ({} vs {}); the kernel is (C_in, C_out/groups, KH, KW)",
                 shape_str(x), shape_str(k), x[1], k[0]);
-  if (x[1] % G != 0)
-    shape_error(op, "input {} has C_in = {} channels, which groups = {} does not divide", shape_str(x), x[1], G);
+  check_conv_options(op, x, a.stride, a.padding, a.dilation, a.groups);
+  const auto G = static_cast<std::size_t>(a.groups);
   const std::size_t c_out = k[1] * G;
   if (b) {
     check_rank(op, "bias", *b, 1, "(C_out)");
@@ -84,12 +83,6 @@ Shape conv_transpose2d_output_shape(const Shape& x, const Shape& k, const Shape*
       shape_error(op, "bias {} and kernel {} with groups = {} disagree on C_out ({} vs {} * {} = {})", shape_str(*b),
                   shape_str(k), G, (*b)[0], k[1], G, c_out);
   }
-  if (a.stride[0] < 1 || a.stride[1] < 1)
-    shape_error(op, "stride ({},{}) must be >= 1 on both axes", a.stride[0], a.stride[1]);
-  if (a.padding[0] < 0 || a.padding[1] < 0)
-    shape_error(op, "padding ({},{}) must be >= 0 on both axes", a.padding[0], a.padding[1]);
-  if (a.dilation[0] < 1 || a.dilation[1] < 1)
-    shape_error(op, "dilation ({},{}) must be >= 1 on both axes", a.dilation[0], a.dilation[1]);
   for (int d = 0; d < 2; ++d)
     if (a.output_padding[d] < 0 || (a.output_padding[d] >= a.stride[d] && a.output_padding[d] >= a.dilation[d]))
       shape_error(op, "output_padding ({},{}) must be >= 0 and smaller than either stride ({},{}) or dilation ({},{}) "
@@ -171,13 +164,8 @@ void conv_transpose2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const T
 template <class T>
 Value conv_transpose2d(Tape<T>& tape, Value x, Value k, Value b, const ConvTranspose2dOptions& opt,
                        std::source_location loc) {
-  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
-  const Shape ys = conv_transpose2d_output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, opt);
-  Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
-  conv_transpose2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, opt,
-                           tape.mutable_value(y));
-  tape.record(OpKind::ConvTranspose2d, {x, k, b}, y, Attrs::of(opt), loc);
-  return y;
+  return record_conv<T, ConvTranspose2dOptions>(tape, OpKind::ConvTranspose2d, x, k, b, opt, loc,
+                                                conv_transpose2d_output_shape, conv_transpose2d_forward<T>);
 }
 
 // ---- the registry entry (autodiff/op.hpp) ----

@@ -9,6 +9,7 @@
 
 #include <cmath>
 
+#include "ops/scratch.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -172,13 +173,9 @@ std::size_t normalise_axis(const char* op, const Shape& s, int axis) {
   return static_cast<std::size_t>(axis < 0 ? axis + rank : axis);
 }
 
-// Per-thread scratch of n elements (the running maximum and sum of a block's columns).
-template <class T>
-T* line_scratch(std::size_t n, int which) {
-  thread_local std::vector<T> buf[2];
-  if (buf[which].size() < n) buf[which].resize(n);
-  return buf[which].data();
-}
+// The tag of the ThreadScratch buffers of a block's columns: the running maximum (0)
+// and sum (1) of the forward, the sum of a VJP (0).
+struct SoftmaxScratch {};
 
 // body(o) for every outer index, in parallel above 65,536 elements.
 template <class F>
@@ -192,8 +189,8 @@ void for_each_block(const AxisGeom& g, F body) {
 // log-sum-exp shift by the column maximum m_i.
 template <class T, bool Log>
 void softmax_block(const T* x, std::size_t K, std::size_t I, T* y) {
-  T* m = line_scratch<T>(I, 0);
-  T* s = line_scratch<T>(I, 1);
+  T* m = ThreadScratch<T, SoftmaxScratch>::get(I, 0);
+  T* s = ThreadScratch<T, SoftmaxScratch>::get(I, 1);
   std::copy(x, x + I, m);
   for (std::size_t k = 1; k < K; ++k)
     for (std::size_t i = 0; i < I; ++i) m[i] = std::max(m[i], x[k * I + i]);
@@ -252,8 +249,12 @@ Value log_softmax(Tape<T>& tape, Value x, int axis, std::source_location loc) {
   return record_softmax<T, true>(tape, x, axis, loc);
 }
 
-template <class T>
-void softmax_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, std::size_t axis, Tensor<T>* grad_x) {
+namespace {
+
+// The VJP of block o, (K, inner): softmax (Log = false) dx_j += y_j (g_j - sum_k g_k y_k),
+// log_softmax (Log = true) dx_j += g_j - exp(y_j) sum_k g_k.
+template <class T, bool Log>
+void softmax_vjp_impl(const Tensor<T>& grad_out, const Tensor<T>& y, std::size_t axis, Tensor<T>* grad_x) {
   if (!grad_x || y.size() == 0) return;
   const AxisGeom g = axis_geom(to_shape(y.shape()), axis);
   const std::size_t K = g.K, I = g.inner;
@@ -261,31 +262,27 @@ void softmax_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, std::size_t axis
     const T* gb = grad_out.data() + o * K * I;
     const T* yb = y.data() + o * K * I;
     T* dx = grad_x->data() + o * K * I;
-    T* t = line_scratch<T>(I, 0);
+    T* t = ThreadScratch<T, SoftmaxScratch>::get(I, 0);
     std::fill(t, t + I, T(0));
+    for (std::size_t k = 0; k < K; ++k)  // t = sum_k g_k y_k (softmax), sum_k g_k (log_softmax)
+      for (std::size_t i = 0; i < I; ++i) t[i] += Log ? gb[k * I + i] : gb[k * I + i] * yb[k * I + i];
     for (std::size_t k = 0; k < K; ++k)
-      for (std::size_t i = 0; i < I; ++i) t[i] += gb[k * I + i] * yb[k * I + i];  // t = sum_k g_k y_k
-    for (std::size_t k = 0; k < K; ++k)
-      for (std::size_t i = 0; i < I; ++i) dx[k * I + i] += yb[k * I + i] * (gb[k * I + i] - t[i]);  // y_j (g_j - t)
+      for (std::size_t i = 0; i < I; ++i) {
+        const std::size_t e = k * I + i;
+        dx[e] += Log ? gb[e] - std::exp(yb[e]) * t[i] : yb[e] * (gb[e] - t[i]);
+      }
   });
 }
 
+}  // namespace
+
+template <class T>
+void softmax_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, std::size_t axis, Tensor<T>* grad_x) {
+  softmax_vjp_impl<T, false>(grad_out, y, axis, grad_x);
+}
 template <class T>
 void log_softmax_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, std::size_t axis, Tensor<T>* grad_x) {
-  if (!grad_x || y.size() == 0) return;
-  const AxisGeom g = axis_geom(to_shape(y.shape()), axis);
-  const std::size_t K = g.K, I = g.inner;
-  for_each_block(g, [&](std::size_t o) {
-    const T* gb = grad_out.data() + o * K * I;
-    const T* yb = y.data() + o * K * I;
-    T* dx = grad_x->data() + o * K * I;
-    T* t = line_scratch<T>(I, 0);
-    std::fill(t, t + I, T(0));
-    for (std::size_t k = 0; k < K; ++k)
-      for (std::size_t i = 0; i < I; ++i) t[i] += gb[k * I + i];  // t = sum_k g_k
-    for (std::size_t k = 0; k < K; ++k)
-      for (std::size_t i = 0; i < I; ++i) dx[k * I + i] += gb[k * I + i] - std::exp(yb[k * I + i]) * t[i];
-  });
+  softmax_vjp_impl<T, true>(grad_out, y, axis, grad_x);
 }
 
 template <class T>
