@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "ops/blas.hpp"
+#include "ops/conv2d_general.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -445,6 +446,7 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
 }  // namespace
 
 Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& a) {
+  if (!is_plain(a)) return conv2d_general_output_shape(x, k, b, a);  // dilation, groups: conv2d_general.cpp
   const char* op = "conv2d";
   check_rank(op, "input", x, 4, "(N, C_in, H, W)");
   check_rank(op, "kernel", k, 4, "(C_out, C_in, KH, KW)");
@@ -466,6 +468,7 @@ Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const 
 template <class T>
 void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& a,
                     Tensor<T>& y) {
+  if (!is_plain(a)) return conv2d_general_forward(x, k, b, a, y);  // dilation, groups: conv2d_general.cpp
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p();
   const T* kp = k.data();
@@ -496,6 +499,7 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
 template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
+  if (!is_plain(a)) return conv2d_general_vjp(grad_out, x, k, a, grad_x, grad_k, grad_b);  // conv2d_general.cpp
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
@@ -600,13 +604,7 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt,
              std::source_location loc) {
-  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
-  const Shape ys = conv2d_output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, opt);
-  Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
-  conv2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, opt,
-                 tape.mutable_value(y));
-  tape.record(OpKind::Conv2d, {x, k, b}, y, Attrs::of(opt), loc);
-  return y;
+  return record_conv<T, Conv2dOptions>(tape, OpKind::Conv2d, x, k, b, opt, loc, conv2d_output_shape, conv2d_forward<T>);
 }
 
 // ---- the registry entry (autodiff/op.hpp) ----
@@ -626,7 +624,10 @@ Value conv2d_replay(Tape<double>& t, const ReplayArgs& r) {
 
 std::string conv2d_format(const Attrs& attrs, std::span<const int32_t>) {
   const auto a = attrs.get<Conv2dOptions>();
-  return fmt::format("stride={}x{} pad={}x{}", a.stride[0], a.stride[1], a.padding[0], a.padding[1]);
+  std::string s = fmt::format("stride={}x{} pad={}x{}", a.stride[0], a.stride[1], a.padding[0], a.padding[1]);
+  if (a.dilation[0] != 1 || a.dilation[1] != 1) s += fmt::format(" dilation={}x{}", a.dilation[0], a.dilation[1]);
+  if (a.groups != 1) s += fmt::format(" groups={}", a.groups);
+  return s;
 }
 
 }  // namespace

@@ -148,6 +148,105 @@ def misc_cases():
              loss=True)
 
 
+# ---------------------------------------------------------------- issue 11: normalisation, losses, convolutions
+def save_extra(name, **arrays):
+    """Adds arrays that are neither inputs nor gradients to a case written by run_case."""
+    for k, v in arrays.items():
+        v = v.detach().numpy() if torch.is_tensor(v) else np.asarray(v)
+        np.save(os.path.join(ROOT, name, k + ".npy"), v.reshape(v.shape or (1,)))
+
+
+def batch_norm_cases():
+    specs = {  # name: (x shape, affine, training, momentum, eps)
+        "batch_norm2d_train": ((4, 3, 3, 5), 1, 1, 0.1, 1e-5),
+        "batch_norm2d_train_plain": ((2, 2, 3, 3), 0, 1, 0.3, 1e-3),
+        "batch_norm2d_eval": ((2, 3, 4, 4), 1, 0, 0.1, 1e-5),
+    }
+    for name, (xs, affine, training, momentum, eps) in specs.items():
+        seed_for(name)
+        c = xs[1]
+        inputs = {"x": torch.randn(xs) * 2 + 1}
+        if affine:
+            inputs["weight"], inputs["bias"] = torch.rand(c) + 0.5, torch.randn(c)
+        running_mean, running_var = torch.randn(c), torch.rand(c) + 0.5
+
+        def fn(x, weight=None, bias=None):  # on copies: run_case and gradcheck call it often
+            return F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, bool(training),
+                                momentum, eps)
+        run_case(name, fn, inputs, list(inputs), [training, momentum, eps, affine])
+        rm, rv = running_mean.clone(), running_var.clone()
+        F.batch_norm(inputs["x"], rm, rv, inputs.get("weight"), inputs.get("bias"), bool(training), momentum, eps)
+        save_extra(name, running_mean=running_mean, running_var=running_var, running_mean_after=rm,
+                   running_var_after=rv)
+
+
+def dropout_cases():
+    """PyTorch's own mask (its generator is not ours): the test applies it with
+    dropout_forward / dropout_vjp and checks the scaling and the gradient."""
+    name, p = "dropout", 0.3
+    seed_for(name)
+    x = off_kink(2, 3, 4, 5)  # no zeros: the mask is out != 0
+
+    def fn(x):  # the same draw at every call, so gradcheck sees one function
+        torch.manual_seed(1234)
+        return F.dropout(x, p, True)
+    out = run_case(name, fn, {"x": x}, ["x"], [p])
+    save_extra(name, mask=(out != 0).double())
+
+
+def softmax_cases():
+    specs = {  # name: (fn, x shape, axis, stability offset added to one line)
+        "softmax_last": (F.softmax, (4, 6), -1, 50.0),
+        "softmax_axis1": (F.softmax, (2, 5, 3), 1, 0.0),
+        "log_softmax_last": (F.log_softmax, (4, 6), -1, 80.0),
+        "log_softmax_axis0": (F.log_softmax, (3, 2, 4), 0, 0.0),
+    }
+    for name, (fn, xs, axis, offset) in specs.items():
+        seed_for(name)
+        x = torch.randn(xs) * 2
+        x.view(-1)[: xs[-1]] += offset  # the first line along the last axis: huge but finite
+        run_case(name, lambda x: fn(x, dim=axis), {"x": x}, ["x"], [axis])
+
+    for name, ignore_index, labels in (("nll_loss", -100, [1, -100, 4, 0, 2, 4]),
+                                       ("nll_loss_ignore2", 2, [2, 3, 0, 2, 1, 3])):
+        seed_for(name)
+        log_probs = F.log_softmax(torch.randn(6, 5) * 2, dim=1)
+        run_case(name, lambda log_probs, labels: F.nll_loss(log_probs, labels, ignore_index=ignore_index),
+                 {"log_probs": log_probs, "labels": torch.tensor(labels)}, ["log_probs"], [ignore_index], loss=True)
+
+
+def conv_general_cases():
+    specs = {  # name: (x shape, k shape, (ph, pw), (sh, sw), has_bias, (dh, dw), groups)
+        "conv2d_groups2": ((2, 4, 6, 5), (6, 2, 3, 3), (1, 1), (1, 1), 1, (1, 1), 2),
+        "conv2d_depthwise": ((2, 3, 7, 6), (6, 1, 3, 3), (1, 0), (2, 1), 1, (1, 1), 3),
+        "conv2d_dilation": ((2, 2, 9, 8), (3, 2, 3, 2), (2, 1), (1, 2), 1, (2, 3), 1),
+        "conv2d_groups_dilation_stride": ((1, 6, 10, 9), (4, 3, 2, 3), (1, 2), (2, 3), 0, (3, 2), 2),
+    }
+    for name, (xs, ks, pad, stride, bias, dil, groups) in specs.items():
+        seed_for(name)
+        inputs = {"x": torch.randn(xs), "k": torch.randn(ks) * 0.5}
+        if bias:
+            inputs["b"] = torch.randn(ks[0])
+        run_case(name, lambda x, k, b=None: F.conv2d(x, k, b, stride, pad, dil, groups), inputs,
+                 list(inputs), [*pad, *stride, bias, *dil, groups])
+
+
+def conv_transpose_cases():
+    specs = {  # name: (x shape, k shape, (ph, pw), (sh, sw), has_bias, (oph, opw), (dh, dw), groups)
+        "conv_transpose2d_stride2_outpad1": ((2, 3, 4, 5), (3, 2, 3, 3), (1, 1), (2, 2), 1, (1, 1), (1, 1), 1),
+        "conv_transpose2d_asym": ((2, 2, 3, 4), (2, 3, 2, 3), (0, 2), (3, 1), 1, (2, 0), (1, 1), 1),
+        "conv_transpose2d_groups_dilation": ((1, 4, 3, 4), (4, 3, 3, 2), (1, 0), (2, 1), 0, (1, 0), (1, 2), 2),
+        "conv_transpose2d_outpad_ge_stride": ((1, 2, 3, 3), (2, 2, 3, 3), (1, 0), (1, 1), 1, (1, 1), (2, 2), 1),
+    }
+    for name, (xs, ks, pad, stride, bias, opad, dil, groups) in specs.items():
+        seed_for(name)
+        inputs = {"x": torch.randn(xs), "k": torch.randn(ks) * 0.5}
+        if bias:
+            inputs["b"] = torch.randn(ks[1] * groups)
+        run_case(name, lambda x, k, b=None: F.conv_transpose2d(x, k, b, stride, pad, opad, groups, dil), inputs,
+                 list(inputs), [*pad, *stride, bias, *opad, *dil, groups])
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -215,4 +314,9 @@ if __name__ == "__main__":
     conv_cases()
     pool_cases()
     misc_cases()
+    batch_norm_cases()
+    dropout_cases()
+    softmax_cases()
+    conv_general_cases()
+    conv_transpose_cases()
     cnn_cases()

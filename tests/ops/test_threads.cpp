@@ -163,5 +163,42 @@ TEST(Threads, WholeCnnAgreesWithOneThread) {
       in);
 }
 
+// The ops of issue 11: batch norm (channels in parallel), dropout (mask words), softmax
+// (blocks), conv2d with groups and dilation and conv_transpose2d (images).
+TEST(Threads, NormalisationDropoutAndSoftmaxAgreeWithOneThread) {
+  const std::vector<T64> in = {uniform({4, 4, 66, 66}, 1), uniform({4}, 2), uniform({4}, 3)};  // 69,696 elements
+  for (const bool training : {true, false})
+    expect_same_on_every_thread_count(
+        [training](Tape<double>& t, const std::vector<Value>& v) {
+          T64 rm = xt::zeros<double>({4}), rv = xt::ones<double>({4});
+          return batch_norm2d(t, v[0], v[1], v[2], &rm, &rv, {.training = training});
+        },
+        in);
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return dropout(t, v[0], 0.3, true, 17); }, {in[0]});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return softmax(t, v[0], 1); }, {uniform({64, 40, 30}, 4)});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return log_softmax(t, v[0], -1); }, {uniform({64, 40, 30}, 5)});
+}
+
+TEST(Threads, GroupedDilatedAndTransposedConvolutionsAgreeWithOneThread) {
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        return conv2d(t, v[0], v[1], v[2], {.padding = {2, 1}, .dilation = {2, 1}, .groups = 2});
+      },
+      {uniform({8, 4, 16, 16}, 1), uniform({8, 2, 3, 3}, 2), uniform({8}, 3)});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        return conv_transpose2d(t, v[0], v[1], v[2], {.padding = {1, 1}, .stride = {2, 2}, .output_padding = {1, 1}});
+      },
+      {uniform({6, 5, 12, 12}, 4), uniform({5, 3, 3, 3}, 5), uniform({3}, 6)});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        return conv_transpose2d(t, v[0], v[1], Value{}, {.stride = {2, 1}, .dilation = {1, 2}, .groups = 2});
+      },
+      {uniform({8, 4, 12, 12}, 7), uniform({4, 3, 3, 3}, 8)});
+}
+
 }  // namespace
 }  // namespace ad::test
