@@ -148,6 +148,25 @@ def misc_cases():
              loss=True)
 
 
+def broadcast_cases():
+    """Binary elementwise ops with NumPy broadcasting; b's shape (1,) stands for a scalar."""
+    ops = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
+    specs = {  # name: (a shape, b shape); the op is the name's first word
+        "add_bcast_channel": ((2, 3, 4, 5), (1, 3, 1, 1)),
+        "sub_bcast_chw": ((2, 3, 4, 5), (3, 1, 1)),
+        "mul_bcast_scalar": ((2, 3, 4), (1,)),
+        "mul_bcast_two_sided": ((4, 1, 3), (5, 1)),
+        "div_bcast_two_sided": ((3, 1), (1, 4)),
+        "div_same_shape": ((3, 4), (3, 4)),
+    }
+    for name, (sa, sb) in specs.items():
+        seed_for(name)
+        op = name.split("_")[0]
+        # divisors kept away from 0 (|b| > 0.5): the quotient and its gradient stay moderate
+        b = torch.sign(torch.randn(sb)) * (0.5 + torch.rand(sb)) if op == "div" else torch.randn(sb)
+        run_case(name, lambda a, b: ops[op](a, b), {"a": torch.randn(sa), "b": b}, ["a", "b"], [])
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -215,4 +234,5 @@ if __name__ == "__main__":
     conv_cases()
     pool_cases()
     misc_cases()
+    broadcast_cases()
     cnn_cases()

@@ -2,7 +2,10 @@
 // The .npy files come from tools/gen_golden.py (see tests/golden/README.md).
 #include <xtensor/xnpy.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "test_util.hpp"
 
@@ -110,6 +113,17 @@ TEST(SoftmaxCrossEntropy, MatchesPyTorchGoldenFiles) {
 TEST(Mse, MatchesPyTorchGoldenFiles) {
   check_case("mse", {"pred", "target"},
              [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return mse(t, v[0], v[1]); });
+}
+
+// Binary ops with broadcasting: b is (1,3,1,1), (3,1,1), (1), (5,1) against (4,1,3), ...
+TEST(BinaryOps, MatchPyTorchGoldenFilesWhenBroadcasting) {
+  const std::pair<const char*, Value (*)(Tape<double>&, Value, Value, std::source_location)> cases[] = {
+      {"add_bcast_channel", add<double>},   {"sub_bcast_chw", sub<double>},      {"mul_bcast_scalar", mul<double>},
+      {"mul_bcast_two_sided", mul<double>}, {"div_bcast_two_sided", div<double>}, {"div_same_shape", div<double>}};
+  for (const auto& [name, op] : cases)
+    check_case(name, {"a", "b"}, [op](Tape<double>& t, const Golden&, const std::vector<Value>& v) {
+      return op(t, v[0], v[1], std::source_location::current());
+    });
 }
 
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
