@@ -16,3 +16,4 @@
 #include "ops/loss.hpp"
 #include "ops/matmul.hpp"
 #include "ops/pool.hpp"
+#include "ops/unary.hpp"

@@ -167,6 +167,29 @@ def broadcast_cases():
         run_case(name, lambda a, b: ops[op](a, b), {"a": torch.randn(sa), "b": b}, ["a", "b"], [])
 
 
+def unary_cases():
+    """Elementwise maths on (2, 3, 4); attrs hold pow's exponent or clamp's [min, max]."""
+    inf = float("inf")
+    positive = lambda: torch.rand(2, 3, 4) * 2 + 0.1
+    specs = {  # name: (fn, x, attrs)
+        "neg": (torch.neg, lambda: torch.randn(2, 3, 4), []),
+        "exp": (torch.exp, lambda: torch.randn(2, 3, 4), []),
+        "log": (torch.log, positive, []),
+        "sqrt": (torch.sqrt, positive, []),
+        "pow_2_5": (lambda x: torch.pow(x, 2.5), positive, [2.5]),
+        "pow_neg_2": (lambda x: torch.pow(x, -2.0), lambda: off_kink(2, 3, 4), [-2.0]),
+        "abs": (torch.abs, lambda: off_kink(2, 3, 4), []),
+        "clamp": (lambda x: torch.clamp(x, -0.5, 0.75), lambda: torch.randn(2, 3, 4), [-0.5, 0.75]),
+        "clamp_max": (lambda x: torch.clamp(x, max=0.25), lambda: torch.randn(2, 3, 4), [-inf, 0.25]),
+    }
+    for name, (fn, draw, attrs) in specs.items():
+        seed_for(name)
+        x = draw()
+        for bound in attrs if name.startswith("clamp") else []:
+            assert (x - bound).abs().min() > KINK_EPS, name
+        run_case(name, fn, {"x": x}, ["x"], attrs)
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -235,4 +258,5 @@ if __name__ == "__main__":
     pool_cases()
     misc_cases()
     broadcast_cases()
+    unary_cases()
     cnn_cases()

@@ -39,6 +39,9 @@ TEST(OpRegistry, EveryOpKindIsRegisteredUnderItsName) {
       {OpKind::Mean, "mean"},             {OpKind::SoftmaxCrossEntropy, "softmax_cross_entropy"},
       {OpKind::Mse, "mse"},
       {OpKind::Sub, "sub"},               {OpKind::Div, "div"},
+      {OpKind::Neg, "neg"},               {OpKind::Exp, "exp"},             {OpKind::Log, "log"},
+      {OpKind::Sqrt, "sqrt"},             {OpKind::Pow, "pow"},             {OpKind::Abs, "abs"},
+      {OpKind::Clamp, "clamp"},
   };
   for (const auto& [op, name] : kinds) {
     EXPECT_EQ(op_name(op), name);

@@ -126,6 +126,28 @@ TEST(BinaryOps, MatchPyTorchGoldenFilesWhenBroadcasting) {
     });
 }
 
+TEST(UnaryOps, MatchPyTorchGoldenFiles) {
+  using Unary = Value (*)(Tape<double>&, Value, std::source_location);
+  const std::pair<const char*, Unary> plain[] = {{"neg", neg<double>},   {"exp", ad::exp<double>},
+                                                 {"log", ad::log<double>}, {"sqrt", ad::sqrt<double>},
+                                                 {"abs", ad::abs<double>}};
+  for (const auto& [name, op] : plain)
+    check_case(name, {"x"}, [op](Tape<double>& t, const Golden&, const std::vector<Value>& v) {
+      return op(t, v[0], std::source_location::current());
+    });
+  for (const char* c : {"pow_2_5", "pow_neg_2"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      return ad::pow(t, v[0], g.load("attrs")(0));
+    });
+  // attrs [min, max]; an infinite bound stands for none (std::nullopt).
+  for (const char* c : {"clamp", "clamp_max"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      const T64 a = g.load("attrs");
+      const auto bound = [](double b) { return std::isinf(b) ? std::nullopt : std::optional<double>(b); };
+      return clamp(t, v[0], bound(a(0)), bound(a(1)));
+    });
+}
+
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
 // connected, loss): every parameter gradient from generic backprop over the tape.
 TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
