@@ -16,4 +16,5 @@
 #include "ops/loss.hpp"
 #include "ops/matmul.hpp"
 #include "ops/pool.hpp"
+#include "ops/shape.hpp"
 #include "ops/unary.hpp"

@@ -190,6 +190,25 @@ def unary_cases():
         run_case(name, fn, {"x": x}, ["x"], attrs)
 
 
+def shape_cases():
+    """reshape, permute, transpose, concat, split and chunk; attrs as each case says."""
+    seed_for("reshape")  # attrs: the shape asked for, -1 inferred
+    run_case("reshape", lambda x: x.reshape(4, -1), {"x": torch.randn(2, 3, 4)}, ["x"], [4, -1])
+    seed_for("permute")  # attrs: dims
+    run_case("permute", lambda x: x.permute(2, 0, 3, 1), {"x": torch.randn(2, 3, 4, 5)}, ["x"], [2, 0, 3, 1])
+    seed_for("transpose")  # attrs: dim0, dim1
+    run_case("transpose", lambda x: x.transpose(0, -1), {"x": torch.randn(2, 3, 4)}, ["x"], [0, -1])
+    seed_for("concat")  # attrs: axis
+    run_case("concat", lambda a, b, c: torch.cat([a, b, c], 1),
+             {"a": torch.randn(2, 1, 3), "b": torch.randn(2, 4, 3), "c": torch.randn(2, 2, 3)}, ["a", "b", "c"], [1])
+    seed_for("split_concat")  # the pieces joined in reverse order; attrs: axis, then the sizes
+    run_case("split_concat", lambda x: torch.cat(torch.split(x, [2, 4, 1], 1)[::-1], 1),
+             {"x": torch.randn(2, 7, 3)}, ["x"], [1, 2, 4, 1])
+    seed_for("chunk")  # piece i scaled by i + 1, joined; attrs: axis, chunks
+    run_case("chunk", lambda x: torch.cat([p * (i + 1) for i, p in enumerate(torch.chunk(x, 3, 0))], 0),
+             {"x": torch.randn(5, 2)}, ["x"], [0, 3])
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -259,4 +278,5 @@ if __name__ == "__main__":
     misc_cases()
     broadcast_cases()
     unary_cases()
+    shape_cases()
     cnn_cases()

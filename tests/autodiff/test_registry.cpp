@@ -42,6 +42,8 @@ TEST(OpRegistry, EveryOpKindIsRegisteredUnderItsName) {
       {OpKind::Neg, "neg"},               {OpKind::Exp, "exp"},             {OpKind::Log, "log"},
       {OpKind::Sqrt, "sqrt"},             {OpKind::Pow, "pow"},             {OpKind::Abs, "abs"},
       {OpKind::Clamp, "clamp"},
+      {OpKind::Reshape, "reshape"},       {OpKind::Permute, "permute"},     {OpKind::Transpose, "transpose"},
+      {OpKind::Concat, "concat"},         {OpKind::Narrow, "narrow"},
   };
   for (const auto& [op, name] : kinds) {
     EXPECT_EQ(op_name(op), name);

@@ -148,6 +148,40 @@ TEST(UnaryOps, MatchPyTorchGoldenFiles) {
     });
 }
 
+TEST(ShapeOps, MatchPyTorchGoldenFiles) {
+  const auto ints = [](const Golden& g) {
+    const T64 a = g.load("attrs");
+    return std::vector<int>(a.begin(), a.end());
+  };
+  check_case("reshape", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    const std::vector<int> s = ints(g);
+    return reshape(t, v[0], std::vector<int64_t>(s.begin(), s.end()));
+  });
+  check_case("permute", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return permute(t, v[0], ints(g));
+  });
+  check_case("transpose", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return transpose(t, v[0], ints(g)[0], ints(g)[1]);
+  });
+  check_case("concat", {"a", "b", "c"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return concat(t, v, ints(g)[0]);
+  });
+  // The pieces of split joined in reverse order.
+  check_case("split_concat", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    const std::vector<int> a = ints(g);
+    std::vector<Value> pieces = split(t, v[0], std::vector<std::size_t>(a.begin() + 1, a.end()), a[0]);
+    std::reverse(pieces.begin(), pieces.end());
+    return concat(t, pieces, a[0]);
+  });
+  // Piece i of chunk scaled by i + 1, joined again.
+  check_case("chunk", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    const std::vector<int> a = ints(g);
+    std::vector<Value> pieces = chunk(t, v[0], static_cast<std::size_t>(a[1]), a[0]);
+    for (std::size_t i = 0; i < pieces.size(); ++i) pieces[i] = scale(t, pieces[i], static_cast<double>(i + 1));
+    return concat(t, pieces, a[0]);
+  });
+}
+
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
 // connected, loss): every parameter gradient from generic backprop over the tape.
 TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
