@@ -209,6 +209,12 @@ def shape_cases():
              {"x": torch.randn(5, 2)}, ["x"], [0, 3])
 
 
+def global_pool_cases():
+    """global_avg_pool2d = adaptive_avg_pool2d to 1x1."""
+    seed_for("global_avg_pool2d")
+    run_case("global_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, 1), {"x": torch.randn(2, 3, 4, 5)}, ["x"], [])
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -279,4 +285,5 @@ if __name__ == "__main__":
     broadcast_cases()
     unary_cases()
     shape_cases()
+    global_pool_cases()
     cnn_cases()

@@ -44,6 +44,7 @@ TEST(OpRegistry, EveryOpKindIsRegisteredUnderItsName) {
       {OpKind::Clamp, "clamp"},
       {OpKind::Reshape, "reshape"},       {OpKind::Permute, "permute"},     {OpKind::Transpose, "transpose"},
       {OpKind::Concat, "concat"},         {OpKind::Narrow, "narrow"},
+      {OpKind::GlobalAvgPool2d, "global_avg_pool2d"},
   };
   for (const auto& [op, name] : kinds) {
     EXPECT_EQ(op_name(op), name);

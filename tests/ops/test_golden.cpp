@@ -182,6 +182,11 @@ TEST(ShapeOps, MatchPyTorchGoldenFiles) {
   });
 }
 
+TEST(GlobalAvgPool2d, MatchesPyTorchGoldenFiles) {
+  check_case("global_avg_pool2d", {"x"},
+             [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return global_avg_pool2d(t, v[0]); });
+}
+
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
 // connected, loss): every parameter gradient from generic backprop over the tape.
 TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
