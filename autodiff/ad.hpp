@@ -19,3 +19,5 @@
 #include "ops/matmul.hpp"
 #include "ops/norm.hpp"
 #include "ops/pool.hpp"
+#include "ops/shape.hpp"
+#include "ops/unary.hpp"

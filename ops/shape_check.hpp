@@ -75,4 +75,15 @@ inline void check_output_size(const char* op, const Shape& x, const Shape& out, 
   }
 }
 
+// An axis as PyTorch takes it, -rank <= axis < rank (negative: from the end), as an index
+// 0 .. rank-1 of `what` (shape s). `name` says which argument it was ("axis", "dim0").
+inline std::size_t normalize_axis(const char* op, const char* name, int axis, const char* what, const Shape& s) {
+  const auto rank = static_cast<std::ptrdiff_t>(s.size());
+  if (rank == 0) shape_error(op, "{} () has rank 0: it has no axis for {} {}", what, name, axis);
+  if (axis < -rank || axis >= rank)
+    shape_error(op, "{} {} is out of range for {} {} of rank {} (allowed: {} to {})", name, axis, what, shape_str(s),
+                rank, -rank, rank - 1);
+  return static_cast<std::size_t>(axis < 0 ? axis + rank : axis);
+}
+
 }  // namespace ad

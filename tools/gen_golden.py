@@ -245,6 +245,71 @@ def conv_transpose_cases():
             inputs["b"] = torch.randn(ks[1] * groups)
         run_case(name, lambda x, k, b=None: F.conv_transpose2d(x, k, b, stride, pad, opad, groups, dil), inputs,
                  list(inputs), [*pad, *stride, bias, *opad, *dil, groups])
+def broadcast_cases():
+    """Binary elementwise ops with NumPy broadcasting; b's shape (1,) stands for a scalar."""
+    ops = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
+    specs = {  # name: (a shape, b shape); the op is the name's first word
+        "add_bcast_channel": ((2, 3, 4, 5), (1, 3, 1, 1)),
+        "sub_bcast_chw": ((2, 3, 4, 5), (3, 1, 1)),
+        "mul_bcast_scalar": ((2, 3, 4), (1,)),
+        "mul_bcast_two_sided": ((4, 1, 3), (5, 1)),
+        "div_bcast_two_sided": ((3, 1), (1, 4)),
+        "div_same_shape": ((3, 4), (3, 4)),
+    }
+    for name, (sa, sb) in specs.items():
+        seed_for(name)
+        op = name.split("_")[0]
+        # divisors kept away from 0 (|b| > 0.5): the quotient and its gradient stay moderate
+        b = torch.sign(torch.randn(sb)) * (0.5 + torch.rand(sb)) if op == "div" else torch.randn(sb)
+        run_case(name, lambda a, b: ops[op](a, b), {"a": torch.randn(sa), "b": b}, ["a", "b"], [])
+
+
+def unary_cases():
+    """Elementwise maths on (2, 3, 4); attrs hold pow's exponent or clamp's [min, max]."""
+    inf = float("inf")
+    positive = lambda: torch.rand(2, 3, 4) * 2 + 0.1
+    specs = {  # name: (fn, x, attrs)
+        "neg": (torch.neg, lambda: torch.randn(2, 3, 4), []),
+        "exp": (torch.exp, lambda: torch.randn(2, 3, 4), []),
+        "log": (torch.log, positive, []),
+        "sqrt": (torch.sqrt, positive, []),
+        "pow_2_5": (lambda x: torch.pow(x, 2.5), positive, [2.5]),
+        "pow_neg_2": (lambda x: torch.pow(x, -2.0), lambda: off_kink(2, 3, 4), [-2.0]),
+        "abs": (torch.abs, lambda: off_kink(2, 3, 4), []),
+        "clamp": (lambda x: torch.clamp(x, -0.5, 0.75), lambda: torch.randn(2, 3, 4), [-0.5, 0.75]),
+        "clamp_max": (lambda x: torch.clamp(x, max=0.25), lambda: torch.randn(2, 3, 4), [-inf, 0.25]),
+    }
+    for name, (fn, draw, attrs) in specs.items():
+        seed_for(name)
+        x = draw()
+        for bound in attrs if name.startswith("clamp") else []:
+            assert (x - bound).abs().min() > KINK_EPS, name
+        run_case(name, fn, {"x": x}, ["x"], attrs)
+
+
+def shape_cases():
+    """reshape, permute, transpose, concat, split and chunk; attrs as each case says."""
+    seed_for("reshape")  # attrs: the shape asked for, -1 inferred
+    run_case("reshape", lambda x: x.reshape(4, -1), {"x": torch.randn(2, 3, 4)}, ["x"], [4, -1])
+    seed_for("permute")  # attrs: dims
+    run_case("permute", lambda x: x.permute(2, 0, 3, 1), {"x": torch.randn(2, 3, 4, 5)}, ["x"], [2, 0, 3, 1])
+    seed_for("transpose")  # attrs: dim0, dim1
+    run_case("transpose", lambda x: x.transpose(0, -1), {"x": torch.randn(2, 3, 4)}, ["x"], [0, -1])
+    seed_for("concat")  # attrs: axis
+    run_case("concat", lambda a, b, c: torch.cat([a, b, c], 1),
+             {"a": torch.randn(2, 1, 3), "b": torch.randn(2, 4, 3), "c": torch.randn(2, 2, 3)}, ["a", "b", "c"], [1])
+    seed_for("split_concat")  # the pieces joined in reverse order; attrs: axis, then the sizes
+    run_case("split_concat", lambda x: torch.cat(torch.split(x, [2, 4, 1], 1)[::-1], 1),
+             {"x": torch.randn(2, 7, 3)}, ["x"], [1, 2, 4, 1])
+    seed_for("chunk")  # piece i scaled by i + 1, joined; attrs: axis, chunks
+    run_case("chunk", lambda x: torch.cat([p * (i + 1) for i, p in enumerate(torch.chunk(x, 3, 0))], 0),
+             {"x": torch.randn(5, 2)}, ["x"], [0, 3])
+
+
+def global_pool_cases():
+    """global_avg_pool2d = adaptive_avg_pool2d to 1x1."""
+    seed_for("global_avg_pool2d")
+    run_case("global_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, 1), {"x": torch.randn(2, 3, 4, 5)}, ["x"], [])
 
 
 # ---------------------------------------------------------------- whole CNNs
@@ -319,4 +384,8 @@ if __name__ == "__main__":
     softmax_cases()
     conv_general_cases()
     conv_transpose_cases()
+    broadcast_cases()
+    unary_cases()
+    shape_cases()
+    global_pool_cases()
     cnn_cases()

@@ -2,7 +2,10 @@
 // The .npy files come from tools/gen_golden.py (see tests/golden/README.md).
 #include <xtensor/xnpy.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "test_util.hpp"
 
@@ -191,6 +194,78 @@ TEST(NllLoss, MatchesPyTorchGoldenFiles) {
     check_case(c, {"log_probs"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
       return nll_loss(t, v[0], g.labels(), {.ignore_index = static_cast<int>(g.load("attrs")(0))});
     });
+}
+
+// Binary ops with broadcasting: b is (1,3,1,1), (3,1,1), (1), (5,1) against (4,1,3), ...
+TEST(BinaryOps, MatchPyTorchGoldenFilesWhenBroadcasting) {
+  const std::pair<const char*, Value (*)(Tape<double>&, Value, Value, std::source_location)> cases[] = {
+      {"add_bcast_channel", add<double>},   {"sub_bcast_chw", sub<double>},      {"mul_bcast_scalar", mul<double>},
+      {"mul_bcast_two_sided", mul<double>}, {"div_bcast_two_sided", div<double>}, {"div_same_shape", div<double>}};
+  for (const auto& [name, op] : cases)
+    check_case(name, {"a", "b"}, [op](Tape<double>& t, const Golden&, const std::vector<Value>& v) {
+      return op(t, v[0], v[1], std::source_location::current());
+    });
+}
+
+TEST(UnaryOps, MatchPyTorchGoldenFiles) {
+  using Unary = Value (*)(Tape<double>&, Value, std::source_location);
+  const std::pair<const char*, Unary> plain[] = {{"neg", neg<double>},   {"exp", ad::exp<double>},
+                                                 {"log", ad::log<double>}, {"sqrt", ad::sqrt<double>},
+                                                 {"abs", ad::abs<double>}};
+  for (const auto& [name, op] : plain)
+    check_case(name, {"x"}, [op](Tape<double>& t, const Golden&, const std::vector<Value>& v) {
+      return op(t, v[0], std::source_location::current());
+    });
+  for (const char* c : {"pow_2_5", "pow_neg_2"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      return ad::pow(t, v[0], g.load("attrs")(0));
+    });
+  // attrs [min, max]; an infinite bound stands for none (std::nullopt).
+  for (const char* c : {"clamp", "clamp_max"})
+    check_case(c, {"x"}, [](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+      const T64 a = g.load("attrs");
+      const auto bound = [](double b) { return std::isinf(b) ? std::nullopt : std::optional<double>(b); };
+      return clamp(t, v[0], bound(a(0)), bound(a(1)));
+    });
+}
+
+TEST(ShapeOps, MatchPyTorchGoldenFiles) {
+  const auto ints = [](const Golden& g) {
+    const T64 a = g.load("attrs");
+    return std::vector<int>(a.begin(), a.end());
+  };
+  check_case("reshape", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    const std::vector<int> s = ints(g);
+    return reshape(t, v[0], std::vector<int64_t>(s.begin(), s.end()));
+  });
+  check_case("permute", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return permute(t, v[0], ints(g));
+  });
+  check_case("transpose", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return transpose(t, v[0], ints(g)[0], ints(g)[1]);
+  });
+  check_case("concat", {"a", "b", "c"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    return concat(t, v, ints(g)[0]);
+  });
+  // The pieces of split joined in reverse order.
+  check_case("split_concat", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    const std::vector<int> a = ints(g);
+    std::vector<Value> pieces = split(t, v[0], std::vector<std::size_t>(a.begin() + 1, a.end()), a[0]);
+    std::reverse(pieces.begin(), pieces.end());
+    return concat(t, pieces, a[0]);
+  });
+  // Piece i of chunk scaled by i + 1, joined again.
+  check_case("chunk", {"x"}, [&](Tape<double>& t, const Golden& g, const std::vector<Value>& v) {
+    const std::vector<int> a = ints(g);
+    std::vector<Value> pieces = chunk(t, v[0], static_cast<std::size_t>(a[1]), a[0]);
+    for (std::size_t i = 0; i < pieces.size(); ++i) pieces[i] = scale(t, pieces[i], static_cast<double>(i + 1));
+    return concat(t, pieces, a[0]);
+  });
+}
+
+TEST(GlobalAvgPool2d, MatchesPyTorchGoldenFiles) {
+  check_case("global_avg_pool2d", {"x"},
+             [](Tape<double>& t, const Golden&, const std::vector<Value>& v) { return global_avg_pool2d(t, v[0]); });
 }
 
 // The document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully
