@@ -36,21 +36,58 @@ Init parse_init(const std::string& s) {
 }
 
 namespace {
-// A weight of `shape` and a bias of `n` by the chosen scheme.
+
+// "nn::Conv2d \"conv1\"" (or just "nn::Conv2d" before the layer has a name).
+std::string layer_what(const char* type, const std::string& name) {
+  return name.empty() ? std::string(type) : fmt::format("{} \"{}\"", type, name);
+}
+
+// Refuses a size that is not positive before anything is allocated from it (a negative
+// int converted to a size would ask for 2^64 elements).
+void check_positive(const char* type, const std::string& name, const char* what, int value) {
+  if (value <= 0)
+    throw std::invalid_argument(fmt::format("{}: {} is {}; it must be positive", layer_what(type, name), what, value));
+}
+
+// A weight of `shape` by the chosen scheme; fan_in and fan_out from the shape.
 template <class T>
-std::pair<ad::Tensor<T>, ad::Tensor<T>> init_weight_bias(Init init, const ad::Shape& shape, std::size_t n,
-                                                         std::size_t fan_in, std::size_t fan_out, std::mt19937_64& rng) {
-  if (init == Init::Torch) {  // kaiming_uniform(a = sqrt(5)): bound 1/sqrt(fan_in), bias alike
+ad::Tensor<T> init_weight(Init init, const ad::Shape& shape, std::size_t fan_in, std::size_t fan_out, std::mt19937_64& rng) {
+  if (init == Init::Torch) {  // kaiming_uniform(a = sqrt(5)): bound 1/sqrt(fan_in)
     const double b = 1.0 / std::sqrt(static_cast<double>(fan_in));
     std::uniform_real_distribution<double> u(-b, b);
-    ad::Tensor<T> w(shape), bias(ad::Shape{n});
+    ad::Tensor<T> w(shape);
     for (T& e : w) e = static_cast<T>(u(rng));
-    for (T& e : bias) e = static_cast<T>(u(rng));
-    return {std::move(w), std::move(bias)};
+    return w;
   }
-  return {init == Init::He ? he_normal<T>(shape, fan_in, rng) : xavier_uniform<T>(shape, fan_in, fan_out, rng),
-          xt::zeros<T>({n})};
+  return init == Init::He ? he_normal<T>(shape, fan_in, rng) : xavier_uniform<T>(shape, fan_in, fan_out, rng);
 }
+
+// A bias of n, drawn after the weight: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)), else 0.
+template <class T>
+ad::Tensor<T> init_bias(Init init, std::size_t n, std::size_t fan_in, std::mt19937_64& rng) {
+  ad::Tensor<T> bias = xt::zeros<T>({n});
+  if (init == Init::Torch) {
+    const double b = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    std::uniform_real_distribution<double> u(-b, b);
+    for (T& e : bias) e = static_cast<T>(u(rng));
+  }
+  return bias;
+}
+
+ad::Shape conv_kernel_shape(const std::string& name, int c_in, int c_out, std::array<int, 2> kernel) {
+  check_positive("nn::Conv2d", name, "c_in", c_in);
+  check_positive("nn::Conv2d", name, "c_out", c_out);
+  check_positive("nn::Conv2d", name, "the kernel height", kernel[0]);
+  check_positive("nn::Conv2d", name, "the kernel width", kernel[1]);
+  return {std::size_t(c_out), std::size_t(c_in), std::size_t(kernel[0]), std::size_t(kernel[1])};
+}
+
+ad::Shape linear_weight_shape(const std::string& name, int d_in, int d_out) {
+  check_positive("nn::Linear", name, "d_in", d_in);
+  check_positive("nn::Linear", name, "d_out", d_out);
+  return {std::size_t(d_in), std::size_t(d_out)};
+}
+
 }  // namespace
 
 template <class T>
@@ -70,70 +107,90 @@ ad::Tensor<T> xavier_uniform(const ad::Shape& shape, std::size_t fan_in, std::si
   return t;
 }
 
+// fan_in = C_in*KH*KW, fan_out = C_out*KH*KW; the weight is drawn before the bias.
 template <class T>
 Conv2d<T>::Conv2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt,
-                  Init init, std::mt19937_64& rng)
-    : Layer<T>(std::move(name)), options(opt) {
-  const ad::Shape ks{std::size_t(c_out), std::size_t(c_in), std::size_t(kernel[0]), std::size_t(kernel[1])};
-  auto [w, b] = init_weight_bias<T>(init, ks, ks[0], ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng);
-  weight = Parameter<T>(this->name_ + ".weight", std::move(w));
-  bias = Parameter<T>(this->name_ + ".bias", std::move(b));
-}
+                  Init init, std::mt19937_64& rng, bool with_bias)
+    : Module<T>(std::move(name)),
+      weight([&]() -> Parameter<T>& {
+        const ad::Shape ks = conv_kernel_shape(this->name(), c_in, c_out, kernel);
+        return this->register_parameter("weight", init_weight<T>(init, ks, ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng));
+      }()),
+      bias(with_bias ? &this->register_parameter("bias", init_bias<T>(init, std::size_t(c_out),
+                                                                      weight.value.size() / std::size_t(c_out), rng))
+                     : nullptr),
+      options(opt) {}
+
+template <class T>
+Conv2d<T>::Conv2d(int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt, Init init, std::mt19937_64& rng,
+                  bool with_bias)
+    : Conv2d(std::string(), c_in, c_out, kernel, opt, init, rng, with_bias) {}
 
 template <class T>
 Value Conv2d<T>::forward(Tape<T>& tape, Value x) {
-  return tape.set_label(ad::conv2d(tape, x, tape.param(weight), tape.param(bias), options), this->name_);
+  const std::source_location at = this->call_site();
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  return tape.set_label(ad::conv2d(tape, x, tape.param(weight, at), b, options, at), this->name());
 }
 
 template <class T>
-Linear<T>::Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng)
-    : Layer<T>(std::move(name)) {
-  const ad::Shape ws{std::size_t(d_in), std::size_t(d_out)};
-  auto [w, b] = init_weight_bias<T>(init, ws, ws[1], ws[0], ws[1], rng);
-  weight = Parameter<T>(this->name_ + ".weight", std::move(w));
-  bias = Parameter<T>(this->name_ + ".bias", std::move(b));
-}
+Linear<T>::Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng, bool with_bias)
+    : Module<T>(std::move(name)),
+      weight([&]() -> Parameter<T>& {
+        const ad::Shape ws = linear_weight_shape(this->name(), d_in, d_out);
+        return this->register_parameter("weight", init_weight<T>(init, ws, ws[0], ws[1], rng));
+      }()),
+      bias(with_bias ? &this->register_parameter("bias", init_bias<T>(init, std::size_t(d_out), std::size_t(d_in), rng))
+                     : nullptr) {}
+
+template <class T>
+Linear<T>::Linear(int d_in, int d_out, Init init, std::mt19937_64& rng, bool with_bias)
+    : Linear(std::string(), d_in, d_out, init, rng, with_bias) {}
 
 template <class T>
 Value Linear<T>::forward(Tape<T>& tape, Value x) {
-  return tape.set_label(ad::linear(tape, x, tape.param(weight), tape.param(bias)), this->name_);
+  const std::source_location at = this->call_site();
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  return tape.set_label(ad::linear(tape, x, tape.param(weight, at), b, at), this->name());
 }
 
 template <class T>
 Value Pool2d<T>::forward(Tape<T>& tape, Value x) {
-  const Value y = kind == PoolKind::Max ? ad::max_pool2d(tape, x, options) : ad::avg_pool2d(tape, x, options);
-  return tape.set_label(y, this->name_);
+  const std::source_location at = this->call_site();
+  const Value y = kind == PoolKind::Max ? ad::max_pool2d(tape, x, options, at) : ad::avg_pool2d(tape, x, options, at);
+  return tape.set_label(y, this->name());
 }
 
 template <class T>
 Value ActivationLayer<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
   Value y;
   switch (kind) {
-    case Activation::Relu: y = ad::relu(tape, x); break;
-    case Activation::LeakyRelu: y = ad::leaky_relu(tape, x, slope); break;
-    case Activation::Sigmoid: y = ad::sigmoid(tape, x); break;
-    case Activation::Tanh: y = ad::tanh(tape, x); break;
+    case Activation::Relu: y = ad::relu(tape, x, at); break;
+    case Activation::LeakyRelu: y = ad::leaky_relu(tape, x, slope, at); break;
+    case Activation::Sigmoid: y = ad::sigmoid(tape, x, at); break;
+    case Activation::Tanh: y = ad::tanh(tape, x, at); break;
   }
-  return tape.set_label(y, this->name_);
+  return tape.set_label(y, this->name());
 }
 
 template <class T>
 Value Flatten<T>::forward(Tape<T>& tape, Value x) {
-  return tape.set_label(ad::flatten(tape, x), this->name_);
+  return tape.set_label(ad::flatten(tape, x, this->call_site()), this->name());
 }
 
 template <class T>
 Value Sequential<T>::forward(Tape<T>& tape, Value x) {
-  for (auto& l : layers_) x = l->forward(tape, x);
+  const std::source_location at = this->call_site();
+  for (auto& [name, m] : this->named_children()) x = (*m)(tape, x, at);
   return x;
 }
 
 template <class T>
-std::vector<Parameter<T>*> Sequential<T>::parameters() {
-  std::vector<Parameter<T>*> ps;
-  for (auto& l : layers_)
-    for (Parameter<T>* p : l->parameters()) ps.push_back(p);
-  return ps;
+std::vector<Module<T>*> Sequential<T>::layers() {
+  std::vector<Module<T>*> out;
+  for (auto& [name, m] : this->named_children()) out.push_back(m);
+  return out;
 }
 
 std::string CnnConfig::tag() const {

@@ -1,6 +1,7 @@
 // Layers built from the tape's ops, a Sequential container, and the design
 // document's 3-layer CNN (conv-act-pool, conv-act-pool, flatten, fully connected).
-// Each layer owns its ad::Parameter's, which outlive every step's tape.
+// Layers are modules (nn/module.hpp): each owns its ad::Parameter's, which outlive
+// every step's tape.
 #pragma once
 
 #include <array>
@@ -11,12 +12,9 @@
 #include <vector>
 
 #include "autodiff/ad.hpp"
+#include "nn/module.hpp"
 
 namespace nn {
-
-using ad::Parameter;
-using ad::Tape;
-using ad::Value;
 
 enum class Activation { Relu, LeakyRelu, Sigmoid, Tanh };
 // Weight initialisation: He normal (ReLU family), Xavier uniform (sigmoid/tanh, the
@@ -39,47 +37,46 @@ template <class T> ad::Tensor<T> he_normal(const ad::Shape& shape, std::size_t f
 // Xavier (Glorot) uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), for sigmoid/tanh.
 template <class T> ad::Tensor<T> xavier_uniform(const ad::Shape& shape, std::size_t fan_in, std::size_t fan_out, std::mt19937_64& rng);
 
-// A layer maps one value on the tape to another; `name` prefixes its parameters
-// ("conv1.weight") and labels its nodes.
+// The library's layers are modules (nn/module.hpp). Each constructor comes in two
+// forms: without a name, for register_module (which names the layer), and with the
+// layer's name first (Sequential::add registers the layer under it).
+// `Layer` is the modules' former name.
 template <class T>
-class Layer {
- public:
-  explicit Layer(std::string name) : name_(std::move(name)) {}
-  virtual ~Layer() = default;
-  virtual Value forward(Tape<T>& tape, Value x) = 0;
-  virtual std::vector<Parameter<T>*> parameters() { return {}; }
-  const std::string& name() const { return name_; }
+using Layer = Module<T>;
 
- protected:
-  std::string name_;
-};
-
-// (N, C_in, H, W) -> (N, C_out, OH, OW). Kernel (C_out, C_in, k, k), bias (C_out).
+// (N, C_in, H, W) -> (N, C_out, OH, OW). Parameters "weight" (C_out, C_in, KH, KW) and,
+// unless `bias` is false, "bias" (C_out). Throws std::invalid_argument naming the layer
+// when a channel count or kernel size is not positive.
 template <class T>
-class Conv2d : public Layer<T> {
+class Conv2d : public Module<T> {
  public:
+  Conv2d(int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt, Init init, std::mt19937_64& rng,
+         bool bias = true);
   Conv2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt, Init init,
-         std::mt19937_64& rng);
+         std::mt19937_64& rng, bool bias = true);
   Value forward(Tape<T>& tape, Value x) override;
-  std::vector<Parameter<T>*> parameters() override { return {&weight, &bias}; }
-  Parameter<T> weight, bias;
+  Parameter<T>& weight;
+  Parameter<T>* bias;  // nullptr without a bias
   ad::Conv2dOptions options;
 };
 
-// (N, D_in) -> (N, D_out). Weight (D_in, D_out): the document's W^[3] layout.
+// (N, D_in) -> (N, D_out). Parameters "weight" (D_in, D_out): the document's W^[3]
+// layout, and "bias" (D_out) unless `bias` is false.
 template <class T>
-class Linear : public Layer<T> {
+class Linear : public Module<T> {
  public:
-  Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng);
+  Linear(int d_in, int d_out, Init init, std::mt19937_64& rng, bool bias = true);
+  Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng, bool bias = true);
   Value forward(Tape<T>& tape, Value x) override;
-  std::vector<Parameter<T>*> parameters() override { return {&weight, &bias}; }
-  Parameter<T> weight, bias;
+  Parameter<T>& weight;
+  Parameter<T>* bias;  // nullptr without a bias
 };
 
 template <class T>
-class Pool2d : public Layer<T> {
+class Pool2d : public Module<T> {
  public:
-  Pool2d(std::string name, PoolKind kind, ad::Pool2dOptions opt) : Layer<T>(std::move(name)), kind(kind), options(opt) {}
+  Pool2d(PoolKind kind, ad::Pool2dOptions opt) : kind(kind), options(opt) {}
+  Pool2d(std::string name, PoolKind kind, ad::Pool2dOptions opt) : Module<T>(std::move(name)), kind(kind), options(opt) {}
   Value forward(Tape<T>& tape, Value x) override;
   PoolKind kind;
   ad::Pool2dOptions options;
@@ -88,46 +85,56 @@ class Pool2d : public Layer<T> {
 // The two pooling layers by name.
 template <class T>
 struct MaxPool2d : Pool2d<T> {
+  explicit MaxPool2d(ad::Pool2dOptions opt = {}) : Pool2d<T>(PoolKind::Max, opt) {}
   explicit MaxPool2d(std::string name, ad::Pool2dOptions opt = {}) : Pool2d<T>(std::move(name), PoolKind::Max, opt) {}
 };
 template <class T>
 struct AvgPool2d : Pool2d<T> {
+  explicit AvgPool2d(ad::Pool2dOptions opt = {}) : Pool2d<T>(PoolKind::Avg, opt) {}
   explicit AvgPool2d(std::string name, ad::Pool2dOptions opt = {}) : Pool2d<T>(std::move(name), PoolKind::Avg, opt) {}
 };
 
 template <class T>
-class ActivationLayer : public Layer<T> {
+class ActivationLayer : public Module<T> {
  public:
+  explicit ActivationLayer(Activation kind, double slope = 0.01) : kind(kind), slope(slope) {}
   ActivationLayer(std::string name, Activation kind, double slope = 0.01)
-      : Layer<T>(std::move(name)), kind(kind), slope(slope) {}
+      : Module<T>(std::move(name)), kind(kind), slope(slope) {}
   Value forward(Tape<T>& tape, Value x) override;
   Activation kind;
   double slope;
 };
 
+// (N, C, H, W) -> (N, C*H*W).
 template <class T>
-class Flatten : public Layer<T> {
+class Flatten : public Module<T> {
  public:
-  explicit Flatten(std::string name = "flatten") : Layer<T>(std::move(name)) {}
+  explicit Flatten(std::string name = "flatten") : Module<T>(std::move(name)) {}
   Value forward(Tape<T>& tape, Value x) override;
 };
 
-// Layers applied in order. Owns them.
+// Modules applied in order; owns them. A module added with a name is registered under
+// it ("conv1", so its parameters are "conv1.weight", ...), one without a name under its
+// position ("0", "1", ...), as in LibTorch.
 template <class T>
-class Sequential {
+class Sequential : public Module<T> {
  public:
+  Sequential() = default;
+  explicit Sequential(std::string name) : Module<T>(std::move(name)) {}
+  // Constructs L(args...) and appends it; returns it.
   template <class L, class... Args>
   L& add(Args&&... args) {
-    layers_.push_back(std::make_unique<L>(std::forward<Args>(args)...));
-    return static_cast<L&>(*layers_.back());
+    auto layer = std::make_unique<L>(std::forward<Args>(args)...);
+    const std::string name = layer->name().empty() ? std::to_string(size_) : layer->name();
+    ++size_;
+    return this->register_module(name, std::move(layer));
   }
-  Value forward(Tape<T>& tape, Value x);
-  // Every parameter, in layer order (the order checkpoints use).
-  std::vector<Parameter<T>*> parameters();
-  const std::vector<std::unique_ptr<Layer<T>>>& layers() const { return layers_; }
+  Value forward(Tape<T>& tape, Value x) override;
+  // The modules, in order.
+  std::vector<Module<T>*> layers();
 
  private:
-  std::vector<std::unique_ptr<Layer<T>>> layers_;
+  std::size_t size_ = 0;
 };
 
 // The document's 3-layer CNN; defaults are the reference CNN ("ref-CNN"):
