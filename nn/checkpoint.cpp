@@ -215,24 +215,22 @@ std::vector<std::uint8_t> read_whole_file(const std::string& path) {
 
 // ---------------------------------------------------------------- public API
 
-void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& tensors,
-                     const std::string& model_tag) {
-  const std::vector<std::uint8_t> bytes = serialize(path, tensors, model_tag);
+void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes,
+                           std::string_view who) {
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
 
   // O_NOFOLLOW: never write through a symlink planted at the temp name.
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) {
-    throw CheckpointError(fmt::format("save_checkpoint: {}: cannot create temporary file {}: {}",
-                                      path, tmp, errno_text(errno)));
+    throw WriteError(fmt::format("{}: {}: cannot create temporary file {}: {}", who, path, tmp,
+                                 errno_text(errno)));
   }
   // On any failure from here on, the temp file is ours to remove; `path` is
   // untouched until the rename.
   const auto abandon = [&](const char* step, int err, bool close_fd) {
     if (close_fd) ::close(fd);
     ::unlink(tmp.c_str());
-    throw CheckpointError(fmt::format("save_checkpoint: {}: {} {} failed: {}", path, step, tmp,
-                                      errno_text(err)));
+    throw WriteError(fmt::format("{}: {}: {} {} failed: {}", who, path, step, tmp, errno_text(err)));
   };
   std::size_t done = 0;
   while (done < bytes.size()) {
@@ -248,8 +246,8 @@ void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& te
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    throw CheckpointError(fmt::format("save_checkpoint: {}: cannot rename {} over it: {}", path,
-                                      tmp, errno_text(err)));
+    throw WriteError(fmt::format("{}: {}: cannot rename {} over it: {}", who, path, tmp,
+                                 errno_text(err)));
   }
 
   // Make the rename itself durable.
@@ -259,11 +257,20 @@ void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& te
   if (dir_fd < 0 || (::fsync(dir_fd) != 0 && errno != EINVAL)) {
     const int err = errno;
     if (dir_fd >= 0) ::close(dir_fd);
-    throw CheckpointError(fmt::format("save_checkpoint: {}: written, but fsync of directory {} "
-                                      "failed, so it may not survive a crash: {}", path, dir,
-                                      errno_text(err)));
+    throw WriteError(fmt::format("{}: {}: written, but fsync of directory {} failed, so it may "
+                                 "not survive a crash: {}", who, path, dir, errno_text(err)));
   }
   ::close(dir_fd);
+}
+
+void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& tensors,
+                     const std::string& model_tag) {
+  const std::vector<std::uint8_t> bytes = serialize(path, tensors, model_tag);
+  try {
+    write_file_atomically(path, bytes, "save_checkpoint");
+  } catch (const WriteError& e) {
+    throw CheckpointError(e.what());
+  }
 }
 
 std::vector<NamedTensor> load_checkpoint(const std::string& path, std::string* model_tag) {

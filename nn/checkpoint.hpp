@@ -15,8 +15,10 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -42,8 +44,20 @@ struct NamedTensor {
   xt::xarray<float> value;
 };
 
-// Writes `tensors` atomically: to <path>.tmp.<pid>, fsync, rename over `path`,
-// fsync the directory. On failure the old file at `path` is untouched.
+// Thrown by write_file_atomically; the message names the file, the step that failed
+// and the system's reason ("No space left on device").
+class WriteError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Writes `bytes` to `path` atomically: to <path>.tmp.<pid>, fsync, rename over `path`,
+// fsync the directory. On failure the temp file is removed and the old file at `path`
+// is untouched. Messages start with "<who>: <path>: ". Throws WriteError.
+void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes,
+                           std::string_view who);
+
+// Writes `tensors` with write_file_atomically (errors are CheckpointError).
 void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& tensors,
                      const std::string& model_tag);
 
