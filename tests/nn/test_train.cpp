@@ -240,6 +240,35 @@ TEST(Checkpoint, RefusesAnEpochCountThatIsNotAWholeNumberInRange) {
   }
 }
 
+// A checkpoint written before models were modules, by train_cnn at commit 572cea8:
+//   train_cnn --data tests/fixtures/fashion-mnist-tiny --epochs 1 --batch 32 --threads 1
+//             --channels 2 3 --optimizer momentum --seed 5 --save <file>
+// It still loads: the same names, shapes and optimizer state.
+TEST(Checkpoint, ACheckpointFromBeforeModulesStillLoads) {
+  const std::string path = "tests/fixtures/checkpoints/ref_cnn_c2-3_momentum_572cea8.ckpt";
+  CnnConfig cfg;
+  cfg.channels = {2, 3};
+  cfg.torch_init = true;
+  Sequential<float> m = make_cnn<float>(cfg, 1);
+  Sgd<float> opt(m.parameters(), {.lr = 0.01, .momentum = 0.9, .nesterov = true});
+  EXPECT_EQ(load_model(path, m, opt, cfg.tag()), 1);
+  std::string tag;
+  const std::vector<NamedTensor> file = load_checkpoint(path, &tag);
+  EXPECT_EQ(tag, "cnn(1x28x28,c2-3,k5p2s1,max2/2,relu,10)");
+  const auto params = m.named_parameters();
+  ASSERT_EQ(params.size(), 6u);
+  for (const auto& [name, p] : params) {
+    const auto it = std::find_if(file.begin(), file.end(), [&](const NamedTensor& t) { return t.name == name; });
+    ASSERT_NE(it, file.end()) << name;
+    EXPECT_EQ(xt::cast<float>(p->value), it->value) << name;
+  }
+  for (const auto& [name, t] : opt.state_refs("optim.")) {
+    const auto it = std::find_if(file.begin(), file.end(), [&](const NamedTensor& f) { return f.name == name; });
+    ASSERT_NE(it, file.end()) << name;
+    EXPECT_EQ(*t, it->value) << name;
+  }
+}
+
 TEST(StepMemory, RefCnnValuesGradientsAndSavedIndicesPerImage) {
   Sequential<float> m = make_cnn<float>(CnnConfig{}, 1);
   // The input (no gradient); conv1 and its ReLU 16x28x28, pool 16x14x14, conv2 and its
