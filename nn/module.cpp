@@ -90,7 +90,7 @@ void Module<T>::collect_modules(const std::string& prefix, std::vector<std::pair
 template <class T>
 std::vector<std::pair<std::string, Parameter<T>*>> Module<T>::named_parameters() {
   std::vector<std::pair<std::string, Parameter<T>*>> out;
-  collect_parameters("", out);
+  collect_parameters(name_, out);
   return out;
 }
 
@@ -104,7 +104,7 @@ std::vector<Parameter<T>*> Module<T>::parameters() {
 template <class T>
 std::vector<std::pair<std::string, ad::Tensor<T>*>> Module<T>::named_buffers() {
   std::vector<std::pair<std::string, ad::Tensor<T>*>> out;
-  collect_buffers("", out);
+  collect_buffers(name_, out);
   return out;
 }
 
@@ -118,7 +118,7 @@ std::vector<std::pair<std::string, Module<T>*>> Module<T>::named_children() {
 template <class T>
 std::vector<std::pair<std::string, Module<T>*>> Module<T>::named_modules() {
   std::vector<std::pair<std::string, Module<T>*>> out;
-  collect_modules("", out);
+  collect_modules(name_, out);
   return out;
 }
 

@@ -78,16 +78,17 @@ class Module {
     return register_module(name, std::make_unique<M>(std::forward<Args>(args)...));
   }
 
-  // ---- what a model holds, depth first in registration order (the checkpoint order) ----
+  // ---- what a model holds, depth first in registration order (the checkpoint order),
+  // ---- named by full path (starting with this module's own path, if it has one)
 
   std::vector<Parameter<T>*> parameters();
   // ("block1.conv2.weight", parameter); the name is also the parameter's own name.
   std::vector<std::pair<std::string, Parameter<T>*>> named_parameters();
   // ("block1.bn1.running_mean", tensor).
   std::vector<std::pair<std::string, ad::Tensor<T>*>> named_buffers();
-  // The direct children, by their registered names.
+  // The direct children, by their registered (local) names.
   std::vector<std::pair<std::string, Module<T>*>> named_children();
-  // This module (name "") and every module below it, by path relative to this one.
+  // This module (its own path; "" for a root) and every module below it.
   std::vector<std::pair<std::string, Module<T>*>> named_modules();
 
   // ---- training and evaluation ----

@@ -105,6 +105,19 @@ TEST(Module, RegisteringRenamesEverythingBelow) {
   EXPECT_EQ(names_of(outer.named_buffers()), (std::vector<std::string>{"stage2.res.seen"}));
 }
 
+TEST(Module, ANamedRootNamesItsWalksByItsPath) {
+  std::mt19937_64 rng(1);
+  Sequential<float> s("features");
+  s.add<Linear<float>>("fc", 2, 2, Init::Xavier, rng);
+  // Every walk names by full path, the same as Parameter::name.
+  EXPECT_EQ(names_of(s.named_parameters()), (std::vector<std::string>{"features.fc.weight", "features.fc.bias"}));
+  for (const auto& [name, p] : s.named_parameters()) EXPECT_EQ(p->name, name);
+  EXPECT_EQ(names_of(s.named_modules()), (std::vector<std::string>{"features", "features.fc"}));
+  EXPECT_EQ(names_of(s.named_children()), (std::vector<std::string>{"fc"}));
+  Block<float> b(2, rng);
+  EXPECT_EQ(names_of(b.conv1.named_parameters()), (std::vector<std::string>{"conv1.weight", "conv1.bias"}));
+}
+
 TEST(Module, RefusesBadAndDuplicateNames) {
   std::mt19937_64 rng(1);
   Sequential<float> s("features");
