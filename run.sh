@@ -9,15 +9,18 @@
 #   ./run.sh test-tsan                     the OpenMP kernels under ThreadSanitizer (build/tsan)
 #   ./run.sh fuzz [seconds]                build the libFuzzer targets with clang (build/fuzz)
 #                                          and run each for `seconds` (default 60)
+#   ./run.sh package                       the Debian package libtape-autodiff-dev (CPack, build/package)
 #
 # Missing Debian packages are installed with apt-get when run as root; otherwise the
-# exact apt-get line is printed and the script stops. Builds use -j2.
+# exact apt-get line is printed and the script stops; apt-get waits for another apt or
+# dpkg to finish rather than failing. Builds use -j2; test, train and bench build with
+# -march=native (AD_NATIVE), package without.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # What every build needs.
 BASE_PACKAGES=(build-essential cmake xtensor-dev libxtensor-blas-dev libopenblas-dev libfmt-dev
-               libgtest-dev libcli11-dev zlib1g-dev graphviz gdb)
+               libgtest-dev libcli11-dev zlib1g-dev graphviz gdb nlohmann-json3-dev pkg-config git)
 
 ensure_packages() {
   local missing=() p
@@ -31,8 +34,27 @@ ensure_packages() {
     exit 1
   fi
   echo "run.sh: installing ${missing[*]}" >&2
-  apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+  apt_update
+  DEBIAN_FRONTEND=noninteractive apt-get "${APT_WAIT[@]}" install -y -q --no-install-recommends "${missing[@]}" >&2
+}
+
+# Another apt-get or dpkg holding the lock: wait for it (up to 10 minutes) instead of
+# failing. DPkg::Lock::Timeout covers dpkg's lock; `apt-get update` also takes the
+# package lists' lock, which it does not wait for, so update is retried while that is held.
+APT_WAIT=(-o DPkg::Lock::Timeout=600)
+apt_update() {
+  local out try
+  for try in $(seq 60); do
+    if out=$(apt-get "${APT_WAIT[@]}" update -q 2>&1); then
+      echo "$out" >&2
+      return 0
+    fi
+    echo "$out" >&2
+    grep -q "Could not get lock" <<<"$out" || return 1
+    echo "run.sh: another apt-get holds the lock; waiting (try $try of 60)" >&2
+    sleep 10
+  done
+  return 1
 }
 
 # build <dir> <build type> [target...]: configure once, then build the targets (all if none).
@@ -40,7 +62,7 @@ build() {
   local dir=$1 type=$2 t targets=()
   shift 2
   for t in "$@"; do targets+=(--target "$t"); done
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" >/dev/null
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" -DAD_NATIVE=ON >/dev/null
   cmake --build "$dir" -j2 "${targets[@]}"
 }
 
@@ -62,7 +84,7 @@ case "$cmd" in
     # LibTorch and Google Benchmark are used here only; the library and tests never link them.
     ensure_packages "${BASE_PACKAGES[@]}" dataset-fashion-mnist libtorch-dev libbenchmark-dev
     echo "run.sh: building bench/ in build/bench (Release, with LibTorch: the first build takes a few minutes)" >&2
-    cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DAD_BUILD_BENCH=ON -DAD_BUILD_TESTS=OFF \
+    cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DAD_NATIVE=ON -DAD_BUILD_BENCH=ON -DAD_BUILD_TESTS=OFF \
       -DAD_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build build/bench -j2 >/dev/null
     exec build/bench/bench/bench "$@"
@@ -104,13 +126,15 @@ case "$cmd" in
     cmake --build build/fuzz -j2
     # Both targets at once (one core each). New inputs go to build/fuzz/corpus_<t>; the
     # committed seeds are only read. Each log ends with libFuzzer's report.
-    targets=(idx checkpoint)
+    targets=(idx checkpoint safetensors)
     pids=()
     mkdir -p build/fuzz/crashes
     for t in "${targets[@]}"; do
       mkdir -p "build/fuzz/corpus_$t"
       echo "run.sh: fuzzing the $t reader for $seconds s (log: build/fuzz/fuzz_$t.log)" >&2
-      "build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=30 -print_final_stats=1 \
+      dict=()
+      [ -f "tests/fuzz/$t.dict" ] && dict=(-dict="tests/fuzz/$t.dict")
+      "build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=30 -print_final_stats=1 "${dict[@]}" \
         -artifact_prefix="build/fuzz/crashes/$t-" "build/fuzz/corpus_$t" "tests/fuzz/corpus_$t" \
         >"build/fuzz/fuzz_$t.log" 2>&1 &
       pids+=($!)
@@ -129,6 +153,19 @@ case "$cmd" in
       fi
     done
     exit "$failed"
+    ;;
+  package)
+    # Portable (no -march=native), the library alone, installed under /usr; the test
+    # suite builds the same package from its own tree (Consumer.deb).
+    ensure_packages "${BASE_PACKAGES[@]}"
+    cmake -S . -B build/package -DCMAKE_BUILD_TYPE=Release -DAD_NATIVE=OFF -DAD_BUILD_TESTS=OFF \
+      -DAD_BUILD_EXAMPLES=OFF -DCMAKE_INSTALL_PREFIX=/usr >/dev/null
+    cmake --build build/package -j2
+    cpack -G DEB --config build/package/CPackConfig.cmake -B build/package >&2
+    for deb in build/package/*.deb; do
+      echo "$deb"
+      dpkg-deb -f "$deb" Package Version Depends
+    done
     ;;
   help | -h | --help)
     sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'

@@ -11,9 +11,11 @@
 #include "autodiff/custom.hpp"
 
 // gdb loads our pretty-printers (tools/gdb/ad_printers.py) for every binary that links
-// the tape: this entry in .debug_gdb_scripts names the script by absolute path (set by
-// CMake). gdb runs it once `add-auto-load-safe-path` allows the directory; see the
-// README, "Debugging a model". "MS" + entry size 1: identical entries merge at link time.
+// the tape: this entry in .debug_gdb_scripts names the script by the relative name CMake
+// sets, which gdb looks up in the current directory and then along its source path
+// (`directory`), so no path of the build machine is compiled in. gdb runs it once
+// `add-auto-load-safe-path` allows the directory; see the README, "Step through it in
+// gdb". "MS" + entry size 1: identical entries merge at link time.
 #if defined(__ELF__) && defined(AD_GDB_PRINTERS_PATH)
 asm(".pushsection \".debug_gdb_scripts\", \"MS\",@progbits,1\n"
     ".byte 1\n"  // 1 = a Python script file name follows
@@ -116,9 +118,21 @@ Slot<T>& Tape<T>::slot_mut(Value v) {
 }
 
 template <class T>
+Parameter<T>& Tape<T>::checked_param(const Slot<T>& s, int32_t id) const {
+  Parameter<T>& p = *s.param;
+  if (p.value.shape() != s.param_shape)
+    throw TapeError(fmt::format("tape: parameter \"{}\" (value #{}) was reshaped from {} to {} after tape.param() "
+                                "recorded it; the ops on the tape were sized for {}. Reshape a parameter only "
+                                "between steps (before tape.param(), after backward)",
+                                p.name, id, shape_str(s.param_shape), shape_str(p.value.shape()),
+                                shape_str(s.param_shape)));
+  return p;
+}
+
+template <class T>
 const Tensor<T>& Tape<T>::value(Value v) const {
   const Slot<T>& s = slot(v);
-  return s.param ? s.param->value : s.data;
+  return s.param ? checked_param(s, v.id).value : s.data;
 }
 
 template <class T>
@@ -172,6 +186,7 @@ template <class T>
 Value Tape<T>::param(Parameter<T>& p, std::source_location loc) {
   Slot<T>& s = slots_.emplace_back();
   s.param = &p;
+  s.param_shape = p.value.shape();  // an svector: no allocation up to rank 4
   s.requires_grad = grad_enabled_;
   Value v{static_cast<int32_t>(slots_.size() - 1), recording_};
   if (Node<T>* n = record(OpKind::Parameter, {}, v, Attrs{}, loc)) n->label = p.name;
@@ -249,7 +264,7 @@ Tensor<T>* Tape<T>::grad_buffer(Value v) {
   Slot<T>& s = slot_mut(v);
   if (!s.requires_grad) return nullptr;
   if (s.param) {
-    Parameter<T>& p = *s.param;
+    Parameter<T>& p = checked_param(s, v.id);
     if (p.grad.shape() != p.value.shape()) p.zero_grad();
     s.grad_ready = true;
     return &p.grad;
@@ -318,6 +333,10 @@ void Tape<T>::start_backward(Value out, const Tensor<T>& seed, BackwardOptions o
       throw e;
     }
   }
+  // A parameter reshaped since the forward would be read out of bounds by the VJPs
+  // sized for its old shape: refuse before any gradient is touched.
+  for (std::size_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].param) checked_param(slots_[i], static_cast<int32_t>(i));
   // From here on the pass adds into gradients: running it again needs retain_graph,
   // even if this one is abandoned half-way through (stepping) or stopped by an error.
   consumed_ = !opt.retain_graph;

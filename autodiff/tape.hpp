@@ -91,6 +91,9 @@ struct Slot {
   Tensor<T> data;                // the value (unused for parameters: see param)
   Tensor<T> grad;                // dJ/d(value) during backward (unused for parameters)
   Parameter<T>* param = nullptr; // set for parameter leaves: value and grad live there
+  // A parameter's shape when tape.param() recorded it: ops and their VJPs were sized by
+  // it, so a value reshaped since is refused (TapeError) rather than read out of bounds.
+  typename Tensor<T>::shape_type param_shape;
   int32_t producer = -1;         // index of the node that produced it; -1 for leaves
   bool requires_grad = false;    // some parameter upstream: backward must reach it
   bool grad_ready = false;       // this backward has written a gradient for it
@@ -113,7 +116,9 @@ class Tape {
   Value input(const Tensor<T>& x, std::string label = {},
               std::source_location loc = std::source_location::current());
   // A parameter leaf: the value is read from `p`, the gradient accumulates into p.grad.
-  // `p` must outlive the tape's use of it.
+  // `p` must outlive the tape's use of it, and keep its shape: reading a parameter
+  // whose value was reshaped since param() (by an op, backward or value()) throws
+  // TapeError. Changing its values in place (an optimizer step) is allowed.
   Value param(Parameter<T>& p, std::source_location loc = std::source_location::current());
 
   const Tensor<T>& value(Value v) const;
@@ -215,6 +220,8 @@ class Tape {
 
  private:
   Slot<T>& slot_mut(Value v);
+  // s.param, after checking that its value still has the shape param() recorded.
+  Parameter<T>& checked_param(const Slot<T>& s, int32_t id) const;
   void start_backward(Value out, const Tensor<T>& seed, BackwardOptions opt);
   void advance_cursor(int from);           // to the next node with work below `from`
   void run_node(int index);                // hooks, VJP and anomaly checks of one node

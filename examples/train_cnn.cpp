@@ -2,24 +2,31 @@
 // on Fashion-MNIST with a progress bar, evaluates on the test set after every epoch,
 // and can save, resume from, and load checkpoints. `./run.sh train --help`.
 //
-// Exit codes: 0 success, 1 runtime error (bad data, bad checkpoint, ...), 2 usage error.
+// Exit codes: 0 success, 1 runtime error (bad data, bad checkpoint, a non-finite loss,
+// lost output, ...), 2 usage error, 130 / 143 after SIGINT / SIGTERM.
 // The last line printed on success is exactly "test accuracy: 0.XXXX".
+#include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <span>
 
+#include "nn/checkpoint.hpp"
 #include "nn/curve.hpp"
 #include "nn/data.hpp"
 #include "nn/layers.hpp"
 #include "nn/optim.hpp"
 #include "nn/progress.hpp"
 #include "nn/train.hpp"
+#include "nn/weights.hpp"
 
 namespace {
 
@@ -73,8 +80,14 @@ void check_writable(const char* flag, const std::string& path) {
   const fs::path p(path);
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
   std::error_code ec;
-  if (fs::is_directory(p, ec))
+  const fs::file_status st = fs::status(p, ec);  // follows a symlink to what it names
+  if (fs::is_directory(st))
     throw std::runtime_error(fmt::format("{} {}: is a directory, expected a file name", flag, path));
+  // The file is replaced by a rename: a device or a FIFO (--save /dev/null) would be
+  // replaced by a regular file, so only a regular file or a new name is accepted.
+  if (fs::exists(st) && !fs::is_regular_file(st))
+    throw std::runtime_error(fmt::format("{} {}: exists and is not a regular file (a device, FIFO or socket); "
+                                         "give the name of a regular file or a new one", flag, path));
   if (!fs::is_directory(dir, ec))
     throw std::runtime_error(fmt::format("{} {}: the directory {} does not exist", flag, path, dir.string()));
   if (access(dir.c_str(), W_OK) != 0)
@@ -96,24 +109,89 @@ struct Options {
   std::string pool = "max", activation = "relu", init = "torch";
   std::array<int, 2> channels{16, 32};
   double max_memory_mb = 0;  // 0: 80% of the memory available
+  // --import / --export: weights in PyTorch's state_dict names and layouts (nn/weights.hpp).
+  std::string import_weights, export_weights;
 };
+
+// The program's output. Writing it never throws and never kills the process: SIGPIPE
+// is ignored, a failed write is remembered, and finish_output() reports it at the end
+// (exit 1), after the training and its checkpoints, which do not depend on stdout.
+int g_stdout_errno = 0;
+
+void flush_out() {
+  if (std::fflush(stdout) != 0 && g_stdout_errno == 0) g_stdout_errno = errno ? errno : EIO;
+}
+
+template <class... Args>
+void out(fmt::format_string<Args...> f, Args&&... args) {
+  const std::string s = fmt::format(f, std::forward<Args>(args)...);
+  if (std::fwrite(s.data(), 1, s.size(), stdout) != s.size() && g_stdout_errno == 0) g_stdout_errno = errno ? errno : EIO;
+}
+
+// Throws when anything written to stdout was lost (a closed pipe, a full disk).
+void finish_output() {
+  flush_out();
+  if (g_stdout_errno != 0 || std::ferror(stdout))
+    throw std::runtime_error(fmt::format("standard output: the results could not be written: {}",
+                                         std::strerror(g_stdout_errno ? g_stdout_errno : EIO)));
+}
+
+// --export: a .safetensors file, or else a directory of .npy files; checked before training.
+void check_export(const std::string& path) {
+  if (path.empty()) return;
+  if (path.ends_with(".safetensors")) return check_writable("--export", path);
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_directory(path, ec))
+    throw std::runtime_error(fmt::format("--export {}: exists and is not a directory (a name without .safetensors is a "
+                                         "directory of .npy files)", path));
+}
 
 int run(const Options& o) {
   check_writable("--save", o.save);
   check_writable("--curve", o.curve);
+  check_export(o.export_weights);
   ad::set_num_threads(o.threads);
-  const nn::Dataset train = nn::load_fashion_mnist(o.data, "train");
-  const nn::Dataset test = nn::load_fashion_mnist(o.data, "t10k");
-  fmt::print("data: {} ({} training images{}, {} test images, {}x{})\n", o.data, train.count,
-             o.limit && o.limit < train.count ? fmt::format(", using the first {}", o.limit) : "", test.count, train.rows, train.cols);
+
+  // Everything that decides the run's memory comes from the IDX headers, the flags and
+  // the model's shapes: a run too big for this machine is refused before the data, the
+  // model or the optimizer state is allocated, not by the OOM killer mid-epoch.
+  const nn::IdxPairPaths train_paths = nn::fashion_mnist_paths(o.data, "train");
+  const nn::IdxPairPaths test_paths = nn::fashion_mnist_paths(o.data, "t10k");
+  const nn::DatasetShape train_shape = nn::read_idx_pair_shape(train_paths.images, train_paths.labels);
+  const nn::DatasetShape test_shape = nn::read_idx_pair_shape(test_paths.images, test_paths.labels);
+  nn::check_test_matches_train(train_shape, train_paths, test_shape, test_paths);
 
   nn::CnnConfig cfg;
-  cfg.height = static_cast<int>(train.rows), cfg.width = static_cast<int>(train.cols);
-  cfg.classes = static_cast<int>(std::max<std::size_t>(train.num_classes, 10));
+  cfg.height = static_cast<int>(train_shape.rows), cfg.width = static_cast<int>(train_shape.cols);
+  cfg.classes = static_cast<int>(nn::kFashionMnistClasses);
   cfg.pool = nn::parse_pool(o.pool);
   cfg.activation = nn::parse_activation(o.activation);
   cfg.channels = o.channels;
   cfg.torch_init = nn::parse_init(o.init) == nn::Init::Torch;
+  nn::CnnFootprint footprint;
+  try {
+    footprint = nn::cnn_footprint(cfg, sizeof(float));
+  } catch (const ad::ShapeError& e) {
+    throw std::runtime_error(fmt::format("{}: {}x{} images do not fit the model {}: {}", train_paths.images,
+                                         train_shape.rows, train_shape.cols, cfg.tag(), e.what()));
+  }
+  // The tape of one step (the same tape evaluates the test set in batches of
+  // kEvalBatch, so whichever is larger), plus each parameter's value, gradient and up
+  // to two optimizer buffers (Adam), plus the data set itself.
+  const std::size_t step_batch =
+      std::min<std::size_t>(o.batch, o.limit ? std::min(o.limit, train_shape.count) : train_shape.count);
+  const std::size_t tape_batch = std::max(step_batch, std::min(kEvalBatch, test_shape.count));
+  const std::size_t data_bytes = (train_shape.count + test_shape.count) * (train_shape.rows * train_shape.cols + 1);
+  nn::check_memory(footprint.step_bytes_per_example * tape_batch + 4 * footprint.parameters * sizeof(float) + data_bytes,
+                   static_cast<std::size_t>(o.max_memory_mb * 1e6),
+                   fmt::format("--batch {}: training {} images a step", o.batch, step_batch));
+
+  const nn::Dataset train = nn::load_idx_pair(train_paths.images, train_paths.labels, nn::kFashionMnistClasses);
+  const nn::Dataset test = nn::load_idx_pair(test_paths.images, test_paths.labels, nn::kFashionMnistClasses);
+  out("data: {} ({} training images{}, {} test images, {}x{})\n", o.data, train.count,
+      o.limit && o.limit < train.count ? fmt::format(", using the first {}", o.limit) : "", test.count, train.rows,
+      train.cols);
+
   nn::Sequential<float> model = nn::make_cnn<float>(cfg, o.seed);
   std::size_t n_params = 0;
   for (auto* p : model.parameters()) n_params += p->value.size();
@@ -132,26 +210,21 @@ int run(const Options& o) {
   }
   const std::string schedule = o.schedule == "auto" ? (o.optimizer == "sgd" ? "constant" : "cosine") : o.schedule;
   nn::scheduled_lr(schedule, lr, 0, o.epochs);  // rejects an unknown name before any work
-  fmt::print("model: {} ({} parameters); optimizer {} lr {:g} ({} schedule), batch {}, {} threads, seed {}\n", cfg.tag(),
-             n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
-  std::fflush(stdout);
+  out("model: {} ({} parameters); optimizer {} lr {:g} ({} schedule), batch {}, {} threads, seed {}\n", cfg.tag(),
+      n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
+  flush_out();
 
-  // A run too big for this machine is refused here, not by the OOM killer mid-epoch:
-  // the tape of one step (the same tape evaluates the test set in batches of
-  // kEvalBatch, so whichever is larger), plus each parameter's value, gradient and up to
-  // two optimizer buffers (Adam), plus the data set itself.
-  const std::size_t step_batch = std::min<std::size_t>(o.batch, o.limit ? std::min(o.limit, train.count) : train.count);
-  const std::size_t tape_batch = std::max(step_batch, std::min(kEvalBatch, test.count));
-  const std::size_t data_bytes = (train.count + test.count) * (train.rows * train.cols + 1);
-  nn::check_memory(nn::step_bytes_per_example(model, {1, train.rows, train.cols}) * tape_batch +
-                       4 * n_params * sizeof(float) + data_bytes,
-                   static_cast<std::size_t>(o.max_memory_mb * 1e6),
-                   fmt::format("--batch {}: training {} images a step", o.batch, step_batch));
+  // Weights from PyTorch (or an earlier --export): every name and shape must match the
+  // model, whose tag a file we wrote must also carry; otherwise nothing changes.
+  if (!o.import_weights.empty()) {
+    nn::load_weights(o.import_weights, model, {.model_tag = cfg.tag()});
+    out("imported weights from {} (PyTorch's state_dict layout)\n", o.import_weights);
+  }
 
   int start = 0;
   if (!o.load.empty()) {
     start = nn::load_model(o.load, model, *opt, cfg.tag());
-    fmt::print("loaded {}: {} epochs done\n", o.load, start);
+    out("loaded {}: {} epochs done\n", o.load, start);
   }
 
   nn::BatchIterator batches(train, o.batch, /*shuffle=*/true, o.seed, o.limit);
@@ -163,15 +236,24 @@ int run(const Options& o) {
     batches.start_epoch(static_cast<uint64_t>(e));
     nn::ProgressBar progress(e + 1, o.epochs, batches.size());
     const auto lr_at = [&](double frac) { return nn::scheduled_lr(schedule, lr, e + frac, o.epochs); };
-    const nn::EpochStats tr =
-        nn::train_epoch(model, *opt, batches, tape, curve.recorder(e, batches.size(), std::ref(progress)), lr_at);
+    nn::EpochStats tr;
+    try {
+      tr = nn::train_epoch(model, *opt, batches, tape, curve.recorder(e, batches.size(), std::ref(progress)), lr_at);
+    } catch (const nn::NonFiniteLossError& d) {
+      flush_out();
+      throw std::runtime_error(fmt::format(
+          "training stopped in epoch {}: {}.{} Try a lower --lr.", e + 1, d.what(),
+          o.save.empty() ? std::string()
+          : e > start   ? fmt::format(" {} holds epoch {}, the last one with a finite loss.", o.save, e)
+                        : fmt::format(" {} was left as it was.", o.save)));
+    }
     last_test = nn::evaluate(model, test, kEvalBatch, tape);
     evaluated = true;
     curve.add_epoch({e + 1, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy});
-    fmt::print("epoch {}/{}: train loss {:.4f} acc {:.4f} | test loss {:.4f} acc {:.4f} | {:.1f} s, {:.0f} img/s\n", e + 1,
-               o.epochs, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy, tr.seconds,
-               static_cast<double>(tr.images) / tr.seconds);
-    std::fflush(stdout);
+    out("epoch {}/{}: train loss {:.4f} acc {:.4f} | test loss {:.4f} acc {:.4f} | {:.1f} s, {:.0f} img/s\n", e + 1,
+        o.epochs, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy, tr.seconds,
+        static_cast<double>(tr.images) / tr.seconds);
+    flush_out();
     if (!o.save.empty()) nn::save_model(o.save, model, *opt, e + 1, cfg.tag());
   }
   if (!o.curve.empty() && !curve.epochs().empty()) {
@@ -180,12 +262,51 @@ int run(const Options& o) {
                               fmt::format("optimizer {} lr {:g} ({} schedule), weight decay {:g}, batch {}, {} epochs, "
                                           "{} threads, seed {}",
                                           o.optimizer, lr, schedule, o.weight_decay, o.batch, o.epochs, ad::num_threads(),
-                                          o.seed)});
-    fmt::print("training curve: {}\n", o.curve);
+                                          o.seed)},
+                    "--curve");
+    out("training curve: {}\n", o.curve);
   }
   if (!evaluated) last_test = nn::evaluate(model, test, kEvalBatch, tape);
-  fmt::print("test accuracy: {:.4f}\n", last_test.accuracy);
+  if (!o.export_weights.empty()) {
+    nn::save_weights(o.export_weights, model, {.model_tag = cfg.tag()});
+    out("exported weights to {} (PyTorch's state_dict layout)\n", o.export_weights);
+  }
+  out("test accuracy: {:.4f}\n", last_test.accuracy);
+  finish_output();
   return 0;
+}
+
+// SIGINT (Ctrl-C) and SIGTERM: a save in progress is abandoned (its temp file removed;
+// the file it would have replaced is still the previous whole checkpoint), the process
+// says so on stderr and exits with 128 + the signal (130, 143), as a shell reports a
+// signal. Async-signal-safe: write(2), unlink(2) (in nn::remove_partial_file), _exit.
+void write_stderr(const char* s) {
+  const ssize_t ignored = ::write(STDERR_FILENO, s, std::strlen(s));
+  (void)ignored;
+}
+
+extern "C" void on_terminate(int sig) {
+  const bool abandoned = nn::remove_partial_file();
+  write_stderr(sig == SIGINT ? "\ntrain_cnn: interrupted (SIGINT)" : "\ntrain_cnn: terminated (SIGTERM)");
+  write_stderr(abandoned ? ": the save in progress was abandoned and its temporary file removed; the previous "
+                           "checkpoint is intact\n"
+                         : "; every checkpoint written so far is complete\n");
+  ::_exit(128 + sig);
+}
+
+void install_signal_handlers() {
+  // A closed pipe (train_cnn | head -1) makes writes fail with EPIPE instead of killing
+  // the process before it saves; finish_output reports the lost output.
+  std::signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa {};
+  sa.sa_handler = on_terminate;
+  sigemptyset(&sa.sa_mask);
+  for (const int sig : {SIGINT, SIGTERM}) {
+    struct sigaction old {};
+    // A signal ignored by whoever started us (nohup, a shell's background job) stays ignored.
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    ::sigaction(sig, &sa, nullptr);
+  }
 }
 
 }  // namespace
@@ -220,10 +341,23 @@ int main(int argc, char** argv) {
       ->transform(whole_in(1, kMaxChannels));
   app.add_option("--max-memory", o.max_memory_mb,
                  "refuse to start when the run would need more than this many MB (default: 80% of the memory available)")
-      ->check(number_in(0, 1e9, false));
+      ->check(number_in(1e-6, 1e9, true));  // at least one byte: a budget that rounds to 0 bytes would mean "none"
   app.add_option("--curve", o.curve,
                  "write the training curve (loss of every batch, loss and accuracy per epoch) as an SVG file (.svg)")
       ->check(CLI::Validator([](std::string& v) { return nn::svg_path_problem(v); }, "FILE.svg"));
+  // Weights in and out, in PyTorch's state_dict names and layouts (README, "Weights in and out").
+  app.add_option("--import", o.import_weights,
+                 "start from these weights: FILE.safetensors or a directory of .npy files (PyTorch's names and layouts)")
+      ->excludes("--load");
+  app.add_option("--export", o.export_weights,
+                 "after training, write the weights: FILE.safetensors, or else a directory of .npy files");
+  install_signal_handlers();
+  // A closed stdout (train_cnn >&-) would lose the results, and the next file opened
+  // would take descriptor 1 and receive them: refuse before opening anything.
+  if (::fcntl(STDOUT_FILENO, F_GETFD) == -1) {
+    write_stderr("train_cnn: error: standard output is closed; the results would be lost\n");
+    return 1;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -235,7 +369,7 @@ int main(int argc, char** argv) {
   try {
     return run(o);
   } catch (const std::exception& e) {
-    std::fflush(stdout);
+    flush_out();
     fmt::print(stderr, "\ntrain_cnn: error: {}\n", e.what());
     return 1;
   }

@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -215,9 +216,56 @@ std::vector<std::uint8_t> read_whole_file(const std::string& path) {
 
 // ---------------------------------------------------------------- public API
 
+namespace {
+
+// The temp file of the write in progress, for remove_partial_file (a signal handler):
+// a static buffer and a flag, never heap memory, so the handler reads nothing that
+// another thread could free under it.
+char g_partial_path[4096 + 64];
+std::atomic<bool> g_partial_set{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "a signal handler reads g_partial_set");
+
+// Publishes `tmp` as the write in progress for the lifetime of the object.
+class PartialFile {
+ public:
+  explicit PartialFile(const std::string& tmp) {
+    if (tmp.size() >= sizeof g_partial_path) return;  // too long to publish: not removed on a signal
+    std::memcpy(g_partial_path, tmp.c_str(), tmp.size() + 1);
+    g_partial_set.store(true, std::memory_order_release);
+  }
+  ~PartialFile() { g_partial_set.store(false, std::memory_order_release); }
+  PartialFile(const PartialFile&) = delete;
+  PartialFile& operator=(const PartialFile&) = delete;
+};
+
+// "a character device", "a FIFO", ... for an st_mode that is not a regular file.
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+}  // namespace
+
+bool remove_partial_file() noexcept {
+  if (!g_partial_set.load(std::memory_order_acquire)) return false;
+  return ::unlink(g_partial_path) == 0;
+}
+
 void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes,
                            std::string_view who) {
+  // Renaming over a device or a FIFO would replace it with a regular file (as root,
+  // --save /dev/null would delete the device): refuse anything but a regular file.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    throw WriteError(fmt::format("{}: {}: is {}, not a regular file; refusing to rename a file "
+                                 "over it", who, path, file_kind(st.st_mode)));
+  }
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  const PartialFile partial(tmp);
 
   // O_NOFOLLOW: never write through a symlink planted at the temp name.
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);

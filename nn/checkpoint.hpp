@@ -53,9 +53,17 @@ class WriteError : public std::runtime_error {
 
 // Writes `bytes` to `path` atomically: to <path>.tmp.<pid>, fsync, rename over `path`,
 // fsync the directory. On failure the temp file is removed and the old file at `path`
-// is untouched. Messages start with "<who>: <path>: ". Throws WriteError.
+// is untouched. An existing `path` that is not a regular file (a device such as
+// /dev/null, a FIFO, a directory) is refused before anything is written, never
+// replaced. Messages start with "<who>: <path>: ". Throws WriteError.
 void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes,
                            std::string_view who);
+
+// For a SIGINT/SIGTERM handler: removes the temp file of a write_file_atomically in
+// progress in this process, if there is one, and says whether it removed one.
+// Async-signal-safe (an atomic flag, a static buffer and unlink(2)); the caller then
+// ends the process with _exit, so the interrupted save never renames anything.
+bool remove_partial_file() noexcept;
 
 // Writes `tensors` with write_file_atomically (errors are CheckpointError).
 void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& tensors,

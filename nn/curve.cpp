@@ -245,10 +245,11 @@ std::string TrainingCurve::svg(const std::vector<std::string>& settings) const {
   return s;
 }
 
-void TrainingCurve::write_svg(const std::string& path, const std::vector<std::string>& settings) const {
+void TrainingCurve::write_svg(const std::string& path, const std::vector<std::string>& settings,
+                              std::string_view who) const {
   if (const std::string why = svg_path_problem(path); !why.empty()) throw std::invalid_argument(why);
   const std::string text = svg(settings);
-  write_file_atomically(path, std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()), "training curve");
+  write_file_atomically(path, std::span(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()), who);
 }
 
 }  // namespace nn

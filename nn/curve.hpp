@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "nn/train.hpp"
@@ -54,9 +55,11 @@ class TrainingCurve {
   // per epoch), each with axis titles, ticks and a legend; `settings` are printed under
   // them, one line each.
   std::string svg(const std::vector<std::string>& settings = {}) const;
-  // Writes svg(settings) atomically (write_file_atomically). Throws std::invalid_argument
-  // for a name that is not .svg, WriteError when the file cannot be written.
-  void write_svg(const std::string& path, const std::vector<std::string>& settings = {}) const;
+  // Writes svg(settings) atomically (write_file_atomically; its messages start with
+  // "<who>: <path>: "). Throws std::invalid_argument for a name that is not .svg,
+  // WriteError when the file cannot be written.
+  void write_svg(const std::string& path, const std::vector<std::string>& settings = {},
+                 std::string_view who = "training curve") const;
 
   struct BatchPoint {
     double x;     // epochs: epoch + done / total

@@ -50,7 +50,7 @@ std::optional<std::string> find_idx_file(const std::filesystem::path& dir, const
 
 }  // namespace
 
-Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path) {
+Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path, std::size_t num_classes) {
   IdxArray images = read_idx(images_path);
   if (images.dims.size() != 3) {
     throw DataError(fmt::format("load_idx_pair: {}: images must have rank 3 (count, rows, cols) "
@@ -72,12 +72,54 @@ Dataset load_idx_pair(const std::string& images_path, const std::string& labels_
   out.cols = images.dims[2];
   out.images = std::move(images.data);
   out.labels = std::move(labels.data);
-  // read_idx guarantees dims > 0, so there is at least one label.
-  out.num_classes = std::size_t{*std::max_element(out.labels.begin(), out.labels.end())} + 1;
+  if (num_classes == 0) {
+    // Classes unknown: read_idx guarantees dims > 0, so there is at least one label.
+    out.num_classes = std::size_t{*std::max_element(out.labels.begin(), out.labels.end())} + 1;
+    return out;
+  }
+  // A label past the classes would silently widen the model (255 -> 256 classes).
+  const auto bad = std::find_if(out.labels.begin(), out.labels.end(),
+                                [&](std::uint8_t l) { return l >= num_classes; });
+  if (bad != out.labels.end()) {
+    const auto n_bad = std::count_if(out.labels.begin(), out.labels.end(),
+                                     [&](std::uint8_t l) { return l >= num_classes; });
+    throw DataError(fmt::format("load_idx_pair: {}: label {} at position {} is out of range: this data set "
+                                "has {} classes, so labels must be in [0, {}] ({} such labels in the file)",
+                                labels_path, *bad, bad - out.labels.begin(), num_classes, num_classes - 1, n_bad));
+  }
+  out.num_classes = num_classes;
   return out;
 }
 
-Dataset load_fashion_mnist(const std::string& dir, const std::string& split) {
+DatasetShape read_idx_pair_shape(const std::string& images_path, const std::string& labels_path) {
+  const std::vector<std::uint32_t> images = read_idx_header(images_path);
+  if (images.size() != 3) {
+    throw DataError(fmt::format("load_idx_pair: {}: images must have rank 3 (count, rows, cols) "
+                                "but dims are {}", images_path, format_dims(images)));
+  }
+  const std::vector<std::uint32_t> labels = read_idx_header(labels_path);
+  if (labels.size() != 1) {
+    throw DataError(fmt::format("load_idx_pair: {}: labels must have rank 1 (count) but dims "
+                                "are {}", labels_path, format_dims(labels)));
+  }
+  if (images[0] != labels[0]) {
+    throw DataError(fmt::format("load_idx_pair: count mismatch: {} holds {} images but {} holds "
+                                "{} labels", images_path, images[0], labels_path, labels[0]));
+  }
+  return {images[0], images[1], images[2]};
+}
+
+void check_test_matches_train(const DatasetShape& train, const IdxPairPaths& train_paths, const DatasetShape& test,
+                              const IdxPairPaths& test_paths) {
+  if (test.rows != train.rows || test.cols != train.cols) {
+    throw DataError(fmt::format("the test set does not match the training set: {} holds {}x{} images but {} "
+                                "holds {}x{} images; a model trained on one cannot be evaluated on the other",
+                                test_paths.images, test.rows, test.cols, train_paths.images, train.rows,
+                                train.cols));
+  }
+}
+
+IdxPairPaths fashion_mnist_paths(const std::string& dir, const std::string& split) {
   if (split != "train" && split != "t10k") {
     throw DataError(fmt::format("load_fashion_mnist: unknown split \"{}\": use \"train\" or "
                                 "\"t10k\"", split));
@@ -110,7 +152,12 @@ Dataset load_fashion_mnist(const std::string& dir, const std::string& split) {
                                 dir, fmt::join(missing, " and no "), fmt::join(looked_for, ", "),
                                 kInstallHint));
   }
-  return load_idx_pair(*images_path, *labels_path);
+  return {*images_path, *labels_path};
+}
+
+Dataset load_fashion_mnist(const std::string& dir, const std::string& split) {
+  const IdxPairPaths paths = fashion_mnist_paths(dir, split);
+  return load_idx_pair(paths.images, paths.labels, kFashionMnistClasses);
 }
 
 BatchIterator::BatchIterator(const Dataset& data, std::size_t batch_size, bool shuffle,

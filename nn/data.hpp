@@ -16,8 +16,11 @@ namespace nn {
 // Where Debian's dataset-fashion-mnist package installs the four .gz files.
 inline constexpr const char* kDefaultFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 
+// Fashion-MNIST's (and MNIST's) classes: labels are 0..9.
+inline constexpr std::size_t kFashionMnistClasses = 10;
+
 // `count` images of rows x cols bytes, stored back to back (count*rows*cols
-// bytes), and one label per image; num_classes = max label + 1.
+// bytes), and one label per image, each below num_classes.
 struct Dataset {
   std::vector<std::uint8_t> images;
   std::vector<std::uint8_t> labels;
@@ -26,11 +29,22 @@ struct Dataset {
 };
 
 // Reads an images file (rank 3: count, rows, cols) and a labels file (rank 1:
-// count). Throws DataError if a file is malformed or the counts disagree.
-Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path);
+// count). Throws DataError if a file is malformed or the counts disagree. The class
+// count is a property of the data set: with num_classes > 0 every label must be below
+// it (a DataError names the labels file, the label and its position); with 0 (a data
+// set of unknown classes) it is taken as max label + 1.
+Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path,
+                      std::size_t num_classes = 0);
 
-// Loads split "train" or "t10k" from `dir` (<split>-images-idx3-ubyte[.gz],
+// The two files of split "train" or "t10k" in `dir` (<split>-images-idx3-ubyte[.gz],
 // <split>-labels-idx1-ubyte[.gz]; .gz preferred). Throws DataError with an install hint.
+struct IdxPairPaths {
+  std::string images, labels;
+};
+IdxPairPaths fashion_mnist_paths(const std::string& dir, const std::string& split);
+
+// Loads split "train" or "t10k" from `dir` (the files of fashion_mnist_paths), with
+// kFashionMnistClasses classes: a label of 10 or more is a DataError.
 Dataset load_fashion_mnist(const std::string& dir, const std::string& split);
 
 // Random changes to training images, drawn afresh for every image in every epoch
@@ -42,6 +56,17 @@ struct Augmentation {
   bool horizontal_flip = false;  // mirror left-right with probability 1/2
   bool enabled() const { return max_shift > 0 || horizontal_flip; }
 };
+// What a data set will hold, from the IDX headers alone (nothing else is read or
+// allocated): count, rows, cols. Throws DataError as load_idx_pair would for the headers.
+struct DatasetShape {
+  std::size_t count = 0, rows = 0, cols = 0;
+};
+DatasetShape read_idx_pair_shape(const std::string& images_path, const std::string& labels_path);
+
+// A test set must fit the model trained on `train`: images of the same rows x cols,
+// and (once loaded) the same classes. Throws DataError naming both files of each set.
+void check_test_matches_train(const DatasetShape& train, const IdxPairPaths& train_paths, const DatasetShape& test,
+                              const IdxPairPaths& test_paths);
 
 // Walks a Dataset in mini-batches, one epoch at a time. Uses the first `limit`
 // examples (0 = all); keeps a reference, so the Dataset must outlive it.

@@ -45,7 +45,12 @@ const char* type_name(std::uint8_t code) {
 }
 
 // A read-only byte stream over a regular file, decompressing it if it starts
-// with the gzip magic 1f 8b. Owns the descriptor / gzFile.
+// with the gzip magic 1f 8b. Owns the descriptor and the zlib stream.
+//
+// gzip is inflated here rather than with gzread: gzread silently ignores whatever
+// follows the last gzip member when it does not start with the gzip magic, so a valid
+// .gz with junk appended would pass. Here concatenated members (gzip(1) accepts them)
+// are read one after another and anything else after a member is an error.
 class ByteSource {
  public:
   explicit ByteSource(const std::string& path) : path_(path) {
@@ -72,44 +77,32 @@ class ByteSource {
     unsigned char magic[2] = {0, 0};
     const ssize_t got = pread_all(magic, 2, 0);
     if (got == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
-      gz_ = ::gzdopen(fd_, "rb");
-      if (gz_ == nullptr) {
+      in_.resize(kInBytes + 1);  // + 1: room to put back a magic byte (inflate_some)
+      // 16 + MAX_WBITS: a gzip wrapper (header, CRC32 and length trailer checked).
+      if (::inflateInit2(&zs_, 16 + MAX_WBITS) != Z_OK) {
         close_all();
         fail(path_, "cannot start gzip decompression (out of memory?)");
       }
-      fd_ = -1;  // owned by gz_ now
-      ::gzbuffer(gz_, 1u << 17);
+      gzip_ = true;
     }
   }
   ~ByteSource() { close_all(); }
   ByteSource(const ByteSource&) = delete;
   ByteSource& operator=(const ByteSource&) = delete;
 
-  bool is_gzip() const { return gz_ != nullptr; }
+  bool is_gzip() const { return gzip_; }
   // Size of the file on disk (compressed size for gzip).
   std::uint64_t file_size() const { return file_size_; }
 
   // Reads up to n bytes; fewer only at the end of the stream. Throws DataError
-  // on an I/O error or a corrupt / truncated gzip stream.
+  // on an I/O error or a corrupt / truncated gzip stream, or junk after it.
   std::size_t read(std::uint8_t* buf, std::size_t n) {
     std::size_t total = 0;
     while (total < n) {
       const std::size_t want = std::min(n - total, kChunkBytes);
-      if (gz_ != nullptr) {
-        const int got = ::gzread(gz_, buf + total, static_cast<unsigned>(want));
-        check_gz();
-        if (got < 0) fail(path_, "corrupt gzip stream: read failed");
-        if (got == 0) break;
-        total += static_cast<std::size_t>(got);
-      } else {
-        const ssize_t got = ::read(fd_, buf + total, want);
-        if (got < 0) {
-          if (errno == EINTR) continue;
-          fail(path_, fmt::format("read error: {}", errno_text(errno)));
-        }
-        if (got == 0) break;
-        total += static_cast<std::size_t>(got);
-      }
+      const std::size_t got = gzip_ ? inflate_some(buf + total, want) : read_file(buf + total, want);
+      if (got == 0) break;
+      total += got;
     }
     return total;
   }
@@ -127,6 +120,8 @@ class ByteSource {
   }
 
  private:
+  static constexpr std::size_t kInBytes = std::size_t{1} << 17;
+
   ssize_t pread_all(unsigned char* buf, std::size_t n, off_t offset) {
     for (;;) {
       const ssize_t got = ::pread(fd_, buf, n, offset);
@@ -135,29 +130,81 @@ class ByteSource {
     }
   }
 
-  // zlib reports a data error or an unexpected end of the compressed stream
-  // through gzerror; both mean the file is damaged.
-  void check_gz() {
-    int errnum = Z_OK;
-    const char* msg = ::gzerror(gz_, &errnum);
-    if (errnum == Z_OK) return;
-    if (errnum == Z_ERRNO) fail(path_, fmt::format("read error: {}", errno_text(errno)));
-    std::string_view text = msg != nullptr ? msg : "unknown zlib error";
-    // zlib prefixes "<fd:N>: " for gzdopen streams; the path is printed already.
-    if (text.starts_with("<fd:")) {
-      const auto colon = text.find(": ");
-      if (colon != std::string_view::npos) text.remove_prefix(colon + 2);
+  // Up to n bytes of the file as it is; 0 at its end.
+  std::size_t read_file(std::uint8_t* buf, std::size_t n) {
+    for (;;) {
+      const ssize_t got = ::read(fd_, buf, n);
+      if (got >= 0) {
+        consumed_ += static_cast<std::uint64_t>(got);
+        return static_cast<std::size_t>(got);
+      }
+      if (errno != EINTR) fail(path_, fmt::format("read error: {}", errno_text(errno)));
     }
-    if (errnum == Z_BUF_ERROR) {
-      fail(path_, fmt::format("gzip stream is truncated ({})", text));
+  }
+
+  // Makes compressed input available; false at the end of the file.
+  bool fill_input() {
+    if (zs_.avail_in > 0) return true;
+    const std::size_t got = read_file(in_.data(), kInBytes);
+    zs_.next_in = in_.data();
+    zs_.avail_in = static_cast<uInt>(got);
+    return got > 0;
+  }
+
+  // Offset in the file of the next compressed byte not yet consumed.
+  std::uint64_t input_offset() const { return consumed_ - zs_.avail_in; }
+
+  // Up to n decompressed bytes; 0 at the end of the last gzip member.
+  std::size_t inflate_some(std::uint8_t* buf, std::size_t n) {
+    for (;;) {
+      if (member_done_) {
+        // After a member: the end of the file, another member, or junk.
+        if (!fill_input()) return 0;
+        const std::uint64_t at = input_offset();
+        const bool magic1 = zs_.next_in[0] == 0x1f;
+        if (magic1 && zs_.avail_in < 2) {  // the second magic byte is in the next read
+          const std::uint8_t first = zs_.next_in[0];
+          zs_.avail_in = 0;
+          if (!fill_input()) trailing_junk(at);
+          const bool magic2 = zs_.next_in[0] == 0x8b;
+          if (!magic2) trailing_junk(at);
+          // Put the first byte back in front: in_ starts with the byte just read.
+          std::memmove(in_.data() + 1, zs_.next_in, zs_.avail_in);
+          in_[0] = first;
+          zs_.next_in = in_.data();
+          ++zs_.avail_in;
+        } else if (!magic1 || zs_.next_in[1] != 0x8b) {
+          trailing_junk(at);
+        }
+        if (::inflateReset(&zs_) != Z_OK) fail(path_, "corrupt gzip stream (cannot restart)");
+        member_done_ = false;
+      }
+      if (!fill_input()) fail(path_, "gzip stream is truncated (unexpected end of file)");
+      zs_.next_out = buf;
+      zs_.avail_out = static_cast<uInt>(n);
+      const int ret = ::inflate(&zs_, Z_NO_FLUSH);
+      const std::size_t got = n - zs_.avail_out;
+      if (ret == Z_STREAM_END) {
+        member_done_ = true;
+      } else if (ret == Z_MEM_ERROR) {
+        fail(path_, "gzip decompression ran out of memory");
+      } else if (ret != Z_OK && ret != Z_BUF_ERROR) {  // Z_DATA_ERROR, Z_NEED_DICT, Z_STREAM_ERROR
+        fail(path_, fmt::format("corrupt gzip stream ({})", zs_.msg != nullptr ? zs_.msg : "invalid data"));
+      }
+      if (got > 0) return got;
     }
-    fail(path_, fmt::format("corrupt gzip stream ({})", text));
+  }
+
+  [[noreturn]] void trailing_junk(std::uint64_t at) {
+    fail(path_, fmt::format("corrupt gzip stream: {} bytes of junk after the end of the gzip data at "
+                            "offset {} (a .gz file must end with its last gzip member)",
+                            file_size_ > at ? file_size_ - at : 0, at));
   }
 
   void close_all() {
-    if (gz_ != nullptr) {
-      ::gzclose_r(gz_);
-      gz_ = nullptr;
+    if (gzip_) {
+      ::inflateEnd(&zs_);
+      gzip_ = false;
     }
     if (fd_ >= 0) {
       ::close(fd_);
@@ -167,7 +214,11 @@ class ByteSource {
 
   std::string path_;
   int fd_ = -1;
-  gzFile gz_ = nullptr;
+  bool gzip_ = false;
+  z_stream zs_{};
+  std::vector<std::uint8_t> in_;  // compressed input
+  std::uint64_t consumed_ = 0;    // bytes read from the file so far
+  bool member_done_ = false;      // the last inflate() ended a gzip member
   std::uint64_t file_size_ = 0;
 };
 
@@ -177,8 +228,11 @@ std::string format_dims(const std::vector<std::uint32_t>& dims) {
   return fmt::format("({})", fmt::join(dims, ","));
 }
 
-IdxArray read_idx(const std::string& path) {
-  ByteSource src(path);
+namespace {
+
+// Reads and checks the header (magic, type, rank, dims, their product, and for a raw
+// file the payload size against the file size); returns the dims.
+std::vector<std::uint32_t> read_header(ByteSource& src, const std::string& path) {
   const char* what_bytes = src.is_gzip() ? "decompressed bytes" : "bytes";
 
   std::uint8_t head[4] = {0, 0, 0, 0};
@@ -213,7 +267,7 @@ IdxArray read_idx(const std::string& path) {
     fail(path, fmt::format("header is truncated: rank {} needs {} bytes of dimensions but only "
                            "{} follow the magic", rank, 4 * rank, dims_got));
   }
-  IdxArray out;
+  IdxArray out;  // dims only
   out.dims.resize(rank);
   for (unsigned i = 0; i < rank; ++i) {
     const std::uint8_t* b = dim_bytes + 4 * i;
@@ -249,6 +303,18 @@ IdxArray read_idx(const std::string& path) {
                              count, payload));
     }
   }
+  return out.dims;
+}
+
+}  // namespace
+
+IdxArray read_idx(const std::string& path) {
+  ByteSource src(path);
+  const char* what_bytes = src.is_gzip() ? "decompressed bytes" : "bytes";
+  IdxArray out;
+  out.dims = read_header(src, path);
+  std::uint64_t count = 1;
+  for (const std::uint32_t d : out.dims) count *= d;
 
   // Grow the buffer as bytes arrive (never beyond `count`), so a lying gzip
   // header cannot make us allocate more than the stream really holds.
@@ -277,6 +343,11 @@ IdxArray read_idx(const std::string& path) {
                            what_bytes, format_dims(out.dims), need));
   }
   return out;
+}
+
+std::vector<std::uint32_t> read_idx_header(const std::string& path) {
+  ByteSource src(path);
+  return read_header(src, path);
 }
 
 }  // namespace nn

@@ -37,6 +37,10 @@ struct IdxArray {
 // not the extension. Throws DataError naming `path` on any defect.
 IdxArray read_idx(const std::string& path);
 
+// The dims of an IDX file, from its header alone, checked as read_idx checks them (for a
+// raw file, the payload size too); the payload is not read. Throws DataError.
+std::vector<std::uint32_t> read_idx_header(const std::string& path);
+
 // "(60000,28,28)": dims the way error messages print them.
 std::string format_dims(const std::vector<std::uint32_t>& dims);
 

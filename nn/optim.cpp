@@ -6,6 +6,8 @@
 #include <numbers>
 #include <stdexcept>
 
+#include <fmt/format.h>
+
 namespace nn {
 
 namespace {
@@ -29,10 +31,28 @@ void refs(std::vector<std::pair<std::string, xt::xarray<float>*>>& out, const st
           const std::string& prefix, const char* slot, std::vector<xt::xarray<float>>& t) {
   for (std::size_t i = 0; i < ps.size(); ++i) out.emplace_back(prefix + ps[i]->name + "." + slot, &t[i]);
 }
+
+// Throws std::invalid_argument("<who>: <name> = <v> must be <rule>") unless ok.
+void require(bool ok, const char* who, const char* name, double v, const char* rule) {
+  if (!ok) throw std::invalid_argument(fmt::format("{}: {} = {} must be {}", who, name, v, rule));
+}
+
 }  // namespace
 
 template <class T>
+double Optimizer<T>::checked_lr(double lr) {
+  require(std::isfinite(lr) && lr >= 0, "optimizer", "lr", lr, "a finite number >= 0");
+  return lr;
+}
+
+template <class T>
 Sgd<T>::Sgd(std::vector<ad::Parameter<T>*> params, SgdOptions opt) : Optimizer<T>(std::move(params), opt.lr), opt_(opt) {
+  // (0 <= x is false for NaN, so every check below also refuses NaN.)
+  require(opt.momentum >= 0 && opt.momentum < 1, "Sgd", "momentum", opt.momentum, "in [0, 1)");
+  require(opt.weight_decay >= 0 && std::isfinite(opt.weight_decay), "Sgd", "weight_decay", opt.weight_decay,
+          "a finite number >= 0");
+  if (opt.nesterov && opt.momentum == 0)
+    throw std::invalid_argument("Sgd: nesterov = true needs a momentum > 0 (with momentum 0 it is plain SGD)");
   if (opt_.momentum != 0.0) velocity_ = zeros_like(this->params_);
 }
 
@@ -73,6 +93,11 @@ std::vector<std::pair<std::string, xt::xarray<float>*>> Sgd<T>::state_refs(const
 template <class T>
 Adam<T>::Adam(std::vector<ad::Parameter<T>*> params, AdamOptions opt)
     : Optimizer<T>(std::move(params), opt.lr), opt_(opt) {
+  require(opt.beta1 >= 0 && opt.beta1 < 1, "Adam", "beta1", opt.beta1, "in [0, 1)");
+  require(opt.beta2 >= 0 && opt.beta2 < 1, "Adam", "beta2", opt.beta2, "in [0, 1)");
+  require(opt.eps > 0 && std::isfinite(opt.eps), "Adam", "eps", opt.eps, "a finite number > 0");
+  require(opt.weight_decay >= 0 && std::isfinite(opt.weight_decay), "Adam", "weight_decay", opt.weight_decay,
+          "a finite number >= 0");
   m_ = zeros_like(this->params_);
   v_ = zeros_like(this->params_);
 }
@@ -116,6 +141,20 @@ std::vector<std::pair<std::string, xt::xarray<float>*>> Adam<T>::state_refs(cons
   refs(out, this->params_, prefix, "v", v_);
   out.emplace_back(prefix + "step", &t_);
   return out;
+}
+
+template <class T>
+std::string Adam<T>::state_defect(std::size_t index, const xt::xarray<float>& value) const {
+  const std::size_t n = this->params_.size();  // state_refs order: m (n), v (n), step
+  if (index >= n && index < 2 * n) {
+    for (std::size_t i = 0; i < value.size(); ++i)
+      if (value.data()[i] < 0) return fmt::format("holds {} at flat index {}; a second moment is never negative", value.data()[i], i);
+  } else if (index == 2 * n) {
+    const float t = value.size() == 1 ? value.data()[0] : -1.0f;
+    if (!(t >= 0.0f && t <= 16777216.0f) || t != std::floor(t))
+      return fmt::format("is {}, not a whole number of steps in [0, 2^24]", t);
+  }
+  return {};
 }
 
 double scheduled_lr(const std::string& schedule, double lr, double epoch, int epochs) {

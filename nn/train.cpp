@@ -1,9 +1,12 @@
 // Training loop parts.
 #include "nn/train.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
+#include <numeric>
 #include <optional>
 
 namespace nn {
@@ -25,6 +28,13 @@ std::size_t count_correct(const ad::Tensor<T>& logits, const std::vector<int>& l
 
 }  // namespace
 
+NonFiniteLossError::NonFiniteLossError(std::size_t step_, std::size_t first_image, std::size_t images, double loss_)
+    : std::runtime_error(fmt::format("the loss is {} at step {} of the epoch (images {} to {} of the epoch): the "
+                                     "run diverged; that step changed no parameter",
+                                     loss_, step_, first_image + 1, first_image + images)),
+      step(step_),
+      loss(loss_) {}
+
 template <class T>
 EpochStats train_epoch(Module<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
                        const ProgressFn& progress, const std::function<double(double)>& lr_at,
@@ -34,16 +44,21 @@ EpochStats train_epoch(Module<T>& model, Optimizer<T>& opt, BatchIterator& batch
   ad::Tensor<T> images;
   std::vector<int> labels;
   double loss_sum = 0;
-  std::size_t correct = 0;
+  std::size_t correct = 0, steps = 0;
   while (batches.next(images, labels)) {
     if (lr_at) opt.set_lr(lr_at(static_cast<double>(s.images) / static_cast<double>(batches.size())));
     tape.reset();
     const Value logits = model(tape, tape.input(images, "images", loc), loc);
-    const Value loss = tape.set_label(ad::softmax_cross_entropy(tape, logits, labels, loc), "loss");
+    const Value loss = tape.set_label(ad::softmax_cross_entropy(tape, logits, labels, {}, loc), "loss");
+    // A NaN or infinite loss stops the run here, before backward and the update, so
+    // the model (and any checkpoint saved from it) keeps its last finite state.
+    const double step_loss = static_cast<double>(tape.value(loss)());
+    if (!std::isfinite(step_loss)) throw NonFiniteLossError(++steps, s.images, labels.size(), step_loss);
+    ++steps;
     opt.zero_grad();
     tape.backward(loss);
     opt.step();
-    loss_sum += static_cast<double>(tape.value(loss)()) * static_cast<double>(labels.size());
+    loss_sum += step_loss * static_cast<double>(labels.size());
     correct += count_correct(tape.value(logits), labels);
     s.images += labels.size();
     if (progress) progress(s.images, loss_sum / static_cast<double>(s.images));
@@ -120,8 +135,21 @@ int load_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, con
   xt::xarray<float> epochs = xt::zeros<float>({1});
   expected.emplace_back("meta.epochs", &epochs);
   load_checkpoint_into(path, expected, tag);
-  // The checksum only says the file is the one that was written; the epoch count must
-  // also be a whole number a float holds exactly, or the cast below is undefined.
+  // The checksum only says the file is the one that was written, not that its values
+  // make a model: a NaN weight trains on as NaN, a negative Adam second moment or step
+  // count gives NaN updates. Every value is checked before anything is copied.
+  for (const auto& [name, t] : expected) {
+    const float* v = t->data();
+    const std::size_t bad = static_cast<std::size_t>(std::find_if(v, v + t->size(), [](float x) { return !std::isfinite(x); }) - v);
+    if (bad < t->size())
+      throw CheckpointError(fmt::format("checkpoint {}: tensor \"{}\" holds {} at flat index {}: not a usable model "
+                                        "(was it saved from a diverged run?)", path, name, v[bad], bad));
+  }
+  for (std::size_t i = 0; i < opt_refs.size(); ++i)
+    if (const std::string defect = opt.state_defect(i, opt_staging[i]); !defect.empty())
+      throw CheckpointError(fmt::format("checkpoint {}: optimizer state \"{}\" {}", path, opt_refs[i].first, defect));
+  // The epoch count must also be a whole number a float holds exactly, or the cast
+  // below is undefined.
   const float e = epochs(0);
   if (!(e >= 0.0f && e <= 16777216.0f) || e != std::floor(e))
     throw CheckpointError(fmt::format("{}: meta.epochs is {}, not a whole number of epochs in [0, 2^24]", path, e));
@@ -156,6 +184,36 @@ std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_sh
   for (const ad::Node<T>& n : probe.nodes())
     bytes += (n.saved.dimension() ? n.saved.size() * sizeof(T) : 0) + n.saved_index.size() * sizeof(int32_t);
   return bytes;
+}
+
+CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes) {
+  // The model make_cnn builds, layer by layer, with the ops' own shape rules; per
+  // example, what step_bytes_per_example counts on its tape: the input (no gradient),
+  // every op's output and its gradient, and max pooling's switches (int32).
+  const ad::Conv2dOptions conv{.padding = {cfg.padding, cfg.padding}, .stride = {cfg.stride, cfg.stride}};
+  const ad::Pool2dOptions pool{.window = {cfg.pool_window, cfg.pool_window}, .stride = {cfg.pool_stride, cfg.pool_stride}};
+  const bool max_pool = cfg.pool == PoolKind::Max;
+  ad::Shape s{1, std::size_t(cfg.in_channels), std::size_t(cfg.height), std::size_t(cfg.width)};
+  const auto size = [](const ad::Shape& sh) { return std::accumulate(sh.begin(), sh.end(), std::size_t{1}, std::multiplies<>()); };
+  CnnFootprint f;
+  std::size_t elements = size(s);  // the input
+  std::size_t with_grad = 0;       // values that also get a gradient
+  std::size_t c_in = std::size_t(cfg.in_channels);
+  for (int l = 0; l < 2; ++l) {
+    const std::size_t c_out = std::size_t(cfg.channels[l]), k = std::size_t(cfg.kernel);
+    s = ad::conv2d_output_shape(s, {c_out, c_in, k, k}, nullptr, conv);
+    with_grad += 2 * size(s);  // conv, activation
+    s = ad::pool2d_output_shape(max_pool ? "max_pool2d" : "avg_pool2d", s, pool);
+    with_grad += size(s);
+    if (max_pool) f.step_bytes_per_example += size(s) * sizeof(int32_t);
+    f.parameters += c_out * c_in * k * k + c_out;
+    c_in = c_out;
+  }
+  const std::size_t features = size(s);
+  with_grad += features + std::size_t(cfg.classes);  // flatten, linear
+  f.parameters += features * std::size_t(cfg.classes) + std::size_t(cfg.classes);
+  f.step_bytes_per_example += (elements + 2 * with_grad) * element_bytes;
+  return f;
 }
 
 namespace {

@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <source_location>
+#include <stdexcept>
 #include <string>
 
 #include "nn/data.hpp"
@@ -19,6 +20,16 @@ struct EpochStats {
   double seconds = 0;
 };
 
+// Thrown by train_epoch when a step's loss is NaN or infinite (the run diverged). It
+// is checked right after the forward, so that step changed nothing: no backward, no
+// optimizer update. The message names the step and the loss.
+class NonFiniteLossError : public std::runtime_error {
+ public:
+  NonFiniteLossError(std::size_t step, std::size_t first_image, std::size_t images, double loss);
+  std::size_t step;  // 1-based step (batch) within the epoch
+  double loss;
+};
+
 // Called after every batch: images seen so far this epoch, running mean loss.
 using ProgressFn = std::function<void(std::size_t images_done, double running_loss)>;
 
@@ -28,6 +39,7 @@ using ProgressFn = std::function<void(std::size_t images_done, double running_lo
 // it is in (a new model is in training mode; see Module::train). `lr_at` (optional)
 // gives the learning rate for each step's fraction of the epoch. The nodes the
 // library's layers record show `loc`, the line that called train_epoch.
+// Throws NonFiniteLossError, before that step's update, when a loss is not finite.
 template <class T>
 EpochStats train_epoch(Module<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
                        const ProgressFn& progress = {}, const std::function<double(double)>& lr_at = {},
@@ -46,8 +58,9 @@ template <class T>
 void save_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, int epochs_done,
                 const std::string& tag);
 // Loads into model (parameters and buffers) and optimizer after verifying tag, names,
-// shapes and checksum; returns the epochs completed. Nothing changes unless everything
-// matches.
+// shapes and checksum, and the values: every tensor finite, the optimizer's state valid
+// (Optimizer::state_defect), meta.epochs a whole number. Returns the epochs completed.
+// Nothing changes unless everything matches; a CheckpointError names the file and the tensor.
 template <class T>
 int load_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, const std::string& tag);
 
@@ -59,6 +72,16 @@ int load_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, con
 // counted (they are the same for any batch). Works for any module.
 template <class T>
 std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_shape);
+
+// The same bytes per example as step_bytes_per_example(make_cnn<T>(cfg, ...), {C, H, W})
+// and the parameter count of that model, from shapes alone: nothing is allocated and no
+// forward runs, so a program can refuse a configuration too large for memory before
+// building it. Throws ad::ShapeError when the images are too small for the model.
+struct CnnFootprint {
+  std::size_t step_bytes_per_example = 0;
+  std::size_t parameters = 0;
+};
+CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes);
 
 // Memory this process can still use: the smaller of /proc/meminfo's MemAvailable and
 // what a cgroup v2 limit leaves (memory.max - memory.current), or 0 when neither is known.

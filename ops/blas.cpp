@@ -21,6 +21,13 @@ struct PinOpenBlas {
 template <class T>
 void gemm(bool trans_a, bool trans_b, std::size_t M, std::size_t N, std::size_t K, T alpha,
           const T* A, const T* B, T beta, T* C) {
+  // Empty operands (an empty batch): BLAS refuses a leading dimension of 0, and there is
+  // nothing to multiply; C (M, N) = beta C when the inner dimension K is 0.
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (std::size_t i = 0; i < M * N; ++i) C[i] = beta == T(0) ? T(0) : beta * C[i];
+    return;
+  }
   using Sh = std::array<std::size_t, 2>;
   const Sh sa = trans_a ? Sh{K, M} : Sh{M, K};
   const Sh sb = trans_b ? Sh{N, K} : Sh{K, N};

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "ops/blas.hpp"
+#include "ops/conv2d_general.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -180,13 +181,19 @@ inline bool worth_threads(const ConvGeom& g) { return g.N > 1 && g.N * g.O * g.p
 // kMinRowsForColumns rows, the output columns with the same valid window columns.
 // Each group lists its taps, so a register tile runs one flat loop over them.
 // Taps are read from a zero-padded copy of the input, (C, H, Wp) with input column w
-// at padded column w + pw, so a group may also keep a padding column (as a zero).
+// at column w + L (L = pw), so a group may also keep a padding column (as a zero).
+//   A padding of at least the kernel width (pw >= KW) would make that copy grow with
+// the padding, not with the input (pw = 2^26 is 512 MB a row): there every row class is
+// grouped by columns, no group reads a padding column, and the copy has no padding
+// (L = 0, Wp = W), so the memory stays that of the input and the output.
 struct DirectPlan {
   std::size_t C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
-  std::size_t Wp;    // padded row width
+  bool unpadded;     // pw >= KW: columns always grouped, the copy holds no padding
+  std::size_t L;     // the copy's left zero margin: input column w is at w + L
+  std::size_t Wp;    // the copy's row width
   std::size_t Opad;  // O rounded up to whole register tiles; w is (C*KH*KW, Opad)
-  // One tap (c, p, q): its offset from a pixel's first valid input row (p = p0) in the
-  // padded input, and the offset of w's row (c, p, q).
+  // One tap (c, p, q): its offset in the copy from a pixel's first valid input row
+  // (p = p0) and its group's first column (q = q0), and the offset of w's row (c, p, q).
   struct Tap {
     std::size_t x, w;
   };
@@ -203,6 +210,7 @@ struct DirectPlan {
     std::vector<ColClass> cols;
   };
   std::vector<RowClass> classes;
+  std::vector<ColClass> col_classes;  // the column groups, without taps
   static constexpr std::size_t kMinRowsForColumns = 4;  // so that column groups fill a tile
 
   template <class T>
@@ -211,9 +219,10 @@ struct DirectPlan {
       : C(C_), H(H_), W(W_), O(O_), KH(KH_), KW(KW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
     OH = (H + 2 * ph - KH) / sh + 1;
     OW = (W + 2 * pw - KW) / sw + 1;
-    Wp = std::max(W + pw, (OW - 1) * sw + KW);
+    unpadded = pw >= KW;
+    L = unpadded ? 0 : pw;
+    Wp = unpadded ? W : std::max(W + pw, (OW - 1) * sw + KW);
     Opad = round_up(O, kChan<T>);
-    std::vector<ColClass> col_classes;
     for (std::size_t j = 0; j < OW;) {
       const auto q = valid_range(j, sw, pw, W, KW);
       std::size_t j1 = j + 1;
@@ -226,7 +235,7 @@ struct DirectPlan {
       std::size_t i1 = i + 1;
       while (i1 < OH && valid_range(i1, sh, ph, H, KH) == p) ++i1;
       RowClass rc{i, i1, p.first, {}};
-      if (i1 - i >= kMinRowsForColumns && col_classes.size() > 1)
+      if (unpadded || (i1 - i >= kMinRowsForColumns && col_classes.size() > 1))
         rc.cols = col_classes;
       else
         rc.cols = {{0, OW, 0, KW, {}}};
@@ -234,7 +243,7 @@ struct DirectPlan {
         for (std::size_t c = 0; c < C; ++c)
           for (std::size_t r = p.first; r < p.second; ++r)
             for (std::size_t q = cc.q0; q < cc.q1; ++q)
-              cc.taps.push_back({(c * H + r - p.first) * Wp + q, ((c * KH + r) * KW + q) * Opad});
+              cc.taps.push_back({(c * H + r - p.first) * Wp + (q - cc.q0), ((c * KH + r) * KW + q) * Opad});
       classes.push_back(std::move(rc));
       i = i1;
     }
@@ -249,17 +258,21 @@ struct DirectPlan {
     return {std::min(k0, k1), k1};
   }
   std::size_t padded_size() const { return C * H * Wp; }
+  // Offset in the copy of window column q0 of output column j, on its row: padded
+  // column j*sw + q0 is input column j*sw + q0 - pw (>= 0 whenever the group has taps
+  // and the copy has no padding).
+  std::size_t column(std::size_t j, std::size_t q0) const { return j * sw + q0 + L - pw; }
 };
 
-// Zero-padded copy: xp[c, h, w + pw] = x[c, h, w], zeros elsewhere in each row.
+// Zero-padded copy: xp[c, h, w + L] = x[c, h, w], zeros elsewhere in each row.
 // (One fill of the buffer, then a plain loop per row: rows are a few dozen elements,
 // too short for a memmove or memset call each.)
 template <class T>
 void pad_columns(const T* x, const DirectPlan& pl, T* xp) {
-  const std::size_t W = pl.W, Wp = pl.Wp, pw = pl.pw;
-  std::fill(xp, xp + pl.padded_size(), T(0));
+  const std::size_t W = pl.W, Wp = pl.Wp, L = pl.L;
+  if (Wp > W) std::fill(xp, xp + pl.padded_size(), T(0));
   for (std::size_t r = 0; r < pl.C * pl.H; ++r) {
-    T* dst = xp + r * Wp + pw;
+    T* dst = xp + r * Wp + L;
     const T* src = x + r * W;
     for (std::size_t w = 0; w < W; ++w) dst[w] = src[w];
   }
@@ -324,7 +337,7 @@ void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* b
           for (std::size_t t = 0; t < nt; ++t) {  // the next nt pixels (i, j) of the group
             yts[t] = yt + (i * pl.OW + j) * pl.Opad + o0;
             if (in_padding) std::fill(yts[t], yts[t] + kChan<T>, T(0));
-            else xt[t] = xp + (i * pl.sh + rc.p0 - pl.ph) * pl.Wp + j * pl.sw;  // first valid input row
+            else xt[t] = xp + (i * pl.sh + rc.p0 - pl.ph) * pl.Wp + pl.column(j, cc.q0);  // first valid tap
             if (++j == cc.j1) j = cc.j0, ++i;
           }
           if (!in_padding)
@@ -338,8 +351,10 @@ void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* b
 //
 // gk[(c,p,q), o] += sum_{i,j} gt[i*OW+j, o] * xp[c, i*sh+p-ph, j*sw+q] for the rows i
 // whose tap row i*sh+p-ph lies inside the image; gt is grad_out transposed, (P, Opad).
+// Over `rows` rows of the output and its columns [j0, j0 + nj) (gt0 and xr0 point at
+// column j0 of the first row; a row of gt holds OW pixels).
 template <class T, std::size_t QW>
-void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t rows, std::size_t OW,
+void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t rows, std::size_t nj, std::size_t OW,
              std::size_t sw, std::size_t Opad, T* gk) {
   using V = typename Simd<T>::V;
   constexpr std::size_t L = Simd<T>::L;
@@ -349,7 +364,7 @@ void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t row
   for (std::size_t r = 0; r < rows; ++r) {
     const T* xr = xr0 + r * x_row_step;
     const T* gr = gt0 + r * OW * Opad;
-    for (std::size_t j = 0; j < OW; ++j) {
+    for (std::size_t j = 0; j < nj; ++j) {
       V gv[kBlock];
       for (std::size_t b = 0; b < kBlock; ++b) gv[b] = at(gr + j * Opad + b * L);
       for (std::size_t q = 0; q < QW; ++q) {
@@ -365,6 +380,27 @@ void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t row
     }
 }
 
+// dK over output columns [j0, j1) and window columns [q0, q1) of row (c, p): xr0 is the
+// copy's row of output row i0 at column j0's window column q0, gt0 grad_out's (i0, j0).
+template <class T>
+void dk_columns(const DirectPlan& pl, const T* xr0, const T* gt0, std::size_t rows, std::size_t j0, std::size_t j1,
+                std::size_t q0, std::size_t q1, T* gk_row) {
+  const std::size_t step = pl.sh * pl.Wp, nj = j1 - j0;
+  for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
+    for (std::size_t qs = q0; qs < q1; qs += 5) {
+      const T* xr = xr0 + (qs - q0);
+      const T* gt = gt0 + o0;
+      T* dst = gk_row + qs * pl.Opad + o0;
+      switch (std::min<std::size_t>(5, q1 - qs)) {
+        case 5: dk_taps<T, 5>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
+        case 4: dk_taps<T, 4>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
+        case 3: dk_taps<T, 3>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
+        case 2: dk_taps<T, 2>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
+        default: dk_taps<T, 1>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
+      }
+    }
+}
+
 template <class T>
 void dk_image(const DirectPlan& pl, const T* xp, const T* gt, T* gk) {
   for (std::size_t c = 0; c < pl.C; ++c)
@@ -373,20 +409,17 @@ void dk_image(const DirectPlan& pl, const T* xp, const T* gt, T* gk) {
       const std::size_t i0 = p >= pl.ph ? 0 : (pl.ph - p + pl.sh - 1) / pl.sh;
       const std::size_t i1 = pl.H + pl.ph > p ? std::min(pl.OH, (pl.H + pl.ph - p - 1) / pl.sh + 1) : 0;
       if (i0 >= i1) continue;
-      const T* xr0 = xp + (c * pl.H + i0 * pl.sh + p - pl.ph) * pl.Wp;
-      for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
-        for (std::size_t q0 = 0; q0 < pl.KW; q0 += 5) {
-          const T* gt0 = gt + i0 * pl.OW * pl.Opad + o0;
-          T* dst = gk + ((c * pl.KH + p) * pl.KW + q0) * pl.Opad + o0;
-          const std::size_t rows = i1 - i0, step = pl.sh * pl.Wp;
-          switch (std::min<std::size_t>(5, pl.KW - q0)) {
-            case 5: dk_taps<T, 5>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
-            case 4: dk_taps<T, 4>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
-            case 3: dk_taps<T, 3>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
-            case 2: dk_taps<T, 2>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
-            default: dk_taps<T, 1>(xr0 + q0, step, gt0, rows, pl.OW, pl.sw, pl.Opad, dst); break;
-          }
-        }
+      const T* xrow = xp + (c * pl.H + i0 * pl.sh + p - pl.ph) * pl.Wp;  // input row of output row i0
+      const T* gt0 = gt + i0 * pl.OW * pl.Opad;
+      T* gk_row = gk + (c * pl.KH + p) * pl.KW * pl.Opad;
+      if (!pl.unpadded) {  // every column, padding zeros included
+        dk_columns(pl, xrow + pl.column(0, 0), gt0, i1 - i0, 0, pl.OW, 0, pl.KW, gk_row);
+        continue;
+      }
+      for (const DirectPlan::ColClass& cc : pl.col_classes)  // only the taps inside the image
+        if (cc.q0 < cc.q1)
+          dk_columns(pl, xrow + pl.column(cc.j0, cc.q0), gt0 + cc.j0 * pl.Opad, i1 - i0, cc.j0, cc.j1, cc.q0, cc.q1,
+                     gk_row);
     }
 }
 
@@ -413,10 +446,11 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
 }  // namespace
 
 Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& a) {
+  if (!is_plain(a)) return conv2d_general_output_shape(x, k, b, a);  // dilation, groups: conv2d_general.cpp
   const char* op = "conv2d";
   check_rank(op, "input", x, 4, "(N, C_in, H, W)");
   check_rank(op, "kernel", k, 4, "(C_out, C_in, KH, KW)");
-  check_nonempty(op, "input", x);
+  check_nonempty_but_batch(op, "input", x);  // N = 0: an empty output
   check_nonempty(op, "kernel", k);
   if (x[1] != k[1])
     shape_error(op, "input {} and kernel {} disagree on C_in ({} vs {})", shape_str(x), shape_str(k), x[1], k[1]);
@@ -434,6 +468,7 @@ Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const 
 template <class T>
 void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& a,
                     Tensor<T>& y) {
+  if (!is_plain(a)) return conv2d_general_forward(x, k, b, a, y);  // dilation, groups: conv2d_general.cpp
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p();
   const T* kp = k.data();
@@ -464,6 +499,7 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
 template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
+  if (!is_plain(a)) return conv2d_general_vjp(grad_out, x, k, a, grad_x, grad_k, grad_b);  // conv2d_general.cpp
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
@@ -568,13 +604,7 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt,
              std::source_location loc) {
-  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
-  const Shape ys = conv2d_output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, opt);
-  Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
-  conv2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, opt,
-                 tape.mutable_value(y));
-  tape.record(OpKind::Conv2d, {x, k, b}, y, Attrs::of(opt), loc);
-  return y;
+  return record_conv<T, Conv2dOptions>(tape, OpKind::Conv2d, x, k, b, opt, loc, conv2d_output_shape, conv2d_forward<T>);
 }
 
 // ---- the registry entry (autodiff/op.hpp) ----
@@ -594,7 +624,10 @@ Value conv2d_replay(Tape<double>& t, const ReplayArgs& r) {
 
 std::string conv2d_format(const Attrs& attrs, std::span<const int32_t>) {
   const auto a = attrs.get<Conv2dOptions>();
-  return fmt::format("stride={}x{} pad={}x{}", a.stride[0], a.stride[1], a.padding[0], a.padding[1]);
+  std::string s = fmt::format("stride={}x{} pad={}x{}", a.stride[0], a.stride[1], a.padding[0], a.padding[1]);
+  if (a.dilation[0] != 1 || a.dilation[1] != 1) s += fmt::format(" dilation={}x{}", a.dilation[0], a.dilation[1]);
+  if (a.groups != 1) s += fmt::format(" groups={}", a.groups);
+  return s;
 }
 
 }  // namespace

@@ -15,16 +15,24 @@ struct Conv2dOptions {
   static constexpr const char* kType = "ad::Conv2dOptions";
   std::array<int, 2> padding{0, 0};  // (h_p, w_p), zeros on both sides
   std::array<int, 2> stride{1, 1};   // (h_s, w_s)
+  std::array<int, 2> dilation{1, 1};  // (h_d, w_d): tap (p, q) reads x[.., i*h_s + p*h_d - h_p, ..]
+  int groups = 1;  // C_in and C_out in `groups` blocks; output block g reads input block g only
+                   // (kernel (C_out, C_in/groups, KH, KW); groups = C_in: depthwise)
 };
+
+// The document's convolution: no dilation, one group. Other options take the general
+// path (ops/conv2d_general.cpp).
+inline bool is_plain(const Conv2dOptions& a) { return a.dilation[0] == 1 && a.dilation[1] == 1 && a.groups == 1; }
 
 extern const OpDef conv2d_op;
 namespace OpKind {
 inline constexpr OpId Conv2d = &conv2d_op;
 }
 
-// Checks x (N,C_in,H,W), k (C_out,C_in,KH,KW), b (C_out) or none, and returns the
+// Checks x (N,C_in,H,W), k (C_out,C_in/groups,KH,KW), b (C_out) or none, and returns the
 // output shape (N, C_out, OH, OW), OH = floor((H + 2 h_p - KH) / h_s) + 1 (the
-// document's note). Throws ShapeError naming the argument, both shapes and the rule.
+// document's note), with dilation floor((H + 2 h_p - h_d (KH - 1) - 1) / h_s) + 1 (as
+// PyTorch). Throws ShapeError naming the argument, both shapes and the rule.
 Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& a);
 
 // y = x * k + b, with y already shaped by conv2d_output_shape. b may be null.
@@ -32,10 +40,26 @@ template <class T>
 void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& a,
                     Tensor<T>& y);
 
-// Adds dJ/dx, dJ/dk, dJ/db for dJ/dy = grad_out into the non-null buffers.
+// Adds dJ/dx, dJ/dk, dJ/db for dJ/dy = grad_out into the non-null buffers. x is read
+// only for dJ/dk (for dJ/dx alone only its shape is used: conv_transpose2d relies on it).
 template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b);
+
+// Records a convolution-like op of (input, kernel, optional bias) with its options as the
+// node's attributes: output_shape checks the shapes, forward fills the new value
+// (conv2d, conv_transpose2d).
+template <class T, class Options>
+Value record_conv(Tape<T>& tape, OpId op, Value x, Value k, Value b, const Options& opt, const std::source_location& loc,
+                  Shape (*output_shape)(const Shape&, const Shape&, const Shape*, const Options&),
+                  void (*forward)(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*, const Options&, Tensor<T>&)) {
+  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
+  const Shape ys = output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, opt);
+  Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
+  forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, opt, tape.mutable_value(y));
+  tape.record(op, {x, k, b}, y, Attrs::of(opt), loc);
+  return y;
+}
 
 // Records conv2d on the tape. Pass Value{} as b for no bias.
 template <class T>

@@ -4,31 +4,24 @@
 // row-major order) and the VJP copies the gradient back.
 #include "ops/flatten.hpp"
 
-#include <algorithm>
-
+#include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
 
 Shape flatten_output_shape(const Shape& x) {
   if (x.size() < 2) shape_error("flatten", "input {} must have rank >= 2 (N, ...), not rank {}", shape_str(x), x.size());
-  check_nonempty("flatten", "input", x);
+  check_nonempty_but_batch("flatten", "input", x);  // N = 0: (0, C*H*W)
   std::size_t d = 1;
   for (std::size_t i = 1; i < x.size(); ++i) d *= x[i];
   return {x[0], d};
 }
 
-template <class T> void flatten_forward(const Tensor<T>& x, Tensor<T>& y) {
-  std::copy(x.data(), x.data() + x.size(), y.data());
-}
+// Flattening is a reshape to (N, C*H*W): the same row-major elements (ops/shape.cpp).
+template <class T> void flatten_forward(const Tensor<T>& x, Tensor<T>& y) { reshape_forward(x, y); }
 
-template <class T> void flatten_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x) {
-  if (!grad_x) return;
-  // dx[n,c,h,w] += g[n, (c*H + h)*W + w]
-  const T* g = grad_out.data();
-  T* gx = grad_x->data();
-  for (std::size_t i = 0; i < grad_out.size(); ++i) gx[i] += g[i];
-}
+// dx[n,c,h,w] += g[n, (c*H + h)*W + w]
+template <class T> void flatten_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x) { reshape_vjp(grad_out, grad_x); }
 
 template <class T> Value flatten(Tape<T>& tape, Value x, std::source_location loc) {
   Value y = tape.new_value(flatten_output_shape(tape.shape(x)), tape.any_requires_grad({x}));

@@ -15,7 +15,7 @@ namespace ad {
 Shape linear_output_shape(const Shape& x, const Shape& w, const Shape* b) {
   check_rank("linear", "input", x, 2, "(N, D_in)");
   check_rank("linear", "weight", w, 2, "(D_in, D_out)");
-  check_nonempty("linear", "input", x);
+  check_nonempty_but_batch("linear", "input", x);  // N = 0: (0, D_out)
   check_nonempty("linear", "weight", w);
   if (x[1] != w[0])
     shape_error("linear", "input {} and weight {} disagree on D_in ({} vs {})", shape_str(x), shape_str(w), x[1], w[0]);

@@ -41,7 +41,7 @@ PoolGeom geom(const Shape& xs, const Shape& ys, const Pool2dOptions& a) {
 
 Shape pool2d_output_shape(const char* op, const Shape& x, const Pool2dOptions& a) {
   check_rank(op, "input", x, 4, "(N, C, H, W)");
-  check_nonempty(op, "input", x);
+  check_nonempty_but_batch(op, "input", x);  // N = 0: an empty output
   if (a.window[0] < 1 || a.window[1] < 1)
     shape_error(op, "window ({},{}) must be >= 1 on both axes", a.window[0], a.window[1]);
   auto [oh, ow] = check_window(op, "window", x,
@@ -366,6 +366,68 @@ AD_REGISTER_OP(max_pool2d_op);
   template void max_pool2d_vjp<T>(const Tensor<T>&, const std::vector<int32_t>&, Tensor<T>*);   \
   template Value avg_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);    \
   template Value max_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);
+AD_INSTANTIATE(float)
+AD_INSTANTIATE(double)
+#undef AD_INSTANTIATE
+
+// ---- global average pooling ----
+// The mean of each (H, W) plane: an average pool whose window is the whole plane
+// (section 3.1.3 with h_l = H, w_l = W, no padding), so P is the H x W matrix of 1/(HW)
+// and the VJP spreads g[n,c] / (HW) over the plane.
+
+template <class T> void global_avg_pool2d_forward(const Tensor<T>& x, Tensor<T>& y) {
+  const std::size_t planes = x.shape()[0] * x.shape()[1], hw = x.shape()[2] * x.shape()[3];
+  const T* xp = x.data();
+  T* yp = y.data();
+  // y[n,c] = 1/(HW) sum_{h,w} x[n,c,h,w]
+#pragma omp parallel for schedule(static) if (planes * hw > 65536)
+  for (std::size_t p = 0; p < planes; ++p) {
+    T s = 0;
+    for (std::size_t i = 0; i < hw; ++i) s += xp[p * hw + i];
+    yp[p] = s / static_cast<T>(hw);
+  }
+}
+
+template <class T> void global_avg_pool2d_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x) {
+  if (!grad_x) return;
+  const std::size_t planes = grad_x->shape()[0] * grad_x->shape()[1], hw = grad_x->shape()[2] * grad_x->shape()[3];
+  const T* g = grad_out.data();
+  T* gx = grad_x->data();
+  // dx[n,c,h,w] += g[n,c] / (HW)
+#pragma omp parallel for schedule(static) if (planes * hw > 65536)
+  for (std::size_t p = 0; p < planes; ++p) {
+    const T share = g[p] / static_cast<T>(hw);
+    for (std::size_t i = 0; i < hw; ++i) gx[p * hw + i] += share;
+  }
+}
+
+template <class T> Value global_avg_pool2d(Tape<T>& tape, Value x, std::source_location loc) {
+  const Shape xs = tape.shape(x);
+  check_rank("global_avg_pool2d", "input", xs, 4, "(N, C, H, W)");
+  if (xs[2] == 0 || xs[3] == 0)
+    shape_error("global_avg_pool2d", "input {} has an empty plane (H or W is 0): its mean is undefined", shape_str(xs));
+  Value y = tape.new_value({xs[0], xs[1], 1, 1}, tape.any_requires_grad({x}));
+  global_avg_pool2d_forward(tape.value(x), tape.mutable_value(y));
+  tape.record(OpKind::GlobalAvgPool2d, {x}, y, Attrs{}, loc);
+  return y;
+}
+
+namespace {
+template <class T> void global_avg_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  global_avg_pool2d_vjp(tape->grad_out(node), tape->input_grad(node, 0));
+}
+Value global_avg_pool2d_replay(Tape<double>& t, const ReplayArgs& r) { return global_avg_pool2d(t, r.inputs[0]); }
+}  // namespace
+
+constinit const OpDef global_avg_pool2d_op{.name = "global_avg_pool2d", .vjp_float = global_avg_pool2d_node_vjp<float>,
+                                           .vjp_double = global_avg_pool2d_node_vjp<double>,
+                                           .replay = global_avg_pool2d_replay};
+AD_REGISTER_OP(global_avg_pool2d_op);
+
+#define AD_INSTANTIATE(T)                                                                    \
+  template void global_avg_pool2d_forward<T>(const Tensor<T>&, Tensor<T>&);                 \
+  template void global_avg_pool2d_vjp<T>(const Tensor<T>&, Tensor<T>*);                     \
+  template Value global_avg_pool2d<T>(Tape<T>&, Value, std::source_location);
 AD_INSTANTIATE(float)
 AD_INSTANTIATE(double)
 #undef AD_INSTANTIATE

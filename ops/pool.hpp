@@ -60,4 +60,19 @@ template <class T>
 Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt = {},
                  std::source_location loc = std::source_location::current());
 
+// ---- global average pooling ----
+
+extern const OpDef global_avg_pool2d_op;
+namespace OpKind {
+inline constexpr OpId GlobalAvgPool2d = &global_avg_pool2d_op;
+}
+
+// (N, C, H, W) -> (N, C, 1, 1), the mean of each plane: y[n,c,0,0] = 1/(HW) sum_{h,w} x[n,c,h,w]
+// (PyTorch's adaptive_avg_pool2d to 1x1). H and W must be >= 1; N or C may be 0 (empty result).
+// VJP: gx[n,c,h,w] += g[n,c,0,0] / (HW).
+template <class T>
+Value global_avg_pool2d(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+template <class T> void global_avg_pool2d_forward(const Tensor<T>& x, Tensor<T>& y);
+template <class T> void global_avg_pool2d_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x);
+
 }  // namespace ad

@@ -23,6 +23,15 @@ inline void check_nonempty(const char* op, const char* what, const Shape& s) {
     if (s[i] == 0) shape_error(op, "{} {} is empty along axis {}; every axis must be >= 1", what, shape_str(s), i);
 }
 
+// The same for every axis but the batch axis 0: an empty batch (N = 0) is accepted, as
+// in PyTorch (a data loader's empty last shard), and gives an empty output.
+inline void check_nonempty_but_batch(const char* op, const char* what, const Shape& s) {
+  for (std::size_t i = 1; i < s.size(); ++i)
+    if (s[i] == 0)
+      shape_error(op, "{} {} is empty along axis {}; every axis but the batch axis 0 must be >= 1", what,
+                  shape_str(s), i);
+}
+
 // Sliding-window geometry on an (N, C, H, W) input: stride >= 1, padding >= 0, and
 // the window (KH, KW) fits inside the padded input. Returns (OH, OW) by the
 // document's note: floor((H + 2 h_p - KH) / h_s) + 1.
@@ -64,6 +73,17 @@ inline void check_output_size(const char* op, const Shape& x, const Shape& out, 
                   shape_str(out), shape_str(x), padding[0], padding[1], stride[0], stride[1]);
     n *= d;
   }
+}
+
+// An axis as PyTorch takes it, -rank <= axis < rank (negative: from the end), as an index
+// 0 .. rank-1 of `what` (shape s). `name` says which argument it was ("axis", "dim0").
+inline std::size_t normalize_axis(const char* op, const char* name, int axis, const char* what, const Shape& s) {
+  const auto rank = static_cast<std::ptrdiff_t>(s.size());
+  if (rank == 0) shape_error(op, "{} () has rank 0: it has no axis for {} {}", what, name, axis);
+  if (axis < -rank || axis >= rank)
+    shape_error(op, "{} {} is out of range for {} {} of rank {} (allowed: {} to {})", name, axis, what, shape_str(s),
+                rank, -rank, rank - 1);
+  return static_cast<std::size_t>(axis < 0 ? axis + rank : axis);
 }
 
 }  // namespace ad

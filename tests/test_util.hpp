@@ -90,4 +90,31 @@ template <class F>
   return throws_error<TapeError>(body, parts);
 }
 
+// f, a generic lambda `[](auto& tape, const std::vector<Value>& v) { return op(tape, ...); }`,
+// on a Tape<float> against a Tape<double> from the same inputs (as parameters) and the
+// same random cotangent: the float output and every float gradient agree with the
+// double ones to |f - d| <= rtol |d| + atol, or the failure names which and where.
+template <class F>
+::testing::AssertionResult float_agrees_with_double(F f, const std::vector<T64>& inputs, double rtol, double atol) {
+  auto run = [&]<class T>(T) {
+    std::vector<Parameter<T>> ps;
+    ps.reserve(inputs.size());
+    for (std::size_t i = 0; i < inputs.size(); ++i) ps.emplace_back(fmt::format("in{}", i), xt::cast<T>(inputs[i]));
+    Tape<T> t;
+    std::vector<Value> v;
+    for (Parameter<T>& p : ps) v.push_back(t.param(p));
+    const Value y = f(t, v);
+    std::vector<T64> all = {xt::cast<double>(t.value(y))};
+    t.backward(y, Tensor<T>(xt::cast<T>(uniform(to_shape(t.value(y).shape()), 99))));
+    for (Parameter<T>& p : ps) all.push_back(xt::cast<double>(p.grad));
+    return all;
+  };
+  const std::vector<T64> d = run(0.0), s = run(0.0f);
+  for (std::size_t i = 0; i < d.size(); ++i)
+    if (::testing::AssertionResult r = all_close(s[i], d[i], rtol, atol); !r)
+      return ::testing::AssertionFailure() << (i == 0 ? std::string("output") : fmt::format("gradient of input {}", i - 1))
+                                           << ", float against double: " << r.message();
+  return ::testing::AssertionSuccess();
+}
+
 }  // namespace ad::test

@@ -148,6 +148,170 @@ def misc_cases():
              loss=True)
 
 
+# ---------------------------------------------------------------- issue 11: normalisation, losses, convolutions
+def save_extra(name, **arrays):
+    """Adds arrays that are neither inputs nor gradients to a case written by run_case."""
+    for k, v in arrays.items():
+        v = v.detach().numpy() if torch.is_tensor(v) else np.asarray(v)
+        np.save(os.path.join(ROOT, name, k + ".npy"), v.reshape(v.shape or (1,)))
+
+
+def batch_norm_cases():
+    specs = {  # name: (x shape, affine, training, momentum, eps)
+        "batch_norm2d_train": ((4, 3, 3, 5), 1, 1, 0.1, 1e-5),
+        "batch_norm2d_train_plain": ((2, 2, 3, 3), 0, 1, 0.3, 1e-3),
+        "batch_norm2d_eval": ((2, 3, 4, 4), 1, 0, 0.1, 1e-5),
+    }
+    for name, (xs, affine, training, momentum, eps) in specs.items():
+        seed_for(name)
+        c = xs[1]
+        inputs = {"x": torch.randn(xs) * 2 + 1}
+        if affine:
+            inputs["weight"], inputs["bias"] = torch.rand(c) + 0.5, torch.randn(c)
+        running_mean, running_var = torch.randn(c), torch.rand(c) + 0.5
+
+        def fn(x, weight=None, bias=None):  # on copies: run_case and gradcheck call it often
+            return F.batch_norm(x, running_mean.clone(), running_var.clone(), weight, bias, bool(training),
+                                momentum, eps)
+        run_case(name, fn, inputs, list(inputs), [training, momentum, eps, affine])
+        rm, rv = running_mean.clone(), running_var.clone()
+        F.batch_norm(inputs["x"], rm, rv, inputs.get("weight"), inputs.get("bias"), bool(training), momentum, eps)
+        save_extra(name, running_mean=running_mean, running_var=running_var, running_mean_after=rm,
+                   running_var_after=rv)
+
+
+def dropout_cases():
+    """PyTorch's own mask (its generator is not ours): the test applies it with
+    dropout_forward / dropout_vjp and checks the scaling and the gradient."""
+    name, p = "dropout", 0.3
+    seed_for(name)
+    x = off_kink(2, 3, 4, 5)  # no zeros: the mask is out != 0
+
+    def fn(x):  # the same draw at every call, so gradcheck sees one function
+        torch.manual_seed(1234)
+        return F.dropout(x, p, True)
+    out = run_case(name, fn, {"x": x}, ["x"], [p])
+    save_extra(name, mask=(out != 0).double())
+
+
+def softmax_cases():
+    specs = {  # name: (fn, x shape, axis, stability offset added to one line)
+        "softmax_last": (F.softmax, (4, 6), -1, 50.0),
+        "softmax_axis1": (F.softmax, (2, 5, 3), 1, 0.0),
+        "log_softmax_last": (F.log_softmax, (4, 6), -1, 80.0),
+        "log_softmax_axis0": (F.log_softmax, (3, 2, 4), 0, 0.0),
+    }
+    for name, (fn, xs, axis, offset) in specs.items():
+        seed_for(name)
+        x = torch.randn(xs) * 2
+        x.view(-1)[: xs[-1]] += offset  # the first line along the last axis: huge but finite
+        run_case(name, lambda x: fn(x, dim=axis), {"x": x}, ["x"], [axis])
+
+    for name, ignore_index, labels in (("nll_loss", -100, [1, -100, 4, 0, 2, 4]),
+                                       ("nll_loss_ignore2", 2, [2, 3, 0, 2, 1, 3])):
+        seed_for(name)
+        log_probs = F.log_softmax(torch.randn(6, 5) * 2, dim=1)
+        run_case(name, lambda log_probs, labels: F.nll_loss(log_probs, labels, ignore_index=ignore_index),
+                 {"log_probs": log_probs, "labels": torch.tensor(labels)}, ["log_probs"], [ignore_index], loss=True)
+
+
+def conv_general_cases():
+    specs = {  # name: (x shape, k shape, (ph, pw), (sh, sw), has_bias, (dh, dw), groups)
+        "conv2d_groups2": ((2, 4, 6, 5), (6, 2, 3, 3), (1, 1), (1, 1), 1, (1, 1), 2),
+        "conv2d_depthwise": ((2, 3, 7, 6), (6, 1, 3, 3), (1, 0), (2, 1), 1, (1, 1), 3),
+        "conv2d_dilation": ((2, 2, 9, 8), (3, 2, 3, 2), (2, 1), (1, 2), 1, (2, 3), 1),
+        "conv2d_groups_dilation_stride": ((1, 6, 10, 9), (4, 3, 2, 3), (1, 2), (2, 3), 0, (3, 2), 2),
+    }
+    for name, (xs, ks, pad, stride, bias, dil, groups) in specs.items():
+        seed_for(name)
+        inputs = {"x": torch.randn(xs), "k": torch.randn(ks) * 0.5}
+        if bias:
+            inputs["b"] = torch.randn(ks[0])
+        run_case(name, lambda x, k, b=None: F.conv2d(x, k, b, stride, pad, dil, groups), inputs,
+                 list(inputs), [*pad, *stride, bias, *dil, groups])
+
+
+def conv_transpose_cases():
+    specs = {  # name: (x shape, k shape, (ph, pw), (sh, sw), has_bias, (oph, opw), (dh, dw), groups)
+        "conv_transpose2d_stride2_outpad1": ((2, 3, 4, 5), (3, 2, 3, 3), (1, 1), (2, 2), 1, (1, 1), (1, 1), 1),
+        "conv_transpose2d_asym": ((2, 2, 3, 4), (2, 3, 2, 3), (0, 2), (3, 1), 1, (2, 0), (1, 1), 1),
+        "conv_transpose2d_groups_dilation": ((1, 4, 3, 4), (4, 3, 3, 2), (1, 0), (2, 1), 0, (1, 0), (1, 2), 2),
+        "conv_transpose2d_outpad_ge_stride": ((1, 2, 3, 3), (2, 2, 3, 3), (1, 0), (1, 1), 1, (1, 1), (2, 2), 1),
+    }
+    for name, (xs, ks, pad, stride, bias, opad, dil, groups) in specs.items():
+        seed_for(name)
+        inputs = {"x": torch.randn(xs), "k": torch.randn(ks) * 0.5}
+        if bias:
+            inputs["b"] = torch.randn(ks[1] * groups)
+        run_case(name, lambda x, k, b=None: F.conv_transpose2d(x, k, b, stride, pad, opad, groups, dil), inputs,
+                 list(inputs), [*pad, *stride, bias, *opad, *dil, groups])
+def broadcast_cases():
+    """Binary elementwise ops with NumPy broadcasting; b's shape (1,) stands for a scalar."""
+    ops = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
+    specs = {  # name: (a shape, b shape); the op is the name's first word
+        "add_bcast_channel": ((2, 3, 4, 5), (1, 3, 1, 1)),
+        "sub_bcast_chw": ((2, 3, 4, 5), (3, 1, 1)),
+        "mul_bcast_scalar": ((2, 3, 4), (1,)),
+        "mul_bcast_two_sided": ((4, 1, 3), (5, 1)),
+        "div_bcast_two_sided": ((3, 1), (1, 4)),
+        "div_same_shape": ((3, 4), (3, 4)),
+    }
+    for name, (sa, sb) in specs.items():
+        seed_for(name)
+        op = name.split("_")[0]
+        # divisors kept away from 0 (|b| > 0.5): the quotient and its gradient stay moderate
+        b = torch.sign(torch.randn(sb)) * (0.5 + torch.rand(sb)) if op == "div" else torch.randn(sb)
+        run_case(name, lambda a, b: ops[op](a, b), {"a": torch.randn(sa), "b": b}, ["a", "b"], [])
+
+
+def unary_cases():
+    """Elementwise maths on (2, 3, 4); attrs hold pow's exponent or clamp's [min, max]."""
+    inf = float("inf")
+    positive = lambda: torch.rand(2, 3, 4) * 2 + 0.1
+    specs = {  # name: (fn, x, attrs)
+        "neg": (torch.neg, lambda: torch.randn(2, 3, 4), []),
+        "exp": (torch.exp, lambda: torch.randn(2, 3, 4), []),
+        "log": (torch.log, positive, []),
+        "sqrt": (torch.sqrt, positive, []),
+        "pow_2_5": (lambda x: torch.pow(x, 2.5), positive, [2.5]),
+        "pow_neg_2": (lambda x: torch.pow(x, -2.0), lambda: off_kink(2, 3, 4), [-2.0]),
+        "abs": (torch.abs, lambda: off_kink(2, 3, 4), []),
+        "clamp": (lambda x: torch.clamp(x, -0.5, 0.75), lambda: torch.randn(2, 3, 4), [-0.5, 0.75]),
+        "clamp_max": (lambda x: torch.clamp(x, max=0.25), lambda: torch.randn(2, 3, 4), [-inf, 0.25]),
+    }
+    for name, (fn, draw, attrs) in specs.items():
+        seed_for(name)
+        x = draw()
+        for bound in attrs if name.startswith("clamp") else []:
+            assert (x - bound).abs().min() > KINK_EPS, name
+        run_case(name, fn, {"x": x}, ["x"], attrs)
+
+
+def shape_cases():
+    """reshape, permute, transpose, concat, split and chunk; attrs as each case says."""
+    seed_for("reshape")  # attrs: the shape asked for, -1 inferred
+    run_case("reshape", lambda x: x.reshape(4, -1), {"x": torch.randn(2, 3, 4)}, ["x"], [4, -1])
+    seed_for("permute")  # attrs: dims
+    run_case("permute", lambda x: x.permute(2, 0, 3, 1), {"x": torch.randn(2, 3, 4, 5)}, ["x"], [2, 0, 3, 1])
+    seed_for("transpose")  # attrs: dim0, dim1
+    run_case("transpose", lambda x: x.transpose(0, -1), {"x": torch.randn(2, 3, 4)}, ["x"], [0, -1])
+    seed_for("concat")  # attrs: axis
+    run_case("concat", lambda a, b, c: torch.cat([a, b, c], 1),
+             {"a": torch.randn(2, 1, 3), "b": torch.randn(2, 4, 3), "c": torch.randn(2, 2, 3)}, ["a", "b", "c"], [1])
+    seed_for("split_concat")  # the pieces joined in reverse order; attrs: axis, then the sizes
+    run_case("split_concat", lambda x: torch.cat(torch.split(x, [2, 4, 1], 1)[::-1], 1),
+             {"x": torch.randn(2, 7, 3)}, ["x"], [1, 2, 4, 1])
+    seed_for("chunk")  # piece i scaled by i + 1, joined; attrs: axis, chunks
+    run_case("chunk", lambda x: torch.cat([p * (i + 1) for i, p in enumerate(torch.chunk(x, 3, 0))], 0),
+             {"x": torch.randn(5, 2)}, ["x"], [0, 3])
+
+
+def global_pool_cases():
+    """global_avg_pool2d = adaptive_avg_pool2d to 1x1."""
+    seed_for("global_avg_pool2d")
+    run_case("global_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, 1), {"x": torch.randn(2, 3, 4, 5)}, ["x"], [])
+
+
 # ---------------------------------------------------------------- whole CNNs
 PARAMS = ["k1", "b1", "k2", "b2", "w3", "b3"]
 
@@ -215,4 +379,13 @@ if __name__ == "__main__":
     conv_cases()
     pool_cases()
     misc_cases()
+    batch_norm_cases()
+    dropout_cases()
+    softmax_cases()
+    conv_general_cases()
+    conv_transpose_cases()
+    broadcast_cases()
+    unary_cases()
+    shape_cases()
+    global_pool_cases()
     cnn_cases()

@@ -76,10 +76,11 @@ TEST(GdbPrinters, BreakInConv2dVjpAndPrintTheNodeAndTheTape) {
   // The node the reverse loop is running (one frame up, in the op's registry adapter
   // conv2d_node_vjp), on its own and within the tape; the attributes are the op's own
   // struct, shown by the type name the node's Attrs carries.
-  EXPECT_TRUE(contains(out, "conv2d(%5, %7, %6) -> %8 padding=1x1 stride=1x1 \"conv2\" @ gdb_tape_demo.cpp:")) << out;
+  EXPECT_TRUE(contains(out, "conv2d(%5, %7, %6) -> %8 padding=1x1 stride=1x1 dilation=1x1 groups=1 \"conv2\" @ gdb_tape_demo.cpp:")) << out;
   EXPECT_TRUE(contains(out, "ad::Tape<float>: 16 nodes, 16 values, backward at #8\n")) << out;
   EXPECT_TRUE(contains(out, "   #0 input -> (2,1,8,8) \"images\" @ gdb_tape_demo.cpp:")) << out;
-  EXPECT_TRUE(contains(out, "=> #8 conv2d(#5, #7, #6) -> (2,3,4,4) padding=1x1 stride=1x1 \"conv2\" @ gdb_tape_demo.cpp:"))
+  EXPECT_TRUE(contains(out, "=> #8 conv2d(#5, #7, #6) -> (2,3,4,4) padding=1x1 stride=1x1 dilation=1x1 groups=1 \"conv2\" @ "
+                           "gdb_tape_demo.cpp:"))
       << out;
   EXPECT_TRUE(contains(out, "   #10 max_pool2d(#9) -> (2,3,2,2) window=2x2 stride=2x2 padding=0x0 max_padding=NegInf "
                             "\"conv2.pool\" @"))
@@ -90,7 +91,7 @@ TEST(GdbPrinters, BreakInConv2dVjpAndPrintTheNodeAndTheTape) {
   EXPECT_TRUE(contains(out, "= op conv2d\n")) << out;
   // Tensors: shape, then the first elements (the demo's kernel k2 is a fixed ramp).
   EXPECT_TRUE(std::regex_search(out, std::regex(R"(xt::xarray<float> \(2,3,4,4\) \{[-0-9.e, ]+\.\.\. 96 elements\})"))) << out;
-  EXPECT_TRUE(contains(out, "= ad::Conv2dOptions {padding=1x1 stride=1x1}")) << out;
+  EXPECT_TRUE(contains(out, "= ad::Conv2dOptions {padding=1x1 stride=1x1 dilation=1x1 groups=1}")) << out;
   EXPECT_TRUE(contains(out, "= xt::xarray<float> (3,2,3,3) {-0.25, 0.1, -0.1, 0.25, 0.05, -0.15, 0.2, 0, ... 54 elements}"))
       << out;
   // A parameter and a value handle, in main's frame.

@@ -38,6 +38,16 @@ TEST(OpRegistry, EveryOpKindIsRegisteredUnderItsName) {
       {OpKind::Mul, "mul"},               {OpKind::Scale, "scale"},         {OpKind::Sum, "sum"},
       {OpKind::Mean, "mean"},             {OpKind::SoftmaxCrossEntropy, "softmax_cross_entropy"},
       {OpKind::Mse, "mse"},
+      {OpKind::BatchNorm2d, "batch_norm2d"}, {OpKind::Dropout, "dropout"},
+      {OpKind::Softmax, "softmax"},       {OpKind::LogSoftmax, "log_softmax"}, {OpKind::NllLoss, "nll_loss"},
+      {OpKind::ConvTranspose2d, "conv_transpose2d"},
+      {OpKind::Sub, "sub"},               {OpKind::Div, "div"},
+      {OpKind::Neg, "neg"},               {OpKind::Exp, "exp"},             {OpKind::Log, "log"},
+      {OpKind::Sqrt, "sqrt"},             {OpKind::Pow, "pow"},             {OpKind::Abs, "abs"},
+      {OpKind::Clamp, "clamp"},
+      {OpKind::Reshape, "reshape"},       {OpKind::Permute, "permute"},     {OpKind::Transpose, "transpose"},
+      {OpKind::Concat, "concat"},         {OpKind::Narrow, "narrow"},
+      {OpKind::GlobalAvgPool2d, "global_avg_pool2d"},
   };
   for (const auto& [op, name] : kinds) {
     EXPECT_EQ(op_name(op), name);

@@ -36,6 +36,67 @@ TEST(Tape, GradientsAccumulateOverEveryUse) {
   EXPECT_EQ(p.grad, (T64{3.0, -3.0, 7.0}));
 }
 
+// An intermediate value used by three different ops: its gradient buffer is zeroed
+// when the first consumer's VJP asks for it and every later VJP adds to it. The tape is
+// reset and the step run again, so the buffer handed back holds the previous step's
+// gradient: it must be zeroed again, not added to.
+TEST(Tape, GradientsAccumulateWhenAnIntermediateValueFansOut) {
+  Tape<double> t;
+  Parameter<double> p("x", T64{1.0, -2.0, 0.5});
+  for (int step = 0; step < 2; ++step) {
+    SCOPED_TRACE(step);
+    t.reset();
+    p.zero_grad();
+    const Value h = scale(t, t.param(p), 3.0);  // h = 3x
+    // J = sum(h*h) + sum(5h) + sum(relu(h)): dJ/dh = 2h + 5 + [h > 0]
+    const Value j = add(t, add(t, sum(t, mul(t, h, h)), sum(t, scale(t, h, 5.0))), sum(t, relu(t, h)));
+    t.backward(j);
+    EXPECT_EQ(t.grad(h), (T64{6.0 + 5 + 1, -12.0 + 5, 3.0 + 5 + 1}));
+    EXPECT_EQ(p.grad, (T64{3 * 12.0, 3 * -7.0, 3 * 9.0}));
+  }
+}
+
+// A parameter reshaped between its tape.param() and backward would be read (or have
+// its gradient written) with the shape the ops were recorded for: a heap overflow.
+// The tape remembers the shape at param() and throws a TapeError instead.
+TEST(Tape, AParameterReshapedAfterParamIsATapeError) {
+  {
+    Tape<double> t;
+    Parameter<double> k("k", uniform({4, 2, 3, 3}, 1));
+    const Value y = conv2d(t, t.input(uniform({2, 2, 5, 5}, 2)), t.param(k), Value{}, {.padding = {1, 1}});
+    const Value j = sum(t, y);
+    k.value = uniform({2, 2, 3, 3}, 3);  // smaller: conv2d_vjp would read past it
+    EXPECT_TRUE(throws_tape_error([&] { t.backward(j); },
+                                  {"parameter \"k\"", "reshaped from (4,2,3,3) to (2,2,3,3)", "after tape.param()"}));
+  }
+  {
+    Tape<double> t;
+    Parameter<double> w("w", uniform({3, 4}, 4)), b("b", uniform({4}, 5));
+    const Value j = sum(t, linear(t, t.input(uniform({2, 3}, 6)), t.param(w), t.param(b)));
+    b.value = uniform({2}, 7);  // only b's gradient is written: linear's VJP adds 4 values into it
+    b.zero_grad();
+    EXPECT_TRUE(throws_tape_error([&] { t.backward(j); }, {"parameter \"b\"", "from (4) to (2)"}));
+  }
+  {
+    Tape<double> t;
+    Parameter<double> w("w", uniform({3, 4}, 4));
+    const Value pw = t.param(w);
+    w.value = uniform({4, 3}, 8);  // same size, another shape: refused too
+    EXPECT_TRUE(throws_tape_error([&] { t.value(pw); }, {"from (3,4) to (4,3)"}));
+    EXPECT_TRUE(throws_tape_error([&] { linear(t, t.input(uniform({2, 3}, 6)), pw, Value{}); }, {"reshaped"}));
+  }
+  // New values of the same shape (an optimizer step) and a reshape between steps are fine.
+  Tape<double> t;
+  Parameter<double> w("w", uniform({3, 4}, 4));
+  const Value j = sum(t, linear(t, t.input(uniform({2, 3}, 6)), t.param(w), Value{}));
+  w.value *= 2.0;
+  EXPECT_NO_THROW(t.backward(j));
+  t.reset();
+  w.value = uniform({3, 2}, 9);
+  w.zero_grad();
+  EXPECT_NO_THROW(t.backward(sum(t, linear(t, t.input(uniform({2, 3}, 6)), t.param(w), Value{}))));
+}
+
 TEST(Tape, IntermediateGradientsAreReadable) {
   Tape<double> t;
   Parameter<double> p("x", T64{1.0, 2.0});

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -445,6 +447,33 @@ TEST(CheckpointSave, FailureWhenPathIsADirectoryLeavesItAndNoTempFile) {
   EXPECT_TRUE(fs::is_directory(path));
   EXPECT_EQ(read_raw(dir.file("ckpt_dir/inside")), (Bytes{1, 2, 3}));
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"ckpt_dir"}));
+}
+
+// A rename over a device or a FIFO would replace it with a regular file (as root,
+// saving to /dev/null would delete the device). Both are refused before any write.
+TEST(CheckpointSave, RefusesAFifoOrADeviceAndLeavesItAsItWas) {
+  TempDir dir;
+  const std::string fifo = dir.file("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  expect_checkpoint_error([&] { nn::save_checkpoint(fifo, small_model(), "x"); },
+                          {"save_checkpoint: " + fifo, "is a FIFO, not a regular file"});
+  struct stat st {};
+  ASSERT_EQ(::stat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+  // A character device of our own (the null device's numbers), where mknod is allowed.
+  const std::string dev = dir.file("null");
+  if (::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0) {
+    expect_checkpoint_error([&] { nn::save_checkpoint(dev, small_model(), "x"); },
+                            {"save_checkpoint: " + dev, "is a character device, not a regular file"});
+    ASSERT_EQ(::stat(dev.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISCHR(st.st_mode)) << "the device was replaced";
+  }
+  // A symlink is followed: one that names a FIFO is refused too.
+  const std::string link = dir.file("link");
+  fs::create_symlink(fifo, link);
+  expect_checkpoint_error([&] { nn::save_checkpoint(link, small_model(), "x"); }, {"is a FIFO"});
+  EXPECT_TRUE(fs::is_symlink(link));
+  for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".tmp."), std::string::npos) << e;
 }
 
 TEST(CheckpointSave, FailureToCreateTempFileLeavesOldCheckpointIntact) {

@@ -122,4 +122,65 @@ TEST(CheckpointFaults, SigkillInTheMiddleOfASaveLeavesThePreviousCheckpointIntac
   EXPECT_GE(mid_save_kills, 3) << "no SIGKILL landed in the middle of a save; the test proved nothing";
 }
 
+// SIGTERM (or SIGINT) in the middle of a save, with the handler train_cnn installs:
+// nn::remove_partial_file() removes the temp file of the save in progress, then the
+// process exits with 128 + the signal. No temp file is left, and the checkpoint is the
+// previous whole generation.
+int g_notify_fd = -1;
+
+extern "C" void on_term(int sig) {
+  const std::uint32_t removed = nn::remove_partial_file() ? 0xFFFFFFFFu : 0xFFFFFFFEu;
+  const ssize_t ignored = ::write(g_notify_fd, &removed, sizeof removed);
+  (void)ignored;
+  ::_exit(128 + sig);
+}
+
+TEST(CheckpointFaults, SigtermInTheMiddleOfASaveRemovesTheTempFile) {
+  TempDir dir;
+  const std::string path = dir.file("model.ckpt");
+  int abandoned = 0;
+  for (int attempt = 0; attempt < 40 && abandoned < 3; ++attempt) {
+    SCOPED_TRACE(fmt::format("attempt {}", attempt));
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(fds[0]);
+      g_notify_fd = fds[1];
+      struct sigaction sa {};
+      sa.sa_handler = on_term;
+      ::sigaction(SIGTERM, &sa, nullptr);
+      save_forever(path, fds[1]);
+    }
+    ::close(fds[1]);
+    const std::string tmp = fmt::format("{}.tmp.{}", path, pid);
+    std::uint32_t last = 0, g = 0;
+    bool sent = false;
+    ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    while (!sent) {
+      while (::read(fds[0], &g, sizeof g) == static_cast<ssize_t>(sizeof g)) last = g;
+      if (last >= 1 && fs::exists(tmp)) ::kill(pid, SIGTERM), sent = true;
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ::fcntl(fds[0], F_SETFL, 0);
+    std::uint32_t removed = 0;
+    while (::read(fds[0], &g, sizeof g) == static_cast<ssize_t>(sizeof g)) {
+      if (g >= 0xFFFFFFFEu) removed = g;
+      else last = g;
+    }
+    ::close(fds[0]);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGTERM) << "status " << status;
+    ASSERT_NE(removed, 0u) << "the handler did not run";
+    abandoned += removed == 0xFFFFFFFFu;
+    EXPECT_FALSE(fs::exists(tmp)) << "the temp file of the interrupted save was left behind";
+    std::vector<nn::NamedTensor> loaded;
+    ASSERT_NO_THROW(loaded = nn::load_checkpoint(path));
+    const float gen = loaded[1].value(0);
+    EXPECT_GE(gen, static_cast<float>(last));
+    EXPECT_LE(gen, static_cast<float>(last + 1));
+  }
+  EXPECT_GE(abandoned, 3) << "no SIGTERM landed in the middle of a save; the test proved nothing";
+}
+
 }  // namespace

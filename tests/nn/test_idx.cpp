@@ -226,6 +226,83 @@ TEST(Idx, RejectsTrailingBytes) {
   expect_idx_error(gz, {gz, "1 trailing decompressed bytes", "(3,2,4)"});
 }
 
+// zlib's gzread ignores whatever follows the gzip data unless it starts like another
+// member: a valid .gz with junk appended must be refused like any corrupt gzip file,
+// while a second, valid member (as `cat a.gz b.gz` makes, which gzip(1) accepts) is read.
+TEST(Idx, RejectsJunkAfterTheGzipDataButReadsConcatenatedMembers) {
+  TempDir dir;
+  const std::string good = dir.file("good.gz");
+  write_gz(good, make_idx(0x08, {3, 2, 4}, ramp(24)));
+  const Bytes gz = read_raw(good);
+  struct Junk {
+    const char* name;
+    Bytes bytes;
+  };
+  for (const Junk& j : {Junk{"text", {'j', 'u', 'n', 'k'}}, Junk{"zeros", Bytes(100, 0)},
+                        Junk{"half a magic", {0x1f}}, Junk{"a magic byte then junk", {0x1f, 0x00, 0x01}}}) {
+    SCOPED_TRACE(j.name);
+    Bytes bytes = gz;
+    bytes.insert(bytes.end(), j.bytes.begin(), j.bytes.end());
+    const std::string path = dir.file("junk.gz");
+    write_raw(path, bytes);
+    expect_idx_error(path, {path, "corrupt gzip stream",
+                            fmt::format("{} bytes of junk after the end of the gzip data at offset {}", j.bytes.size(),
+                                        gz.size())});
+  }
+  // A second member that starts like gzip but is not: corrupt, as before.
+  Bytes fake = gz;
+  for (std::uint8_t b : {0x1f, 0x8b, 0x08, 0x00, 0x00, 0xff, 0xff}) fake.push_back(b);
+  write_raw(dir.file("fake.gz"), fake);
+  expect_idx_error(dir.file("fake.gz"), {dir.file("fake.gz"), "gzip stream"});
+
+  // The payload split over two members, one after the other in the file.
+  const Bytes whole = make_idx(0x08, {3, 2, 4}, ramp(24));
+  write_gz(dir.file("a.gz"), Bytes(whole.begin(), whole.begin() + 10));
+  write_gz(dir.file("b.gz"), Bytes(whole.begin() + 10, whole.end()));
+  Bytes two = read_raw(dir.file("a.gz"));
+  const Bytes b = read_raw(dir.file("b.gz"));
+  two.insert(two.end(), b.begin(), b.end());
+  write_raw(dir.file("two.gz"), two);
+  const nn::IdxArray a = nn::read_idx(dir.file("two.gz"));
+  EXPECT_EQ(a.dims, (std::vector<std::uint32_t>{3, 2, 4}));
+  EXPECT_EQ(a.data, ramp(24));
+}
+
+// The reader takes the compressed file in 128 KB reads: a second member whose magic
+// 1f 8b is split by that boundary (1f the last byte of one read, 8b the first of the
+// next) must still be read as a member. Stored (level 0) members of random bytes
+// make the sizes exact.
+TEST(Idx, ReadsAMemberWhoseMagicStraddlesAReadBoundary) {
+  TempDir dir;
+  constexpr std::size_t kRead = std::size_t{1} << 17, n = 3 * kRead;
+  Bytes payload(n);
+  std::mt19937_64 rng(5);
+  for (std::uint8_t& b : payload) b = static_cast<std::uint8_t>(rng());
+  const Bytes whole = make_idx(0x08, {static_cast<std::uint32_t>(n)}, payload);
+  const auto stored_gz = [&](std::size_t from, std::size_t to, const std::string& path) {
+    gzFile gz = gzopen(path.c_str(), "wb0");
+    EXPECT_NE(gz, nullptr);
+    EXPECT_EQ(gzwrite(gz, whole.data() + from, static_cast<unsigned>(to - from)), static_cast<int>(to - from));
+    EXPECT_EQ(gzclose(gz), Z_OK);
+    return read_raw(path);
+  };
+  // The first member: as many bytes of `whole` as make it exactly kRead - 1 bytes long.
+  std::size_t split = kRead - 100;
+  Bytes first = stored_gz(0, split, dir.file("a.gz"));
+  for (int i = 0; i < 20 && first.size() != kRead - 1; ++i) {
+    split = split + (kRead - 1) - first.size();
+    first = stored_gz(0, split, dir.file("a.gz"));
+  }
+  ASSERT_EQ(first.size(), kRead - 1) << "could not size the first member";
+  const Bytes second = stored_gz(split, whole.size(), dir.file("b.gz"));
+  ASSERT_GT(second.size(), kRead);  // the next read fills the whole buffer
+  Bytes both = first;
+  both.insert(both.end(), second.begin(), second.end());
+  write_raw(dir.file("two.gz"), both);
+  const nn::IdxArray a = nn::read_idx(dir.file("two.gz"));
+  EXPECT_EQ(a.data, payload);
+}
+
 TEST(Idx, RejectsCorruptGzipStream) {
   TempDir dir;
   const std::string path = dir.file("corrupt.gz");
@@ -330,6 +407,18 @@ TEST(IdxPair, LoadsMatchingFilesAndCountsClasses) {
   EXPECT_EQ(d.num_classes, 8u);
 }
 
+TEST(IdxPair, AGivenClassCountBoundsTheLabels) {
+  TempDir dir;
+  const std::string images = dir.file("images");
+  const std::string labels = dir.file("labels");
+  write_raw(images, make_idx(0x08, {3, 2, 2}, ramp(12)));
+  write_raw(labels, make_idx(0x08, {3}, Bytes{0, 7, 2}));
+  EXPECT_EQ(nn::load_idx_pair(images, labels, 10).num_classes, 10u);
+  EXPECT_EQ(nn::load_idx_pair(images, labels, 8).num_classes, 8u);
+  expect_data_error([&] { nn::load_idx_pair(images, labels, 7); },
+                    {labels, "label 7 at position 1", "7 classes", "[0, 6]"});
+}
+
 TEST(IdxPair, RejectsImageLabelCountMismatch) {
   TempDir dir;
   const std::string images = dir.file("images");
@@ -386,7 +475,47 @@ TEST(FashionMnist, PrefersGzipAndFallsBackToRaw) {
   const nn::Dataset d = nn::load_fashion_mnist(dir.path().string(), "train");
   EXPECT_EQ(d.count, 2u);
   EXPECT_EQ(d.images, ramp(8));
-  EXPECT_EQ(d.num_classes, 5u);
+  EXPECT_EQ(d.num_classes, 10u);  // the data set's classes, not max label + 1
+}
+
+// A label past Fashion-MNIST's 10 classes (255, or 10) would silently build a model of
+// 256 (or 11) classes: a DataError naming the file, the label and where it is.
+TEST(FashionMnist, RejectsALabelPastTheTenClasses) {
+  for (const std::uint8_t bad : {std::uint8_t{10}, std::uint8_t{255}}) {
+    SCOPED_TRACE(int{bad});
+    TempDir dir;
+    write_gz(dir.file("t10k-images-idx3-ubyte.gz"), make_idx(0x08, {3, 2, 2}, ramp(12)));
+    write_raw(dir.file("t10k-labels-idx1-ubyte"), make_idx(0x08, {3}, Bytes{9, bad, 0}));
+    expect_data_error([&] { nn::load_fashion_mnist(dir.path().string(), "t10k"); },
+                      {dir.file("t10k-labels-idx1-ubyte"), fmt::format("label {} at position 1", int{bad}),
+                       "10 classes", "[0, 9]"});
+  }
+}
+
+// The shapes a training run is planned from: the headers only, checked as the loader
+// checks them; and a test set whose images differ from the training set's is refused,
+// naming both files.
+TEST(FashionMnist, ShapesFromTheHeadersAndATestSetThatDoesNotMatch) {
+  TempDir dir;
+  write_gz(dir.file("train-images-idx3-ubyte.gz"), make_idx(0x08, {3, 4, 5}, ramp(60)));
+  write_raw(dir.file("train-labels-idx1-ubyte"), make_idx(0x08, {3}, Bytes{0, 1, 2}));
+  write_raw(dir.file("t10k-images-idx3-ubyte"), make_idx(0x08, {2, 4, 6}, ramp(48)));
+  write_raw(dir.file("t10k-labels-idx1-ubyte"), make_idx(0x08, {2}, Bytes{3, 4}));
+  const nn::IdxPairPaths train = nn::fashion_mnist_paths(dir.path().string(), "train");
+  const nn::IdxPairPaths test = nn::fashion_mnist_paths(dir.path().string(), "t10k");
+  EXPECT_EQ(train.images, dir.file("train-images-idx3-ubyte.gz"));
+  EXPECT_EQ(test.labels, dir.file("t10k-labels-idx1-ubyte"));
+  const nn::DatasetShape ts = nn::read_idx_pair_shape(train.images, train.labels);
+  EXPECT_EQ(ts.count, 3u);
+  EXPECT_EQ(ts.rows, 4u);
+  EXPECT_EQ(ts.cols, 5u);
+  const nn::DatasetShape es = nn::read_idx_pair_shape(test.images, test.labels);
+  nn::check_test_matches_train(ts, train, ts, train);
+  expect_data_error([&] { nn::check_test_matches_train(ts, train, es, test); },
+                    {"does not match", test.images, "4x6", train.images, "4x5"});
+  // A header the loader would refuse is refused here too.
+  write_raw(dir.file("t10k-labels-idx1-ubyte"), make_idx(0x08, {3}, Bytes{3, 4, 5}));
+  expect_data_error([&] { nn::read_idx_pair_shape(test.images, test.labels); }, {"count mismatch", test.labels});
 }
 
 TEST(FashionMnist, RejectsUnknownSplit) {

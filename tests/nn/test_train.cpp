@@ -2,6 +2,7 @@
 // test on a generated fixture, and model checkpoints.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -136,6 +137,38 @@ TEST(Optimizer, AdamMatchesHandComputedSteps) {
   EXPECT_NEAR(p.value(0), 0.5 - 0.01 * 3.0 / (3.0 + 1e-8) - 0.01 * mhat / (std::sqrt(vhat) + 1e-8), 1e-6);
 }
 
+// lr = NaN or < 0, momentum = 2, ... would train on silently (or diverge): refused,
+// naming the argument.
+TEST(Optimizer, RefusesArgumentsOutOfRangeNamingThem) {
+  ad::Parameter<double> p("w", ad::Tensor<double>{1.0});
+  const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
+  using nn::test::expect_error;
+  auto sgd = [&](SgdOptions o) { return [&p, o] { Sgd<double> s(one_param(p), o); }; };
+  auto adam = [&](AdamOptions o) { return [&p, o] { Adam<double> a(one_param(p), o); }; };
+  expect_error<std::invalid_argument>(sgd({.lr = nan}), {"lr = nan"});
+  expect_error<std::invalid_argument>(sgd({.lr = -0.1}), {"lr = -0.1", ">= 0"});
+  expect_error<std::invalid_argument>(sgd({.lr = inf}), {"lr = inf"});
+  expect_error<std::invalid_argument>(sgd({.momentum = 2}), {"Sgd", "momentum = 2", "[0, 1)"});
+  expect_error<std::invalid_argument>(sgd({.momentum = 1}), {"momentum = 1"});
+  expect_error<std::invalid_argument>(sgd({.momentum = -0.5}), {"momentum = -0.5"});
+  expect_error<std::invalid_argument>(sgd({.momentum = nan}), {"momentum = nan"});
+  expect_error<std::invalid_argument>(sgd({.weight_decay = -1}), {"weight_decay = -1"});
+  expect_error<std::invalid_argument>(sgd({.weight_decay = nan}), {"weight_decay = nan"});
+  expect_error<std::invalid_argument>(sgd({.nesterov = true}), {"nesterov", "momentum"});
+  expect_error<std::invalid_argument>(adam({.lr = nan}), {"lr = nan"});
+  expect_error<std::invalid_argument>(adam({.beta1 = 1}), {"Adam", "beta1 = 1", "[0, 1)"});
+  expect_error<std::invalid_argument>(adam({.beta2 = nan}), {"beta2 = nan"});
+  expect_error<std::invalid_argument>(adam({.beta2 = -0.1}), {"beta2 = -0.1"});
+  expect_error<std::invalid_argument>(adam({.eps = 0}), {"eps = 0", "> 0"});
+  expect_error<std::invalid_argument>(adam({.weight_decay = -0.1}), {"weight_decay = -0.1"});
+  // the edges that are allowed, and set_lr (the schedules) checked the same way
+  Sgd<double> ok(one_param(p), {.lr = 0, .momentum = 0.99, .nesterov = true});
+  Adam<double> ok2(one_param(p), {.lr = 0, .beta1 = 0, .beta2 = 0});
+  expect_error<std::invalid_argument>([&] { ok.set_lr(nan); }, {"lr = nan"});
+  expect_error<std::invalid_argument>([&] { ok2.set_lr(-1); }, {"lr = -1"});
+  EXPECT_EQ(ok.lr(), 0.0);
+}
+
 TEST(Optimizer, SchedulesFollowTheirFormulas) {
   EXPECT_DOUBLE_EQ(scheduled_lr("constant", 0.1, 2.5, 5), 0.1);
   EXPECT_DOUBLE_EQ(scheduled_lr("cosine", 0.1, 0.0, 5), 0.1);
@@ -172,6 +205,38 @@ TEST(Training, OneBatchOverfitsToFullAccuracy) {
     train_epoch(m, opt, it, tape);
   }
   EXPECT_EQ(evaluate(m, d, 32, tape).accuracy, 1.0);
+}
+
+// A step whose loss is not finite stops training before it changes anything: the
+// error names the step, and no parameter (nor the optimizer's state) moves.
+TEST(Training, ANonFiniteLossStopsBeforeThatStepsUpdate) {
+  const Dataset d = quadrant_fixture(64, 1);
+  Sequential<float> m = make_cnn<float>(tiny_cnn(), 2);
+  Adam<float> opt(m.parameters(), {.lr = 3e-3});
+  BatchIterator it(d, 16, false, 0);
+  ad::Tape<float> tape;
+  train_epoch(m, opt, it, tape);  // a finite epoch first
+  ad::Parameter<float>& bias = *m.parameters().back();  // fc3.bias: +inf makes every logit and loss non-finite
+  bias.value(1) = std::numeric_limits<float>::infinity();
+  std::vector<ad::Tensor<float>> before;
+  for (auto* p : m.parameters()) before.push_back(p->value);
+  const std::vector<NamedTensor> state = opt.state("o.");
+  it.start_epoch(1);
+  try {
+    train_epoch(m, opt, it, tape);
+    ADD_FAILURE() << "an infinite logit trained on";
+  } catch (const NonFiniteLossError& e) {
+    EXPECT_EQ(e.step, 1u);
+    EXPECT_FALSE(std::isfinite(e.loss));
+    EXPECT_NE(std::string(e.what()).find("at step 1 of the epoch (images 1 to 16"), std::string::npos) << e.what();
+  }
+  for (std::size_t i = 0; i < before.size(); ++i) {
+    const auto& v = m.parameters()[i]->value;
+    EXPECT_TRUE(std::equal(v.begin(), v.end(), before[i].begin(), [](float a, float b) { return a == b || (a != a && b != b); }))
+        << m.parameters()[i]->name << " was updated by the failed step";
+  }
+  const std::vector<NamedTensor> after = opt.state("o.");
+  for (std::size_t i = 0; i < state.size(); ++i) EXPECT_EQ(after[i].value, state[i].value) << state[i].name;
 }
 
 using nn::test::TempDir;
@@ -269,6 +334,54 @@ TEST(Checkpoint, ACheckpointFromBeforeModulesStillLoads) {
   }
 }
 
+// A checkpoint whose CRC is right but whose values cannot be a model (a NaN weight,
+// an Adam step count that is NaN, negative or fractional, a negative second moment) is
+// refused, naming the tensor, and the model is left as it was.
+TEST(Checkpoint, RefusesValuesThatCannotBeAModel) {
+  TempDir dir;
+  const std::string path = dir.file("m.ckpt");
+  Sequential<float> m = make_cnn<float>(tiny_cnn(), 1);
+  Adam<float> o(m.parameters(), {});
+  save_model(path, m, o, 2, tiny_cnn().tag());
+  struct Damage {
+    std::string tensor;
+    float value;
+    std::vector<std::string> says;
+  };
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  for (const Damage& dmg : std::vector<Damage>{{"conv1.weight", nan, {"conv1.weight", "nan"}},
+                                               {"fc3.bias", -inf, {"fc3.bias", "-inf"}},
+                                               {"optim.conv2.weight.m", nan, {"optim.conv2.weight.m", "nan"}},
+                                               {"optim.step", nan, {"optim.step", "nan"}},
+                                               {"optim.step", -1.0f, {"optim.step", "is -1", "whole number"}},
+                                               {"optim.step", 2.5f, {"optim.step", "is 2.5"}},
+                                               {"optim.fc3.weight.v", -0.5f, {"optim.fc3.weight.v", "-0.5", "negative"}}}) {
+    SCOPED_TRACE(fmt::format("{} = {}", dmg.tensor, dmg.value));
+    std::vector<NamedTensor> ts = load_checkpoint(path);
+    bool found = false;
+    for (auto& t : ts)
+      if (t.name == dmg.tensor) t.value.data()[t.value.size() - 1] = dmg.value, found = true;
+    ASSERT_TRUE(found);
+    save_checkpoint(path + ".bad", ts, tiny_cnn().tag());  // a valid checksum
+    Sequential<float> n = make_cnn<float>(tiny_cnn(), 7);
+    Adam<float> on(n.parameters(), {});
+    const auto before = n.parameters()[0]->value;
+    std::vector<std::string> says = dmg.says;
+    says.push_back(path + ".bad");
+    try {
+      load_model(path + ".bad", n, on, tiny_cnn().tag());
+      ADD_FAILURE() << "loaded";
+    } catch (const CheckpointError& e) {
+      for (const std::string& w : says) EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(n.parameters()[0]->value, before) << "the model changed although the load failed";
+    EXPECT_EQ(on.state("optim.").back().value(0), 0.0f) << "the optimizer changed although the load failed";
+  }
+  Sequential<float> n = make_cnn<float>(tiny_cnn(), 7);
+  Adam<float> on(n.parameters(), {});
+  EXPECT_EQ(load_model(path, n, on, tiny_cnn().tag()), 2);  // the undamaged file loads
+}
+
 TEST(StepMemory, RefCnnValuesGradientsAndSavedIndicesPerImage) {
   Sequential<float> m = make_cnn<float>(CnnConfig{}, 1);
   // The input (no gradient); conv1 and its ReLU 16x28x28, pool 16x14x14, conv2 and its
@@ -277,6 +390,37 @@ TEST(StepMemory, RefCnnValuesGradientsAndSavedIndicesPerImage) {
   const std::size_t with_grad = 2 * 12544 + 3136 + 2 * 6272 + 2 * 1568 + 10;
   const std::size_t expected = (784 + 2 * with_grad) * sizeof(float) + (3136 + 1568) * sizeof(int32_t);
   EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), expected);
+}
+
+// The shape-only estimate train_cnn checks before allocating anything agrees with
+// what the built model records, for every kind of layer and geometry; too small an
+// input is a ShapeError.
+TEST(StepMemory, ShapeOnlyFootprintMatchesTheBuiltModel) {
+  std::vector<CnnConfig> configs(6);
+  configs[1].pool = PoolKind::Avg, configs[1].activation = Activation::Tanh;
+  configs[2].channels = {3, 5}, configs[2].kernel = 3, configs[2].padding = 0, configs[2].stride = 2;
+  configs[3] = tiny_cnn();
+  configs[4].height = 31, configs[4].width = 17, configs[4].in_channels = 2, configs[4].pool_window = 3,
+  configs[4].pool_stride = 1, configs[4].activation = Activation::LeakyRelu;
+  configs[5].classes = 3, configs[5].kernel = 1, configs[5].padding = 0;
+  for (const CnnConfig& cfg : configs) {
+    SCOPED_TRACE(cfg.tag());
+    Sequential<float> m = make_cnn<float>(cfg, 1);
+    std::size_t params = 0;
+    for (auto* p : m.parameters()) params += p->value.size();
+    const ad::Shape example{std::size_t(cfg.in_channels), std::size_t(cfg.height), std::size_t(cfg.width)};
+    const CnnFootprint f = cnn_footprint(cfg, sizeof(float));
+    EXPECT_EQ(f.step_bytes_per_example, step_bytes_per_example(m, example));
+    EXPECT_EQ(f.parameters, params);
+    Sequential<double> md = make_cnn<double>(cfg, 1);
+    EXPECT_EQ(cnn_footprint(cfg, sizeof(double)).step_bytes_per_example, step_bytes_per_example(md, example));
+  }
+  CnnConfig huge;
+  huge.height = huge.width = 4000;  // 2 GB a training example: computed, not allocated
+  EXPECT_EQ(cnn_footprint(huge, sizeof(float)).parameters, 16u * 25 + 16 + 32u * 16 * 25 + 32 + 32u * 1000 * 1000 * 10 + 10);
+  CnnConfig tiny;
+  tiny.height = tiny.width = 1;
+  EXPECT_THROW(cnn_footprint(tiny, sizeof(float)), ad::ShapeError);
 }
 
 TEST(StepMemory, ARunOverTheBudgetIsRefusedWithTheSizes) {

@@ -35,6 +35,19 @@ TEST(Relu, GradientAtZeroIsZeroAsInPyTorch) {
   EXPECT_EQ(p.grad, (T64{0.0, 0.0, 1.0}));
 }
 
+// At exactly 0 leaky ReLU's derivative is its slope (PyTorch: x > 0 ? g : slope g),
+// in double and in float, on the scalar loop and the parallel one.
+TEST(LeakyRelu, GradientAtZeroIsTheSlopeAsInPyTorch) {
+  Tape<double> t;
+  Parameter<double> p("x", T64{-1.0, 0.0, -0.0, 2.0});
+  t.backward(sum(t, leaky_relu(t, t.param(p), 0.1)));
+  EXPECT_EQ(p.grad, (T64{0.1, 0.1, 0.1, 1.0}));
+  Tape<float> tf;
+  Parameter<float> pf("x", Tensor<float>(xt::zeros<float>({100000})));  // above the threshold for threads
+  tf.backward(sum(tf, leaky_relu(tf, tf.param(pf), 0.25)));
+  for (float g : pf.grad) ASSERT_EQ(g, 0.25f);
+}
+
 TEST(Sigmoid, StaysFiniteForLargeInputs) {
   Tape<float> t;
   Parameter<float> p("x", Tensor<float>{-200.f, -50.f, 0.f, 50.f, 200.f});

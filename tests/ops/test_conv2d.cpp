@@ -1,5 +1,10 @@
 // conv2d: forward against a direct loop, VJPs against finite differences over many
 // geometries, the design document's appendix A example, and record-time errors.
+#include <atomic>
+#include <cstdlib>
+#include <limits>
+#include <new>
+
 #include "test_util.hpp"
 
 namespace ad::test {
@@ -27,13 +32,16 @@ const ConvCase kCases[] = {
     {"eight_channels_3x3", {2, 8, 4, 3}, {2, 8, 3, 3}, {1, 1}, {1, 1}, true},
     {"same_padding_5x5", {1, 3, 8, 5}, {1, 3, 5, 5}, {2, 2}, {1, 1}, true},
     {"eight_channels_strided", {1, 8, 5, 4}, {2, 8, 3, 3}, {1, 0}, {2, 1}, false},
+    // padding at least the kernel on the column axis: the copy without padding columns
+    {"padding_beyond_kernel", {2, 2, 5, 6}, {3, 2, 2, 3}, {4, 5}, {1, 2}, true},
+    {"padding_beyond_kernel_stride1", {1, 3, 4, 5}, {2, 3, 3, 2}, {1, 3}, {1, 1}, true},
 };
 
 // y[n,o,i,j] = b[o] + sum_{c,p,q} k[o,c,p,q] x[n,c,i*sh+p-ph,j*sw+q-pw]: the definition, directly.
 T64 conv_reference(const T64& x, const T64& k, const T64* b, std::array<int, 2> pad, std::array<int, 2> st) {
   const long N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
   const long O = k.shape()[0], KH = k.shape()[2], KW = k.shape()[3];
-  const long OH = (H + 2 * pad[0] - KH) / st[0] + 1, OW = (W + 2 * pad[1] - KW) / st[1] + 1;
+  const long OH = (H + 2L * pad[0] - KH) / st[0] + 1, OW = (W + 2L * pad[1] - KW) / st[1] + 1;
   T64 y = xt::zeros<double>({N, O, OH, OW});
   for (long n = 0; n < N; ++n)
     for (long o = 0; o < O; ++o)
@@ -88,6 +96,32 @@ TEST(Conv2d, VjpAddsWhenTheInputFeedsTwoConvolutions) {
   EXPECT_GRADCHECK(f, in, (std::vector<std::string>{"x", "k1", "k2"}));
 }
 
+// The float kernels (16-channel register tiles, 8x8 transposes) against double in
+// every geometry above, with the case's C_out and with 19 output channels (a whole
+// tile, a whole 8-block and a partial one): the value and every gradient, x included.
+TEST(Conv2d, FloatPathAgreesWithDoubleInEveryGeometry) {
+  uint64_t seed = 300;
+  for (const ConvCase& c : kCases)
+    for (const std::size_t c_out : {c.k[0], std::size_t{19}}) {
+      SCOPED_TRACE(fmt::format("{}, C_out {}", c.name, c_out));
+      const Shape ks{c_out, c.k[1], c.k[2], c.k[3]};
+      const T64 x = uniform(c.x, seed++), k = uniform(ks, seed++), b = uniform({c_out}, seed++);
+      const Conv2dOptions opt{.padding = c.padding, .stride = c.stride};
+      auto run = [&](auto zero) {
+        using F = decltype(zero);
+        Tape<F> t;
+        Parameter<F> px("x", xt::cast<F>(x)), pk("k", xt::cast<F>(k)), pb("b", xt::cast<F>(b));
+        const Value y = conv2d(t, t.param(px), t.param(pk), c.bias ? t.param(pb) : Value{}, opt);
+        t.backward(y, xt::cast<F>(uniform(t.shape(y), 5)));
+        return std::vector<T64>{xt::cast<double>(t.value(y)), xt::cast<double>(px.grad), xt::cast<double>(pk.grad),
+                                xt::cast<double>(pb.grad)};
+      };
+      const std::vector<T64> d = run(0.0), f = run(0.0f);
+      const char* what[] = {"y", "dJ/dx", "dJ/dk", "dJ/db"};
+      for (std::size_t i = 0; i < d.size(); ++i) EXPECT_TRUE(all_close(f[i], d[i], 1e-4, 1e-4)) << what[i];
+    }
+}
+
 TEST(Conv2d, FloatPathAgreesWithDouble) {
   const T64 x = uniform({3, 2, 8, 8}, 3), k = uniform({4, 2, 3, 3}, 4), b = uniform({4}, 5);
   Tape<double> td;
@@ -129,6 +163,71 @@ TEST(Conv2d, FloatPathAgreesWithDoubleAtRefCnnShapes) {
     EXPECT_TRUE(all_close(xt::cast<double>(xf.grad), xd.grad, 1e-4, 1e-4));
     EXPECT_TRUE(all_close(xt::cast<double>(kf.grad), kd.grad, 1e-4, 1e-3));
     EXPECT_TRUE(all_close(xt::cast<double>(bf.grad), bd.grad, 1e-4, 1e-3));
+  }
+}
+
+// The padded copy of the input grew with the padding, not with the output: padding =
+// stride = INT_MAX on a tiny input (a 3x3 output) asked for 16 GB, 2^26 for 0.5 GB.
+// Under a cap of 64 MB on any one allocation, the forward and every gradient run and
+// match the definition and finite differences.
+std::atomic<std::size_t> g_allocation_cap{0};
+
+}  // namespace
+}  // namespace ad::test
+
+// (noinline: inlined into callers, free() on what operator new returned makes GCC warn.)
+[[gnu::noinline]] void* operator new(std::size_t n) {
+  const std::size_t cap = ad::test::g_allocation_cap.load(std::memory_order_relaxed);
+  if (cap != 0 && n > cap) throw std::bad_alloc();
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace ad::test {
+namespace {
+
+TEST(Conv2d, MemoryFollowsTheOutputNotThePadding) {
+  struct Cap {
+    Cap() { g_allocation_cap = std::size_t{64} << 20; }
+    ~Cap() { g_allocation_cap = 0; }
+  };
+  for (const int pad : {std::numeric_limits<int>::max(), 1 << 26, 1000}) {
+    SCOPED_TRACE(pad);
+    const T64 x = uniform({2, 3, 2, 2}, 1), k = uniform({4, 3, 2, 2}, 2), b = uniform({4}, 3);
+    const Conv2dOptions opt{.padding = {pad, pad}, .stride = {pad, pad}};
+    const Cap cap;
+    Tape<double> t;
+    Value y;
+    ASSERT_NO_THROW(y = conv2d(t, t.input(x), t.input(k), t.input(b), opt));
+    ASSERT_EQ(t.shape(y), (Shape{2, 4, 3, 3}));
+    EXPECT_TRUE(all_close(t.value(y), conv_reference(x, k, &b, opt.padding, opt.stride), 1e-12, 1e-13));
+    auto f = [&](Tape<double>& tt, const std::vector<Value>& v) { return conv2d(tt, v[0], v[1], v[2], opt); };
+    EXPECT_GRADCHECK(f, (std::vector<T64>{x, k, b}), (std::vector<std::string>{"x", "k", "b"}));
+    Tape<float> tf;  // the float kernels too
+    Parameter<float> kf("k", xt::cast<float>(k));
+    const Value yf = conv2d(tf, tf.input(xt::cast<float>(x)), tf.param(kf), tf.input(xt::cast<float>(b)), opt);
+    EXPECT_NO_THROW(tf.backward(sum(tf, yf)));
+    EXPECT_TRUE(all_close(xt::cast<double>(tf.value(yf)), conv_reference(x, k, &b, opt.padding, opt.stride), 1e-5, 1e-5));
+  }
+}
+
+// An empty batch (N = 0), as PyTorch accepts it: an empty output; backward adds
+// nothing to the kernel and bias gradients.
+TEST(Conv2d, AnEmptyBatchGivesAnEmptyOutput) {
+  for (const Conv2dOptions& opt : {Conv2dOptions{}, Conv2dOptions{.padding = {1, 2}, .stride = {2, 1}}}) {
+    for (const std::size_t kh : {std::size_t{1}, std::size_t{3}}) {
+      Tape<float> t;
+      Parameter<float> x("x", Tensor<float>(Shape{0, 3, 5, 5})), k("k", xt::cast<float>(uniform({4, 3, kh, kh}, 1))),
+          b("b", xt::cast<float>(uniform({4}, 2)));
+      const Value y = conv2d(t, t.param(x), t.param(k), t.param(b), opt);
+      EXPECT_EQ(t.shape(y)[0], 0u);
+      EXPECT_EQ(t.shape(y)[1], 4u);
+      t.backward(y, Tensor<float>(t.shape(y)));
+      EXPECT_EQ(k.grad, xt::zeros<float>(k.value.shape()));
+      EXPECT_EQ(b.grad, xt::zeros<float>({4}));
+    }
   }
 }
 
@@ -175,8 +274,8 @@ TEST(Conv2d, RejectsBadArgumentsWithTheShapesAndTheRule) {
   const Value big = t.input(uniform({8, 3, 31, 3}, 6));
   EXPECT_TRUE(throws_shape_error([&] { conv2d(t, x, big, Value{}, {.padding = {1, 1}}); },
                                  {"conv2d", "kernel (31,3)", "larger than input (1,3,28,28)", "KH 31 > H + 2*1 = 30"}));
-  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, t.input(T64(Shape{0, 3, 28, 28})), k3, Value{}); },
-                                 {"conv2d", "input (0,3,28,28)", "empty along axis 0"}));
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, t.input(T64(Shape{1, 3, 0, 28})), k3, Value{}); },
+                                 {"conv2d", "input (1,3,0,28)", "empty along axis 2"}));
 }
 
 }  // namespace

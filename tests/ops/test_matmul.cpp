@@ -36,6 +36,32 @@ TEST(Matmul, VjpMatchesFiniteDifferencesIncludingSquaredOperand) {
   EXPECT_GRADCHECK(sq, (std::vector<T64>{uniform({3, 3}, 3)}), (std::vector<std::string>{"a"}));
 }
 
+// An empty batch (N = 0), as PyTorch accepts it: output (0, D_out); backward adds
+// nothing to the weight and bias gradients. And a whole CNN on an empty batch, up to a
+// NaN mean cross-entropy (PyTorch's mean over no rows).
+TEST(Linear, AnEmptyBatchGivesAnEmptyOutput) {
+  Tape<float> t;
+  Parameter<float> x("x", Tensor<float>(Shape{0, 3})), w("w", xt::cast<float>(uniform({3, 5}, 1))),
+      b("b", xt::cast<float>(uniform({5}, 2)));
+  const Value y = linear(t, t.param(x), t.param(w), t.param(b));
+  EXPECT_EQ(t.shape(y), (Shape{0, 5}));
+  t.backward(y, Tensor<float>(Shape{0, 5}));
+  EXPECT_EQ(w.grad, xt::zeros<float>({3, 5}));
+  EXPECT_EQ(b.grad, xt::zeros<float>({5}));
+
+  Tape<double> tc;
+  Parameter<double> k("k", uniform({4, 1, 3, 3}, 3)), kb("kb", uniform({4}, 4)), fc("fc", uniform({4 * 3 * 3, 10}, 5));
+  const Value a = max_pool2d(tc, relu(tc, conv2d(tc, tc.input(T64(Shape{0, 1, 6, 6})), tc.param(k), tc.param(kb),
+                                                 {.padding = {1, 1}})));
+  const Value logits = linear(tc, flatten(tc, avg_pool2d(tc, a, {.window = {1, 1}, .stride = {1, 1}})), tc.param(fc), Value{});
+  EXPECT_EQ(tc.shape(logits), (Shape{0, 10}));
+  const Value j = softmax_cross_entropy(tc, logits, {});
+  EXPECT_TRUE(std::isnan(tc.value(j)()));
+  tc.backward(j);
+  EXPECT_EQ(k.grad, xt::zeros<double>({4, 1, 3, 3}));
+  EXPECT_EQ(fc.grad, xt::zeros<double>({36, 10}));
+}
+
 TEST(Linear, RejectsMismatchedShapes) {
   Tape<double> t;
   const Value x = t.input(uniform({4, 3}, 1));

@@ -2,6 +2,7 @@
 // ties), the design document's appendix B example, both padding semantics, errors.
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "test_util.hpp"
 
@@ -22,7 +23,112 @@ const PoolCase kCases[] = {
     {"window_covers_padded_input", {2, 2, 3, 4}, {5, 5}, {1, 1}, {1, 1}},
     {"one_by_one", {2, 3, 4, 4}, {1, 1}, {2, 1}, {0, 0}},
     {"large_padding", {1, 2, 3, 3}, {4, 4}, {1, 2}, {3, 3}},
+    // the 2x2 / stride 2 window of the fast path, but with padding: the general loop
+    {"two_by_two_padded", {2, 3, 5, 7}, {2, 2}, {2, 2}, {1, 1}},
+    {"two_by_two_padded_rows", {1, 2, 6, 6}, {2, 2}, {2, 2}, {1, 0}},
 };
+
+// The definition, directly: y[n,c,i,j] over the window taps x[n,c,i*sh+p-ph,j*sw+q-pw],
+// padding as zeros (avg: counted in the mean; max: taking part with Zero, skipped with
+// NegInf). For max pooling also the switch: the flat index h*W+w of the first winner in
+// row-major window order (-1 for a padding zero), where a NaN wins and keeps the window.
+struct PoolRef {
+  T64 y;
+  std::vector<int32_t> switches;
+};
+PoolRef pool_reference(const T64& x, const PoolCase& c, bool max, MaxPoolPadding mode) {
+  const long N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
+  const long KH = c.window[0], KW = c.window[1];
+  const long OH = (H + 2 * c.padding[0] - KH) / c.stride[0] + 1, OW = (W + 2 * c.padding[1] - KW) / c.stride[1] + 1;
+  PoolRef r{xt::zeros<double>({N, C, OH, OW}), {}};
+  for (long n = 0; n < N; ++n)
+    for (long ch = 0; ch < C; ++ch)
+      for (long i = 0; i < OH; ++i)
+        for (long j = 0; j < OW; ++j) {
+          double sum = 0, best = 0;
+          long where = -2;  // -2: nothing yet
+          for (long p = 0; p < KH; ++p)
+            for (long q = 0; q < KW; ++q) {
+              const long h = i * c.stride[0] + p - c.padding[0], w = j * c.stride[1] + q - c.padding[1];
+              const bool in = h >= 0 && h < H && w >= 0 && w < W;
+              const double v = in ? x(n, ch, h, w) : 0.0;
+              sum += v;
+              if (!in && mode == MaxPoolPadding::NegInf) continue;
+              if (where != -2 && std::isnan(best)) continue;  // a NaN already won
+              if (where == -2 || v > best || std::isnan(v)) best = v, where = in ? h * W + w : -1;
+            }
+          r.y(n, ch, i, j) = max ? best : sum / static_cast<double>(KH * KW);
+          r.switches.push_back(static_cast<int32_t>(where));
+        }
+  return r;
+}
+
+bool same_or_both_nan(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
+
+// max_pool2d on x in element type F: its output (as double) and its saved switches.
+template <class F>
+std::pair<T64, std::vector<int32_t>> run_max_pool(const T64& x, const Pool2dOptions& opt) {
+  Tape<F> t;
+  Parameter<F> p("x", xt::cast<F>(x));
+  const Value y = max_pool2d(t, t.param(p), opt);
+  return {xt::cast<double>(t.value(y)), t.nodes().back().saved_index};
+}
+
+// Forward of both pools against the definition in every geometry, both padding modes,
+// float and double; max pooling's switches too.
+TEST(Pool2d, ForwardMatchesTheDefinitionInEveryGeometry) {
+  uint64_t seed = 40;
+  for (const PoolCase& c : kCases) {
+    SCOPED_TRACE(c.name);
+    const T64 x = uniform(c.x, seed++);
+    const Pool2dOptions avg{.window = c.window, .stride = c.stride, .padding = c.padding};
+    Tape<double> t;
+    EXPECT_TRUE(all_close(t.value(avg_pool2d(t, t.input(x), avg)), pool_reference(x, c, false, {}).y, 1e-14, 1e-15));
+    Tape<float> tf;
+    EXPECT_TRUE(all_close(xt::cast<double>(tf.value(avg_pool2d(tf, tf.input(xt::cast<float>(x)), avg))),
+                          pool_reference(x, c, false, {}).y, 1e-6, 1e-6));
+    for (MaxPoolPadding mode : {MaxPoolPadding::NegInf, MaxPoolPadding::Zero}) {
+      if (mode == MaxPoolPadding::NegInf && (c.padding[0] >= c.window[0] || c.padding[1] >= c.window[1])) continue;
+      SCOPED_TRACE(mode == MaxPoolPadding::Zero ? "zero padding" : "-inf padding");
+      const Pool2dOptions opt{.window = c.window, .stride = c.stride, .padding = c.padding, .max_padding = mode};
+      const T64 xf = xt::cast<double>(xt::cast<float>(x));  // what the float tape holds
+      for (const auto& [in, got] : {std::pair{x, run_max_pool<double>(x, opt)}, std::pair{xf, run_max_pool<float>(xf, opt)}}) {
+        const PoolRef want = pool_reference(in, c, true, mode);
+        EXPECT_TRUE(all_close(got.first, want.y, 0, 0));
+        EXPECT_EQ(got.second, want.switches);
+      }
+    }
+  }
+}
+
+// Ties (values from {-1, 0, 1}: windows tie among themselves and with padding zeros)
+// and NaNs, on every path, the general loop included: the first winner in row-major
+// window order, the first NaN, exactly as the definition says.
+TEST(MaxPool2d, TiesAndNaNsPickTheFirstWinnerInEveryGeometry) {
+  uint64_t seed = 60;
+  for (const PoolCase& c : kCases)
+    for (const bool with_nan : {false, true})
+      for (MaxPoolPadding mode : {MaxPoolPadding::NegInf, MaxPoolPadding::Zero}) {
+        if (mode == MaxPoolPadding::NegInf && (c.padding[0] >= c.window[0] || c.padding[1] >= c.window[1])) continue;
+        SCOPED_TRACE(fmt::format("{} {}{}", c.name, mode == MaxPoolPadding::Zero ? "zero padding" : "-inf padding",
+                                 with_nan ? ", NaNs" : ""));
+        T64 x = uniform(c.x, seed++);
+        std::mt19937_64 rng(seed);
+        for (double& e : x) e = std::round(e);  // -1, 0, 1: ties everywhere
+        if (with_nan)
+          for (double& e : x)
+            if (rng() % 5 == 0) e = std::numeric_limits<double>::quiet_NaN();
+        const Pool2dOptions opt{.window = c.window, .stride = c.stride, .padding = c.padding, .max_padding = mode};
+        const PoolRef want = pool_reference(x, c, true, mode);
+        for (const auto& [y, sw] : {run_max_pool<double>(x, opt), run_max_pool<float>(x, opt)}) {
+          ASSERT_EQ(y.size(), want.y.size());
+          for (std::size_t i = 0; i < y.size(); ++i)
+            EXPECT_TRUE(same_or_both_nan(y.data()[i], want.y.data()[i]))
+                << "output " << i << ": " << y.data()[i] << " vs " << want.y.data()[i];
+          EXPECT_EQ(sw, want.switches);
+        }
+      }
+}
 
 TEST(AvgPool2d, VjpMatchesFiniteDifferencesInEveryGeometry) {
   uint64_t seed = 10;
@@ -31,6 +137,49 @@ TEST(AvgPool2d, VjpMatchesFiniteDifferencesInEveryGeometry) {
     const Pool2dOptions opt{.window = c.window, .stride = c.stride, .padding = c.padding};
     auto f = [&](Tape<double>& t, const std::vector<Value>& v) { return avg_pool2d(t, v[0], opt); };
     EXPECT_GRADCHECK(f, std::vector<T64>{uniform(c.x, seed++)}, std::vector<std::string>{"x"});
+  }
+}
+
+// The float kernels (the 2x2 fast path is vectorised for float) against double, value
+// and dJ/dx, in every geometry, both pools and both padding modes.
+TEST(Pool2d, FloatPathAgreesWithDoubleInEveryGeometry) {
+  uint64_t seed = 80;
+  for (const PoolCase& c : kCases)
+    for (int kind = 0; kind < 3; ++kind) {  // avg, max -inf padding, max zero padding
+      const MaxPoolPadding mode = kind == 2 ? MaxPoolPadding::Zero : MaxPoolPadding::NegInf;
+      if (kind == 1 && (c.padding[0] >= c.window[0] || c.padding[1] >= c.window[1])) continue;
+      SCOPED_TRACE(fmt::format("{} {}", c.name, kind == 0 ? "avg" : kind == 1 ? "max, -inf padding" : "max, zero padding"));
+      const Pool2dOptions opt{.window = c.window, .stride = c.stride, .padding = c.padding, .max_padding = mode};
+      const T64 x = distinct(c.x, seed++);  // no ties: float and double pick the same winners
+      auto run = [&](auto zero) {
+        using F = decltype(zero);
+        Tape<F> t;
+        Parameter<F> p("x", xt::cast<F>(x));
+        const Value y = kind == 0 ? avg_pool2d(t, t.param(p), opt) : max_pool2d(t, t.param(p), opt);
+        t.backward(y, xt::cast<F>(uniform(t.shape(y), 7)));
+        return std::pair{T64(xt::cast<double>(t.value(y))), T64(xt::cast<double>(p.grad))};
+      };
+      const auto [yd, gd] = run(0.0);
+      const auto [yf, gf] = run(0.0f);
+      EXPECT_TRUE(all_close(yf, yd, 1e-6, 1e-6));
+      EXPECT_TRUE(all_close(gf, gd, 1e-6, 1e-6));
+    }
+}
+
+// An empty batch (N = 0), as PyTorch accepts it: an empty output, and a backward that
+// writes nothing.
+TEST(Pool2d, AnEmptyBatchGivesAnEmptyOutput) {
+  for (const bool max : {false, true}) {
+    SCOPED_TRACE(max ? "max" : "avg");
+    Tape<double> t;
+    Parameter<double> p("x", T64(Shape{0, 3, 6, 6}));
+    for (const Pool2dOptions& opt : {Pool2dOptions{}, Pool2dOptions{.window = {3, 3}, .stride = {1, 2}, .padding = {1, 1}}}) {
+      const Value y = max ? max_pool2d(t, t.param(p), opt) : avg_pool2d(t, t.param(p), opt);
+      EXPECT_EQ(t.shape(y)[0], 0u);
+      EXPECT_EQ(t.shape(y)[1], 3u);
+      t.backward(y, T64(t.shape(y)), {.retain_graph = true});
+      EXPECT_EQ(p.grad.size(), 0u);
+    }
   }
 }
 

@@ -1,11 +1,56 @@
 // The ops' OpenMP kernels on several threads agree with one thread. Shapes are large
-// enough that every parallel loop runs parallel (activations go parallel above
-// 65,536 elements). This is also the program `./run.sh test-tsan` runs under
-// ThreadSanitizer, so a data race in a kernel fails there even when the numbers agree.
+// enough that every parallel loop runs parallel (conv2d above 2^18 multiply-adds,
+// pooling above 2^16 window taps, activations above 65,536 elements), and each kernel is
+// also run alone to check that its team really had more than one thread. This is also
+// the program `./run.sh test-tsan` runs under ThreadSanitizer, so a data race in a
+// kernel fails there even when the numbers agree.
+#include <dlfcn.h>
+#include <omp.h>
+
+#include <atomic>
+
 #include "test_util.hpp"
+
+// Every parallel region the ops open is a call to GOMP_parallel (GCC's OpenMP ABI, which
+// LLVM's libomp, used by ./run.sh test-tsan, implements too). This definition in the
+// test program is the one the statically linked ops call: it records the size of each
+// team that ran, then hands the region to the runtime's own GOMP_parallel.
+namespace {
+std::atomic<int> g_largest_team{0};
+struct Region {
+  void (*fn)(void*);
+  void* data;
+};
+void counted(void* region) {
+  const int n = omp_get_num_threads();
+  int seen = g_largest_team.load();
+  while (n > seen && !g_largest_team.compare_exchange_weak(seen, n)) {
+  }
+  const Region* r = static_cast<const Region*>(region);
+  r->fn(r->data);
+}
+}  // namespace
+
+extern "C" void GOMP_parallel(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags) {
+  using Real = void (*)(void (*)(void*), void*, unsigned, unsigned);
+  static const Real real = reinterpret_cast<Real>(dlsym(RTLD_NEXT, "GOMP_parallel"));
+  Region r{fn, data};
+  real(counted, &r, num_threads, flags);
+}
 
 namespace ad::test {
 namespace {
+
+// The largest team of threads any parallel region had while `f` ran, on 3 threads.
+template <class F>
+int team_size_during(F f) {
+  const int before = num_threads();
+  set_num_threads(3);
+  g_largest_team = 0;
+  f();
+  set_num_threads(before);
+  return g_largest_team.load();
+}
 
 // Everything one forward and VJP of `f` produce, on `threads` OpenMP threads: the
 // output, then the gradient of every input, for the cotangent `cot`.
@@ -40,38 +85,65 @@ void expect_same_on_every_thread_count(const Fn& f, const std::vector<T64>& inpu
 }
 
 TEST(Threads, Conv2dAgreesWithOneThread) {
-  const std::vector<T64> in = {uniform({6, 3, 12, 11}, 1), uniform({5, 3, 3, 3}, 2), uniform({5}, 3)};
+  const std::vector<T64> in = {uniform({6, 3, 16, 16}, 1), uniform({8, 3, 3, 3}, 2), uniform({8}, 3)};
   expect_same_on_every_thread_count(
       [](Tape<double>& t, const std::vector<Value>& v) { return conv2d(t, v[0], v[1], v[2], {.padding = {1, 1}}); }, in);
+  const std::vector<T64> wide = {uniform({6, 3, 30, 30}, 4), uniform({12, 3, 3, 3}, 5), uniform({12}, 6)};
   expect_same_on_every_thread_count(
       [](Tape<double>& t, const std::vector<Value>& v) {
         return conv2d(t, v[0], v[1], v[2], {.padding = {2, 0}, .stride = {2, 3}});
       },
-      in);
+      wide);
   // 1x1 kernels at stride 1 without padding take the direct path (no im2col).
+  const std::vector<T64> one = {uniform({8, 16, 16, 16}, 7), uniform({16, 16, 1, 1}, 8)};
   expect_same_on_every_thread_count(
-      [](Tape<double>& t, const std::vector<Value>& v) { return conv2d(t, v[0], v[1], Value{}); },
-      {uniform({6, 3, 7, 7}, 4), uniform({4, 3, 1, 1}, 5)});
+      [](Tape<double>& t, const std::vector<Value>& v) { return conv2d(t, v[0], v[1], Value{}); }, one);
+  // Each kernel alone (no tape, so no other parallel loop): its forward and its VJP,
+  // with every gradient (the per-thread partial sums of dK and db), ran on a team.
+  for (const auto& [xs, opt] : {std::pair{in, Conv2dOptions{.padding = {1, 1}}},
+                                std::pair{wide, Conv2dOptions{.padding = {2, 0}, .stride = {2, 3}}},
+                                std::pair{one, Conv2dOptions{}}}) {
+    SCOPED_TRACE(shape_str(xs[1].shape()));
+    const Conv2dOptions& a = opt;
+    const Shape ys = conv2d_output_shape(to_shape(xs[0].shape()), to_shape(xs[1].shape()), nullptr, a);
+    T64 y(ys), gx = xt::zeros<double>(xs[0].shape()), gk = xt::zeros<double>(xs[1].shape()), gb = xt::zeros<double>({xs[1].shape()[0]});
+    const T64 g = uniform(ys, 9);
+    EXPECT_GE(team_size_during([&] { conv2d_forward(xs[0], xs[1], static_cast<const T64*>(nullptr), a, y); }), 2);
+    EXPECT_GE(team_size_during([&] { conv2d_vjp(g, xs[0], xs[1], a, &gx, &gk, &gb); }), 2);
+    EXPECT_GE(team_size_during([&] { conv2d_vjp(g, xs[0], xs[1], a, static_cast<T64*>(nullptr), &gk, &gb); }), 2);
+  }
 }
 
 TEST(Threads, PoolingAgreesWithOneThread) {
-  const std::vector<T64> in = {distinct({6, 3, 12, 12}, 1)};
+  const std::vector<T64> in = {distinct({8, 8, 64, 64}, 1)};
+  const Pool2dOptions two{}, three{.window = {3, 3}, .stride = {1, 1}, .padding = {1, 1}},
+      avg{.window = {3, 2}, .stride = {2, 1}, .padding = {1, 0}};
   expect_same_on_every_thread_count(
-      [](Tape<double>& t, const std::vector<Value>& v) { return max_pool2d(t, v[0]); }, in);
+      [&](Tape<double>& t, const std::vector<Value>& v) { return max_pool2d(t, v[0], two); }, in);
   expect_same_on_every_thread_count(
-      [](Tape<double>& t, const std::vector<Value>& v) {
-        return max_pool2d(t, v[0], {.window = {3, 3}, .stride = {1, 1}, .padding = {1, 1}});
-      },
-      in);
+      [&](Tape<double>& t, const std::vector<Value>& v) { return max_pool2d(t, v[0], three); }, in);
   expect_same_on_every_thread_count(
-      [](Tape<double>& t, const std::vector<Value>& v) {
-        return avg_pool2d(t, v[0], {.window = {3, 2}, .stride = {2, 1}, .padding = {1, 0}});
-      },
-      in);
+      [&](Tape<double>& t, const std::vector<Value>& v) { return avg_pool2d(t, v[0], avg); }, in);
+  // Each kernel alone: the 2x2 fast path, the general loop, both VJPs.
+  for (const Pool2dOptions& o : {two, three, avg}) {
+    SCOPED_TRACE(fmt::format("window ({},{})", o.window[0], o.window[1]));
+    const Pool2dOptions& a = o;
+    const Shape ys = pool2d_output_shape("max_pool2d", to_shape(in[0].shape()), a);
+    T64 y(ys), gx = xt::zeros<double>(in[0].shape());
+    const T64 g = uniform(ys, 2);
+    std::vector<int32_t> sw(y.size());
+    EXPECT_GE(team_size_during([&] { max_pool2d_forward(in[0], a, y, sw.data()); }), 2);
+    EXPECT_GE(team_size_during([&] { max_pool2d_vjp(g, sw, &gx); }), 2);
+    EXPECT_GE(team_size_during([&] { avg_pool2d_forward(in[0], a, y); }), 2);
+    EXPECT_GE(team_size_during([&] { avg_pool2d_vjp(g, a, &gx); }), 2);
+  }
 }
 
 TEST(Threads, ActivationsAgreeWithOneThread) {
   const std::vector<T64> in = {off_zero({2, 4, 100, 100}, 1)};  // 80,000 elements
+  T64 y(in[0].shape()), gx = xt::zeros<double>(in[0].shape());
+  EXPECT_GE(team_size_during([&] { relu_forward(in[0], y); }), 2);
+  EXPECT_GE(team_size_during([&] { tanh_vjp(in[0], in[0], &gx); }), 2);
   expect_same_on_every_thread_count([](Tape<double>& t, const std::vector<Value>& v) { return relu(t, v[0]); }, in);
   expect_same_on_every_thread_count([](Tape<double>& t, const std::vector<Value>& v) { return leaky_relu(t, v[0], 0.1); },
                                     in);
@@ -89,6 +161,43 @@ TEST(Threads, WholeCnnAgreesWithOneThread) {
         return softmax_cross_entropy(t, linear(t, flatten(t, a2), v[5], Value{}), {0, 1, 2, 3, 4, 5, 6, 7});
       },
       in);
+}
+
+// The ops of issue 11: batch norm (channels in parallel), dropout (mask words), softmax
+// (blocks), conv2d with groups and dilation and conv_transpose2d (images).
+TEST(Threads, NormalisationDropoutAndSoftmaxAgreeWithOneThread) {
+  const std::vector<T64> in = {uniform({4, 4, 66, 66}, 1), uniform({4}, 2), uniform({4}, 3)};  // 69,696 elements
+  for (const bool training : {true, false})
+    expect_same_on_every_thread_count(
+        [training](Tape<double>& t, const std::vector<Value>& v) {
+          T64 rm = xt::zeros<double>({4}), rv = xt::ones<double>({4});
+          return batch_norm2d(t, v[0], v[1], v[2], &rm, &rv, {.training = training});
+        },
+        in);
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return dropout(t, v[0], 0.3, true, 17); }, {in[0]});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return softmax(t, v[0], 1); }, {uniform({64, 40, 30}, 4)});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return log_softmax(t, v[0], -1); }, {uniform({64, 40, 30}, 5)});
+}
+
+TEST(Threads, GroupedDilatedAndTransposedConvolutionsAgreeWithOneThread) {
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        return conv2d(t, v[0], v[1], v[2], {.padding = {2, 1}, .dilation = {2, 1}, .groups = 2});
+      },
+      {uniform({8, 4, 16, 16}, 1), uniform({8, 2, 3, 3}, 2), uniform({8}, 3)});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        return conv_transpose2d(t, v[0], v[1], v[2], {.padding = {1, 1}, .stride = {2, 2}, .output_padding = {1, 1}});
+      },
+      {uniform({6, 5, 12, 12}, 4), uniform({5, 3, 3, 3}, 5), uniform({3}, 6)});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        return conv_transpose2d(t, v[0], v[1], Value{}, {.stride = {2, 1}, .dilation = {1, 2}, .groups = 2});
+      },
+      {uniform({8, 4, 12, 12}, 7), uniform({4, 3, 3, 3}, 8)});
 }
 
 }  // namespace

@@ -1,0 +1,98 @@
+// File helpers of the weights readers and writers (nn/file_io.hpp). The same steps as
+// the checkpoint writer and reader (nn/checkpoint.cpp), with WeightsError.
+#include "nn/file_io.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <system_error>
+
+#include <fmt/format.h>
+
+#include "nn/tensor_files.hpp"
+
+namespace nn::detail {
+namespace {
+
+std::string errno_text(int err) { return std::generic_category().message(err); }
+
+}  // namespace
+
+std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::string& what) {
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the file is
+  // refused below unless it is a regular file, where the flag changes nothing.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw WeightsError(fmt::format("{}: {}: cannot open: {}", what, path, errno_text(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    const int err = errno;
+    const bool is_dir = S_ISDIR(st.st_mode);
+    ::close(fd);
+    throw WeightsError(fmt::format("{}: {}: {}", what, path,
+                                   is_dir              ? "is a directory, not a file"
+                                   : st.st_mode != 0   ? "is not a regular file"
+                                                       : "cannot stat: " + errno_text(err)));
+  }
+  // The file's real size bounds every later allocation.
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(st.st_size));
+  std::size_t have = 0;
+  while (have < buf.size()) {
+    const ssize_t got = ::read(fd, buf.data() + have, buf.size() - have);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw WeightsError(fmt::format("{}: {}: read error: {}", what, path, errno_text(err)));
+    }
+    if (got == 0) break;
+    have += static_cast<std::size_t>(got);
+  }
+  ::close(fd);
+  buf.resize(have);  // the file shrank while reading: the parser reports it truncated
+  return buf;
+}
+
+void write_file_atomically(const std::string& path, const void* bytes, std::size_t size, const std::string& what) {
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  // O_NOFOLLOW: never write through a symlink planted at the temp name.
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0)
+    throw WeightsError(fmt::format("{}: {}: cannot create temporary file {}: {}", what, path, tmp, errno_text(errno)));
+  const auto abandon = [&](const char* step, int err, bool close_fd) {
+    if (close_fd) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw WeightsError(fmt::format("{}: {}: {} {} failed: {}", what, path, step, tmp, errno_text(err)));
+  };
+  const auto* p = static_cast<const std::uint8_t*>(bytes);
+  std::size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::write(fd, p + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) abandon("writing", errno, true);
+    if (n == 0) abandon("writing", EIO, true);
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) abandon("fsync of", errno, true);
+  if (::close(fd) != 0) abandon("closing", errno, false);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw WeightsError(fmt::format("{}: {}: cannot rename {} over it: {}", what, path, tmp, errno_text(err)));
+  }
+  // Make the rename itself durable.
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::string dir = parent.empty() ? std::string(".") : parent.string();
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0 || (::fsync(dir_fd) != 0 && errno != EINVAL)) {
+    const int err = errno;
+    if (dir_fd >= 0) ::close(dir_fd);
+    throw WeightsError(fmt::format("{}: {}: written, but fsync of directory {} failed, so it may not survive a crash: {}",
+                                   what, path, dir, errno_text(err)));
+  }
+  ::close(dir_fd);
+}
+
+}  // namespace nn::detail
