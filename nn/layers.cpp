@@ -74,12 +74,19 @@ ad::Tensor<T> init_bias(Init init, std::size_t n, std::size_t fan_in, std::mt199
   return bias;
 }
 
-ad::Shape conv_kernel_shape(const std::string& name, int c_in, int c_out, std::array<int, 2> kernel) {
-  check_positive("nn::Conv2d", name, "c_in", c_in);
-  check_positive("nn::Conv2d", name, "c_out", c_out);
-  check_positive("nn::Conv2d", name, "the kernel height", kernel[0]);
-  check_positive("nn::Conv2d", name, "the kernel width", kernel[1]);
-  return {std::size_t(c_out), std::size_t(c_in), std::size_t(kernel[0]), std::size_t(kernel[1])};
+// Conv2d's kernel (C_out, C_in/groups, KH, KW); ConvTranspose2d's (C_in, C_out/groups, KH, KW).
+ad::Shape conv_kernel_shape(const char* type, const std::string& name, int c_in, int c_out, std::array<int, 2> kernel,
+                            int groups, bool transposed) {
+  check_positive(type, name, "c_in", c_in);
+  check_positive(type, name, "c_out", c_out);
+  check_positive(type, name, "the kernel height", kernel[0]);
+  check_positive(type, name, "the kernel width", kernel[1]);
+  check_positive(type, name, "groups", groups);
+  if (c_in % groups != 0 || c_out % groups != 0)
+    throw std::invalid_argument(fmt::format("{}: groups {} must divide c_in {} and c_out {}", layer_what(type, name), groups,
+                                            c_in, c_out));
+  const auto [rows, cols] = transposed ? std::pair{c_in, c_out / groups} : std::pair{c_out, c_in / groups};
+  return {std::size_t(rows), std::size_t(cols), std::size_t(kernel[0]), std::size_t(kernel[1])};
 }
 
 ad::Shape linear_weight_shape(const std::string& name, int d_in, int d_out) {
@@ -113,7 +120,7 @@ Conv2d<T>::Conv2d(std::string name, int c_in, int c_out, std::array<int, 2> kern
                   Init init, std::mt19937_64& rng, bool with_bias)
     : Module<T>(std::move(name)),
       weight([&]() -> Parameter<T>& {
-        const ad::Shape ks = conv_kernel_shape(this->name(), c_in, c_out, kernel);
+        const ad::Shape ks = conv_kernel_shape("nn::Conv2d", this->name(), c_in, c_out, kernel, opt.groups, false);
         return this->register_parameter("weight", init_weight<T>(init, ks, ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng));
       }()),
       bias(with_bias ? &this->register_parameter("bias", init_bias<T>(init, std::size_t(c_out),
@@ -152,6 +159,95 @@ Value Linear<T>::forward(Tape<T>& tape, Value x) {
   const std::source_location at = this->call_site();
   const Value b = bias ? tape.param(*bias, at) : Value{};
   return tape.set_label(ad::linear(tape, x, tape.param(weight, at), b, at), this->name());
+}
+
+// PyTorch's fan-in for a transposed convolution's (C_in, C_out/groups, KH, KW) weight:
+// (C_out/groups)*KH*KW; fan-out C_in*KH*KW.
+template <class T>
+ConvTranspose2d<T>::ConvTranspose2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel,
+                                    ad::ConvTranspose2dOptions opt, Init init, std::mt19937_64& rng, bool with_bias)
+    : Module<T>(std::move(name)),
+      weight([&]() -> Parameter<T>& {
+        const ad::Shape ks = conv_kernel_shape("nn::ConvTranspose2d", this->name(), c_in, c_out, kernel, opt.groups, true);
+        return this->register_parameter("weight", init_weight<T>(init, ks, ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng));
+      }()),
+      bias(with_bias ? &this->register_parameter(
+                           "bias", init_bias<T>(init, std::size_t(c_out), weight.value.size() / weight.value.shape()[0], rng))
+                     : nullptr),
+      options(opt) {}
+
+template <class T>
+ConvTranspose2d<T>::ConvTranspose2d(int c_in, int c_out, std::array<int, 2> kernel, ad::ConvTranspose2dOptions opt,
+                                    Init init, std::mt19937_64& rng, bool with_bias)
+    : ConvTranspose2d(std::string(), c_in, c_out, kernel, opt, init, rng, with_bias) {}
+
+template <class T>
+Value ConvTranspose2d<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  return tape.set_label(ad::conv_transpose2d(tape, x, tape.param(weight, at), b, options, at), this->name());
+}
+
+template <class T>
+BatchNorm2d<T>::BatchNorm2d(std::string name, int channels, BatchNorm2dOptions opt)
+    : Module<T>(std::move(name)),
+      weight([&] {
+        check_positive("nn::BatchNorm2d", this->name(), "channels", channels);
+        return opt.affine ? &this->register_parameter("weight", xt::ones<T>({std::size_t(channels)})) : nullptr;
+      }()),
+      bias(opt.affine ? &this->register_parameter("bias", xt::zeros<T>({std::size_t(channels)})) : nullptr),
+      running_mean(this->register_buffer("running_mean", xt::zeros<T>({std::size_t(channels)}))),
+      running_var(this->register_buffer("running_var", xt::ones<T>({std::size_t(channels)}))),
+      options(opt) {}
+
+template <class T>
+BatchNorm2d<T>::BatchNorm2d(int channels, BatchNorm2dOptions opt) : BatchNorm2d(std::string(), channels, opt) {}
+
+template <class T>
+Value BatchNorm2d<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  const Value w = weight ? tape.param(*weight, at) : Value{};
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  const ad::BatchNorm2dOptions opt{.training = this->is_training(), .momentum = options.momentum, .eps = options.eps};
+  return tape.set_label(ad::batch_norm2d(tape, x, w, b, &running_mean, &running_var, opt, at), this->name());
+}
+
+template <class T>
+Dropout<T>::Dropout(std::string name, double p, uint64_t seed)
+    : Module<T>(std::move(name)), p(p), seed(seed), calls(this->register_buffer("calls", xt::zeros<T>({1}))) {
+  if (!(p >= 0 && p <= 1))
+    throw std::invalid_argument(fmt::format("{}: p is {}; it must be in [0, 1]", layer_what("nn::Dropout", this->name()), p));
+}
+
+template <class T>
+Dropout<T>::Dropout(double p, uint64_t seed) : Dropout(std::string(), p, seed) {}
+
+namespace {
+// FNV-1a: a hash of the layer's path that is the same in every build.
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (const unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+template <class T>
+Value Dropout<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  if (!this->is_training()) return ad::dropout(tape, x, p, false, 0, at);  // the identity
+  // dropout hashes its seed: distinct layers and calls need only distinct inputs.
+  const auto call = static_cast<uint64_t>(calls(0));
+  const uint64_t s = seed ^ (fnv1a(this->name()) + 0x9E3779B97F4A7C15ull * (call + 1));
+  calls(0) += T(1);
+  return tape.set_label(ad::dropout(tape, x, p, true, s, at), this->name());
+}
+
+template <class T>
+Value GlobalAvgPool2d<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  // (N, C, H, W) -> (N, C, 1, 1) -> (N, C).
+  const Value pooled = tape.set_label(ad::global_avg_pool2d(tape, x, at), this->name());
+  return ad::flatten(tape, pooled, at);
 }
 
 template <class T>
@@ -235,6 +331,10 @@ Sequential<T> make_cnn(const CnnConfig& cfg, uint64_t seed) {
   template class Pool2d<T>;                                                                               \
   template class ActivationLayer<T>;                                                                      \
   template class Flatten<T>;                                                                              \
+  template class BatchNorm2d<T>;                                                                          \
+  template class Dropout<T>;                                                                              \
+  template class ConvTranspose2d<T>;                                                                      \
+  template class GlobalAvgPool2d<T>;                                                                      \
   template class Sequential<T>;                                                                           \
   template Sequential<T> make_cnn<T>(const CnnConfig&, uint64_t);
 NN_INSTANTIATE(float)

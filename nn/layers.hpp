@@ -44,9 +44,10 @@ template <class T> ad::Tensor<T> xavier_uniform(const ad::Shape& shape, std::siz
 template <class T>
 using Layer = Module<T>;
 
-// (N, C_in, H, W) -> (N, C_out, OH, OW). Parameters "weight" (C_out, C_in, KH, KW) and,
-// unless `bias` is false, "bias" (C_out). Throws std::invalid_argument naming the layer
-// when a channel count or kernel size is not positive.
+// (N, C_in, H, W) -> (N, C_out, OH, OW). Parameters "weight" (C_out, C_in/groups, KH, KW)
+// and, unless `bias` is false, "bias" (C_out). Throws std::invalid_argument naming the
+// layer when a channel count or kernel size is not positive, or groups does not divide
+// both channel counts.
 template <class T>
 class Conv2d : public Module<T> {
  public:
@@ -103,6 +104,70 @@ class ActivationLayer : public Module<T> {
   Value forward(Tape<T>& tape, Value x) override;
   Activation kind;
   double slope;
+};
+
+// Batch normalisation per channel of (N, C, H, W) (ad::batch_norm2d). Parameters
+// "weight" (C, ones) and "bias" (C, zeros) unless `affine` is false; buffers
+// "running_mean" (C, zeros) and "running_var" (C, ones). In training mode it normalises
+// by the batch statistics and updates the running ones with `momentum`; in evaluation
+// mode it uses the running statistics (Module::train / eval).
+struct BatchNorm2dOptions {
+  double momentum = 0.1;
+  double eps = 1e-5;
+  bool affine = true;
+};
+template <class T>
+class BatchNorm2d : public Module<T> {
+ public:
+  explicit BatchNorm2d(int channels, BatchNorm2dOptions opt = {});
+  BatchNorm2d(std::string name, int channels, BatchNorm2dOptions opt = {});
+  Value forward(Tape<T>& tape, Value x) override;
+  Parameter<T>* weight;  // nullptr without the affine transform
+  Parameter<T>* bias;
+  ad::Tensor<T>& running_mean;
+  ad::Tensor<T>& running_var;
+  BatchNorm2dOptions options;
+};
+
+// Inverted dropout (ad::dropout) with drop probability p in [0, 1]: in training mode
+// each element is zeroed with probability p and the rest scaled by 1/(1 - p); the
+// identity in evaluation mode. Every call draws a fresh mask from (seed, the layer's
+// path, the number of training calls so far); that count is the buffer "calls", so a
+// run resumed from a checkpoint draws the masks the uninterrupted run would have
+// (exactly up to 2^24 calls, the largest whole number a float32 checkpoint holds).
+template <class T>
+class Dropout : public Module<T> {
+ public:
+  explicit Dropout(double p = 0.5, uint64_t seed = 0);
+  Dropout(std::string name, double p = 0.5, uint64_t seed = 0);
+  Value forward(Tape<T>& tape, Value x) override;
+  double p;
+  uint64_t seed;
+  ad::Tensor<T>& calls;  // (1): training-mode calls so far
+};
+
+// (N, C_in, H, W) -> (N, C_out, OH, OW), the transpose of Conv2d (ad::conv_transpose2d).
+// Parameters "weight" (C_in, C_out/groups, KH, KW) and, unless `bias` is false, "bias"
+// (C_out); fan-in for the initialisation is (C_out/groups)*KH*KW, as PyTorch's.
+template <class T>
+class ConvTranspose2d : public Module<T> {
+ public:
+  ConvTranspose2d(int c_in, int c_out, std::array<int, 2> kernel, ad::ConvTranspose2dOptions opt, Init init,
+                  std::mt19937_64& rng, bool bias = true);
+  ConvTranspose2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel, ad::ConvTranspose2dOptions opt,
+                  Init init, std::mt19937_64& rng, bool bias = true);
+  Value forward(Tape<T>& tape, Value x) override;
+  Parameter<T>& weight;
+  Parameter<T>* bias;
+  ad::ConvTranspose2dOptions options;
+};
+
+// (N, C, H, W) -> (N, C): the mean of each channel's plane.
+template <class T>
+class GlobalAvgPool2d : public Module<T> {
+ public:
+  explicit GlobalAvgPool2d(std::string name = {}) : Module<T>(std::move(name)) {}
+  Value forward(Tape<T>& tape, Value x) override;
 };
 
 // (N, C, H, W) -> (N, C*H*W).
