@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "autodiff/higher_order.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/scratch.hpp"
 #include "ops/shape_check.hpp"
 
@@ -114,6 +116,106 @@ void mse_vjp(const Tensor<T>& grad_out, const Tensor<T>& pred, const Tensor<T>& 
   }
 }
 
+// ---- softmax_cross_entropy_backward (higher-order gradients; derivation in loss.hpp) ----
+
+namespace {
+// Softmax of each row of z (N, K) into p; rows with a label outside [0, K) are left 0.
+template <class T>
+void softmax_rows(const Tensor<T>& z, std::span<const int32_t> labels, Tensor<T>& p) {
+  const std::size_t N = z.shape()[0], K = z.shape()[1];
+  zero_fill(p);
+  for (std::size_t n = 0; n < N; ++n) {
+    if (labels[n] < 0 || static_cast<std::size_t>(labels[n]) >= K) continue;
+    const T* zn = z.data() + n * K;
+    T m = zn[0];
+    for (std::size_t k = 1; k < K; ++k) m = std::max(m, zn[k]);
+    T s = 0;
+    for (std::size_t k = 0; k < K; ++k) s += std::exp(zn[k] - m);
+    const T lse = m + std::log(s);
+    for (std::size_t k = 0; k < K; ++k) p.data()[n * K + k] = std::exp(zn[k] - lse);
+  }
+}
+std::size_t counted_rows(std::span<const int32_t> labels, std::size_t K) {
+  std::size_t M = 0;
+  for (int32_t l : labels) M += l >= 0 && static_cast<std::size_t>(l) < K;
+  return M;
+}
+}  // namespace
+
+template <class T>
+Value softmax_cross_entropy_backward(Tape<T>& tape, Value logits, Value grad_out, std::span<const int32_t> labels,
+                                     std::source_location loc) {
+  const char* op = "softmax_cross_entropy_backward";
+  const Shape zs = tape.shape(logits);
+  check_rank(op, "logits", zs, 2, "(N, K)");
+  if (tape.value(grad_out).size() != 1)
+    shape_error(op, "grad_out {} must be a scalar", shape_str(tape.shape(grad_out)));
+  if (labels.size() != zs[0]) shape_error(op, "logits {} and labels ({}) disagree on N", shape_str(zs), labels.size());
+  Value y = tape.new_value(zs, tape.any_requires_grad({logits, grad_out}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  Tensor<T> probs(zs);
+  softmax_rows(tape.value(logits), labels, probs);
+  zero_fill(yv);
+  const std::vector<int32_t> lab(labels.begin(), labels.end());
+  softmax_cross_entropy_vjp(tape.value(grad_out), probs, lab, &yv);
+  if (Node<T>* node = tape.record(OpKind::SoftmaxCrossEntropyBackward, {logits, grad_out}, y, Attrs{}, loc)) {
+    node->saved = std::move(probs);
+    node->saved_index = lab;
+  }
+  return y;
+}
+
+namespace {
+// gz[n,:] += g/M (p .* u_n - p <p, u_n>),  gg += 1/M sum_n <u_n, p_n - onehot_n>  (counted rows)
+template <class T> void softmax_cross_entropy_backward_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  const Tensor<T>& u = tape->grad_out(node);
+  const Tensor<T>& p = node.saved;
+  const std::size_t N = p.shape()[0], K = p.shape()[1];
+  const std::size_t M = counted_rows(node.saved_index, K);
+  if (M == 0) return;
+  const T g = tape->input_value(node, 1).data()[0];
+  Tensor<T>* gz = tape->input_grad(node, 0);
+  Tensor<T>* gg = tape->input_grad(node, 1);
+  T dg = 0;
+  for (std::size_t n = 0; n < N; ++n) {
+    const int32_t l = node.saved_index[n];
+    if (l < 0 || static_cast<std::size_t>(l) >= K) continue;
+    const T* pn = p.data() + n * K;
+    const T* un = u.data() + n * K;
+    T pu = 0;
+    for (std::size_t k = 0; k < K; ++k) pu += pn[k] * un[k];
+    if (gz)
+      for (std::size_t k = 0; k < K; ++k) gz->data()[n * K + k] += g / static_cast<T>(M) * pn[k] * (un[k] - pu);
+    dg += pu - un[l];
+  }
+  if (gg) gg->data()[0] += dg / static_cast<T>(M);
+}
+Value softmax_cross_entropy_backward_replay(Tape<double>& t, const ReplayArgs& r) {
+  return softmax_cross_entropy_backward(t, r.inputs[0], r.inputs[1], r.saved_index);
+}
+// Recorded VJPs: softmax_cross_entropy: gz = softmax_cross_entropy_backward(z, g, labels).
+// mse: gp = 2 g (p - t) / size = -gt, recorded with sub, mul (g broadcast) and scale.
+template <class T>
+void softmax_cross_entropy_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const std::vector<int32_t> labels = t.nodes()[static_cast<std::size_t>(n)].saved_index;  // a copy: nodes grow
+  gi[0] = softmax_cross_entropy_backward(t, node_input(t, n, 0), g, std::span<const int32_t>(labels));
+}
+template <class T> void mse_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const Value p = node_input(t, n, 0), y = node_input(t, n, 1);
+  const double c = 2.0 / static_cast<double>(t.value(p).size());
+  const Value d = scale(t, mul(t, sub(t, p, y), g), c);
+  if (wants(want, 0)) gi[0] = d;
+  if (wants(want, 1)) gi[1] = scale(t, d, -1.0);
+}
+}  // namespace
+
+constinit const OpDef softmax_cross_entropy_backward_op{
+    .name = "softmax_cross_entropy_backward", .input_names = {"logits", "grad_out"},
+    .vjp_float = softmax_cross_entropy_backward_node_vjp<float>,
+    .vjp_double = softmax_cross_entropy_backward_node_vjp<double>, .replay = softmax_cross_entropy_backward_replay};
+AD_REGISTER_OP(softmax_cross_entropy_backward_op);
+
 // ---- the registry entries (autodiff/op.hpp) ----
 
 namespace {
@@ -141,9 +243,12 @@ constinit const OpDef softmax_cross_entropy_op{.name = "softmax_cross_entropy",
                                                .vjp_float = softmax_cross_entropy_node_vjp<float>,
                                                .vjp_double = softmax_cross_entropy_node_vjp<double>,
                                                .replay = softmax_cross_entropy_replay,
-                                               .format_attrs = softmax_cross_entropy_format};
+                                               .format_attrs = softmax_cross_entropy_format,
+                                               .record_vjp_float = softmax_cross_entropy_record_vjp<float>,
+                                               .record_vjp_double = softmax_cross_entropy_record_vjp<double>};
 constinit const OpDef mse_op{.name = "mse", .input_names = {"prediction", "target"}, .vjp_float = mse_node_vjp<float>,
-                             .vjp_double = mse_node_vjp<double>, .replay = mse_replay};
+                             .vjp_double = mse_node_vjp<double>, .replay = mse_replay,
+                             .record_vjp_float = mse_record_vjp<float>, .record_vjp_double = mse_record_vjp<double>};
 AD_REGISTER_OP(softmax_cross_entropy_op);
 AD_REGISTER_OP(mse_op);
 
@@ -152,6 +257,8 @@ AD_REGISTER_OP(mse_op);
                                           std::source_location);                                              \
   template void softmax_cross_entropy_vjp<T>(const Tensor<T>&, const Tensor<T>&, const std::vector<int32_t>&, \
                                              Tensor<T>*);                                                     \
+  template Value softmax_cross_entropy_backward<T>(Tape<T>&, Value, Value, std::span<const int32_t>,          \
+                                                   std::source_location);                                     \
   template Value mse<T>(Tape<T>&, Value, Value, std::source_location);                                       \
   template void mse_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*, Tensor<T>*);
 AD_INSTANTIATE(float)

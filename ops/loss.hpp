@@ -4,6 +4,7 @@
 #pragma once
 
 #include <source_location>
+#include <span>
 #include <vector>
 
 #include "autodiff/tape.hpp"
@@ -43,6 +44,21 @@ void softmax_cross_entropy_vjp(const Tensor<T>& grad_out, const Tensor<T>& probs
 // replaying the node with its saved labels and default options (gradcheck_nodes) ignores
 // the same rows. (Op registry: the node needs no attribute for ignore_index.)
 inline constexpr int32_t kIgnoredLabel = -100;
+
+// softmax_cross_entropy's VJP as an op, for higher-order gradients (autodiff/higher_order.hpp):
+// logits z (N, K), the scalar gradient g of J and the labels (as the forward saved them:
+// an ignored row's as kIgnoredLabel) give y (N, K) = g / M (softmax(z) - onehot) on the M
+// rows whose label is in [0, K), 0 on the others. Its VJP for a cotangent u (N, K), per
+// counted row n, with p = softmax(z_n) and the softmax Jacobian diag(p) - p p^T:
+//   gz[n,:] += g / M (p .* u_n - p <p, u_n>),   gg += 1/M sum_n <u_n, p - onehot_n>.
+// It has no recorded VJP of its own (a third derivative of the loss is refused by ad::grad).
+extern const OpDef softmax_cross_entropy_backward_op;
+namespace OpKind {
+inline constexpr OpId SoftmaxCrossEntropyBackward = &softmax_cross_entropy_backward_op;
+}
+template <class T>
+Value softmax_cross_entropy_backward(Tape<T>& tape, Value logits, Value grad_out, std::span<const int32_t> labels,
+                                     std::source_location loc = std::source_location::current());
 
 // J = 1/size sum (pred - target)^2, pred and target of the same shape. Scalar ().
 template <class T>
