@@ -115,6 +115,8 @@ std::vector<Value> grad(Tape<T>& tape, const std::vector<Value>& outputs, const 
         throw TapeError(fmt::format("grad: output {} (value #{}) has shape {}; pass grad_outputs for outputs that "
                                     "are not scalars",
                                     k, outputs[k].id, shape_str(ys)));
+      std::optional<NoGradGuard<T>> constant;  // without create_graph: no node, as for the rest
+      if (!opt.create_graph) constant.emplace(tape);
       seeds.push_back(tape.input(xt::ones<T>(ys), "grad seed"));
     } else {
       if (tape.shape(grad_outputs[k]) != ys)

@@ -203,6 +203,38 @@ TEST(GradGrad, SoftmaxCrossEntropyBackwardFirstOrder) {
                    (std::vector<std::string>{"logits", "g"}));
 }
 
+TEST(GradGrad, SoftmaxCrossEntropyBackwardSecondOrder) {  // the loss's third derivative
+  const std::vector<int32_t> labels{1, kIgnoredLabel, 0};
+  Fn f = [&](Tape<double>& t, const V& v) {
+    return softmax_cross_entropy_backward(t, v[0], v[1], std::span<const int32_t>(labels));
+  };
+  EXPECT_GRADGRADCHECK(f, (std::vector<T64>{uniform({3, 4}, 49, -2, 2), T64(xt::xarray<double>(0.7))}),
+                       (std::vector<std::string>{"logits", "g"}));
+}
+
+TEST(GradGrad, SoftmaxLogSoftmaxNllLoss) {
+  Fn sm = [](Tape<double>& t, const V& v) { return softmax(t, v[0], 1); };
+  Fn sm0 = [](Tape<double>& t, const V& v) { return softmax(t, v[0], 0); };
+  Fn lsm = [](Tape<double>& t, const V& v) { return log_softmax(t, v[0], -1); };
+  Fn nll = [](Tape<double>& t, const V& v) { return nll_loss(t, mul(t, v[0], v[0]), {2, -100, 0}); };
+  Fn ce = [](Tape<double>& t, const V& v) { return nll_loss(t, log_softmax(t, v[0], 1), {2, 1, 0}, {.ignore_index = 1}); };
+  const std::vector<T64> x{uniform({3, 4}, 60, -2, 2)};
+  const std::vector<std::string> n{"x"};
+  EXPECT_GRADGRADCHECK(sm, x, n);
+  EXPECT_GRADGRADCHECK(sm0, x, n);
+  EXPECT_GRADGRADCHECK(lsm, (std::vector<T64>{uniform({2, 3, 4}, 61, -2, 2)}), n);
+  EXPECT_GRADGRADCHECK(nll, x, n);
+  EXPECT_GRADGRADCHECK(ce, x, n);
+}
+
+TEST(GradGrad, NllLossBackwardIsNllLossTransposed) {
+  const std::vector<int32_t> labels{2, -100, 0};
+  Fn f = [&](Tape<double>& t, const V& v) { return nll_loss_backward(t, v[0], std::span<const int32_t>(labels), 4); };
+  const std::vector<T64> g{T64(xt::xarray<double>(1.3))};
+  EXPECT_GRADCHECK(f, g, std::vector<std::string>{"g"});
+  EXPECT_GRADGRADCHECK(f, g, std::vector<std::string>{"g"});
+}
+
 TEST(GradGrad, Mse) {
   Fn f = [](Tape<double>& t, const V& v) { return mse(t, v[0], v[1]); };
   EXPECT_GRADGRADCHECK(f, (std::vector<T64>{uniform({2, 3}, 50), uniform({2, 3}, 51)}), (std::vector<std::string>{"p", "t"}));
