@@ -40,6 +40,7 @@ print *grad_k
 frame function main
 print k1
 print x
+delete
 break show_recorded_backward
 continue
 print tape

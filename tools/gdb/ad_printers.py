@@ -167,6 +167,9 @@ def _attr_value(v):
         return str(v).split("::")[-1]
     if t.code == gdb.TYPE_CODE_BOOL:
         return "true" if bool(v) else "false"
+    if t.code == gdb.TYPE_CODE_STRUCT:  # a nested options struct (PoolBackwardAttrs::pool)
+        fields = [f for f in t.fields() if not f.is_base_class and hasattr(f, "bitpos")]
+        return "{" + " ".join("%s=%s" % (f.name, _attr_value(v[f.name])) for f in fields) + "}"
     return _num(v)
 
 
