@@ -204,6 +204,30 @@ GradcheckResult gradgradcheck(const GradcheckFn& f, const std::vector<Tensor<dou
   all_names.push_back("grad_output");
   GradcheckResult r = gradcheck(S, all, all_names, opt);
   r.report = "gradgradcheck (gradcheck of the recorded VJP): " + r.report;
+
+  // The recorded VJP must also give the first-order VJP's values (the finite differences
+  // above only see the recorded one): both from the same tape, element by element.
+  std::vector<Parameter<double>> xs;
+  xs.reserve(n);
+  for (std::size_t k = 0; k < n; ++k) xs.emplace_back(all_names[k], inputs[k]);
+  Tape<double> tape;
+  std::vector<Value> xv;
+  for (auto& p : xs) xv.push_back(tape.param(p));
+  const Value y = f(tape, xv);
+  const std::vector<Value> recorded = grad(tape, {y}, xv, {tape.input(u)}, {.create_graph = false, .allow_unused = true});
+  tape.backward(y, u);
+  for (std::size_t k = 0; k < n; ++k) {
+    const Tensor<double>& first = xs[k].grad;
+    for (std::size_t e = 0; e < first.size(); ++e) {
+      const double a = recorded[k].valid() ? tape.value(recorded[k]).data()[e] : 0.0, b = first.data()[e];
+      if (std::abs(a - b) <= 1e-10 * std::max(1.0, std::abs(b))) continue;
+      r.ok = r.values_ok = false;
+      r.report += fmt::format(
+          " Recorded VJP FAILED: {} element {} is {:.17g} by the recorded VJP but {:.17g} by the first-order VJP.",
+          all_names[k], e, a, b);
+      return r;
+    }
+  }
   return r;
 }
 

@@ -40,7 +40,10 @@ TEST(HessianSpectrum, PowerIterationMatchesPyTorchDoubleBackward) {
   double j = 0, norm2 = 0;
   for (const Parameter<double>* p : params) {
     T64 t(p->value.shape());
-    for (double& e : t) norm2 += (e = std::cos(0.7 * ++j)) * e;
+    for (double& e : t) {
+      e = std::cos(0.7 * ++j);
+      norm2 += e * e;
+    }
     v.push_back(std::move(t));
   }
   for (T64& t : v) t /= std::sqrt(norm2);
