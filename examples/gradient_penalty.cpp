@@ -40,9 +40,16 @@ Run train(const nn::Dataset& train_set, const nn::Dataset& test_set, const nn::C
     }
     const auto t0 = std::chrono::steady_clock::now();
     tape.reset();
-    images.value = x_batch;  // the images as a parameter: the tape can differentiate with respect to them
-    images.zero_grad();
-    const ad::Value x = tape.param(images);
+    // With the penalty the images are a parameter, so that the tape can differentiate with
+    // respect to them; plain training records them as a constant (no dJ/dx work).
+    ad::Value x;
+    if (lambda != 0) {
+      images.value = x_batch;
+      images.zero_grad();
+      x = tape.param(images);
+    } else {
+      x = tape.input(x_batch, "images");
+    }
     const ad::Value loss = ad::softmax_cross_entropy(tape, model.forward(tape, x), labels);
     ad::Value total = loss;
     if (lambda != 0) {
