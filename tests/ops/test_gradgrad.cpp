@@ -187,6 +187,34 @@ TEST(GradGrad, FlattenAndShapeOps) {
                        (std::vector<std::string>{"x", "y"}));
 }
 
+// ---- unary maths, dropout ----
+
+TEST(GradGrad, UnaryMaths) {
+  const std::vector<std::string> n{"x"};
+  const std::vector<T64> pos{uniform({2, 3}, 70, 0.3, 2.0)}, any{off_zero({2, 3}, 71, 0.1)};
+  Fn ne = [](Tape<double>& t, const V& v) { return mul(t, neg(t, v[0]), v[0]); };
+  Fn ex = [](Tape<double>& t, const V& v) { return ad::exp(t, v[0]); };
+  Fn lg = [](Tape<double>& t, const V& v) { return ad::log(t, v[0]); };
+  Fn sq = [](Tape<double>& t, const V& v) { return ad::sqrt(t, v[0]); };
+  Fn pw = [](Tape<double>& t, const V& v) { return ad::pow(t, v[0], 2.5); };
+  Fn pn = [](Tape<double>& t, const V& v) { return ad::pow(t, v[0], -2.0); };
+  Fn ab = [](Tape<double>& t, const V& v) { return mul(t, ad::abs(t, v[0]), v[0]); };
+  Fn cl = [](Tape<double>& t, const V& v) { return mul(t, clamp(t, v[0], -0.5, 0.6), v[0]); };
+  EXPECT_GRADGRADCHECK(ne, any, n);
+  EXPECT_GRADGRADCHECK(ex, any, n);
+  EXPECT_GRADGRADCHECK(lg, pos, n);
+  EXPECT_GRADGRADCHECK(sq, pos, n);
+  EXPECT_GRADGRADCHECK(pw, pos, n);
+  EXPECT_GRADGRADCHECK(pn, any, n);
+  EXPECT_GRADGRADCHECK(ab, any, n);
+  EXPECT_GRADGRADCHECK(cl, (std::vector<T64>{T64{{-0.9, -0.3, 0.1}, {0.4, 0.8, -0.7}}}), n);
+}
+
+TEST(GradGrad, DropoutWithItsSavedMask) {
+  Fn f = [](Tape<double>& t, const V& v) { return mul(t, dropout(t, v[0], 0.4, true, 7), v[0]); };
+  EXPECT_GRADGRADCHECK(f, std::vector<T64>{uniform({3, 5}, 72)}, std::vector<std::string>{"x"});
+}
+
 // ---- losses ----
 
 TEST(GradGrad, SoftmaxCrossEntropyWithAnIgnoredRow) {
