@@ -135,6 +135,17 @@ def main():
         labels = [2, 0, 1, 1]
         run(n, lambda z: F.cross_entropy(z, torch.tensor(labels)), dict(z=torch.randn(4, 3) * 2), labels)
 
+    @case("batch_norm2d_train")
+    def _(n):
+        run(n, lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-5),
+            dict(x=torch.randn(3, 2, 3, 2), w=torch.randn(2), b=torch.randn(2)))
+
+    @case("batch_norm2d_eval")
+    def _(n):
+        rm, rv = torch.tensor([0.3, -0.2]), torch.tensor([1.5, 0.7])
+        run(n, lambda x, w, b: torch.tanh(F.batch_norm(x, rm, rv, w, b, training=False, eps=1e-5)),
+            dict(x=torch.randn(2, 2, 3, 3), w=torch.randn(2), b=torch.randn(2)))
+
     @case("ref_cnn")
     def _(n):
         labels = [1, 3]
