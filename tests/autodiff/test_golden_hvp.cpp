@@ -112,6 +112,15 @@ TEST(GoldenHvp, SoftmaxCrossEntropy) {
     return softmax_cross_entropy(t, v[0], c.labels());
   });
 }
+TEST(GoldenHvp, BatchNorm2dTrainingAndEval) {
+  check("batch_norm2d_train", {"x", "w", "b"}, [](Tape<double>& t, const std::vector<Value>& v, const Case&) {
+    return batch_norm2d(t, v[0], v[1], v[2], nullptr, nullptr);
+  });
+  check("batch_norm2d_eval", {"x", "w", "b"}, [](Tape<double>& t, const std::vector<Value>& v, const Case&) {
+    T64 rm{0.3, -0.2}, rv{1.5, 0.7};
+    return ad::tanh(t, batch_norm2d(t, v[0], v[1], v[2], &rm, &rv, {.training = false}));
+  });
+}
 TEST(GoldenHvp, RefCnnLossInEveryParameterAndTheImages) {
   check("ref_cnn", {"x", "k1", "b1", "k2", "b2", "w3", "b3"},
         [](Tape<double>& t, const std::vector<Value>& v, const Case& c) {

@@ -215,6 +215,25 @@ TEST(GradGrad, DropoutWithItsSavedMask) {
   EXPECT_GRADGRADCHECK(f, std::vector<T64>{uniform({3, 5}, 72)}, std::vector<std::string>{"x"});
 }
 
+// ---- batch norm: the double backward through the batch statistics ----
+
+TEST(GradGrad, BatchNorm2dTrainingWithAndWithoutAffine) {
+  Fn affine = [](Tape<double>& t, const V& v) { return batch_norm2d(t, v[0], v[1], v[2], nullptr, nullptr); };
+  Fn plain = [](Tape<double>& t, const V& v) { return batch_norm2d(t, v[0], Value{}, Value{}, nullptr, nullptr); };
+  EXPECT_GRADGRADCHECK(affine, (std::vector<T64>{uniform({3, 2, 3, 2}, 80), uniform({2}, 81), uniform({2}, 82)}),
+                       (std::vector<std::string>{"x", "w", "b"}));
+  EXPECT_GRADGRADCHECK(plain, std::vector<T64>{uniform({2, 3, 2, 2}, 83)}, std::vector<std::string>{"x"});
+}
+
+TEST(GradGrad, BatchNorm2dEvalMode) {
+  Fn f = [](Tape<double>& t, const V& v) {
+    T64 rm{0.3, -0.2}, rv{1.5, 0.7};
+    return ad::tanh(t, batch_norm2d(t, v[0], v[1], v[2], &rm, &rv, {.training = false}));
+  };
+  EXPECT_GRADGRADCHECK(f, (std::vector<T64>{uniform({2, 2, 3, 3}, 84), uniform({2}, 85), uniform({2}, 86)}),
+                       (std::vector<std::string>{"x", "w", "b"}));
+}
+
 // ---- losses ----
 
 TEST(GradGrad, SoftmaxCrossEntropyWithAnIgnoredRow) {
