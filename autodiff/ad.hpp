@@ -5,6 +5,7 @@
 #include "autodiff/custom.hpp"
 #include "autodiff/gradcheck.hpp"
 #include "autodiff/gradcheck_nodes.hpp"
+#include "autodiff/higher_order.hpp"
 #include "autodiff/jacobian.hpp"
 #include "autodiff/print.hpp"
 #include "autodiff/tape.hpp"

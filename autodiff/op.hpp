@@ -131,11 +131,27 @@ struct OpDef {
   // value x) within `margin` of a kink or tie, which gradcheck then skips. Null = nowhere.
   void (*kinks)(const Attrs& attrs, std::size_t k, const Tensor<double>& x, double margin,
                 std::vector<bool>& at) = nullptr;
+  // Higher-order gradients (autodiff/higher_order.hpp): records on `tape`, as ordinary
+  // differentiable ops, dJ/d(input k) of node `node` given its output's gradient
+  // `grad_out` (a Value on the same tape), into grads_in[k] for each k whose bit is set
+  // in `want` (inputs that are present and need a gradient); grads_in[k] stays Value{}
+  // where there is no contribution (ReLU w.r.t. its input: zero almost everywhere).
+  // It reads the node by index, never by reference: recording grows the node vector.
+  // Null: no higher-order support yet; ad::grad refuses the node, naming the op.
+  void (*record_vjp_float)(Tape<float>& tape, int32_t node, Value grad_out, uint32_t want,
+                           std::span<Value> grads_in) = nullptr;
+  void (*record_vjp_double)(Tape<double>& tape, int32_t node, Value grad_out, uint32_t want,
+                            std::span<Value> grads_in) = nullptr;
 
   template <class T>
   auto vjp() const {
     if constexpr (std::is_same_v<T, float>) return vjp_float;
     else return vjp_double;
+  }
+  template <class T>
+  auto record_vjp() const {
+    if constexpr (std::is_same_v<T, float>) return record_vjp_float;
+    else return record_vjp_double;
   }
   std::string input_name(std::size_t k) const {
     if (k < input_names.size() && input_names[k]) return input_names[k];

@@ -83,13 +83,21 @@ std::string format_attrs(OpId op, const Attrs& a) {
   return op && op->format_attrs ? op->format_attrs(a, {}) : std::string();
 }
 
+// " (d/d#7)": the node was recorded by a backward with create_graph, as part of the VJP
+// of forward node #7 (Node::grad_of; autodiff/higher_order.hpp).
+template <class T>
+std::string grad_of_mark(const Node<T>& node) {
+  return node.grad_of >= 0 ? fmt::format(" (d/d#{})", node.grad_of) : std::string();
+}
+
 template <class T>
 std::string format_node(const Node<T>& node) {
   std::vector<std::string> in;
   for (int32_t id : node.inputs)
     if (id >= 0) in.push_back(fmt::format("%{}", id));
   const std::string args = in.empty() ? std::string() : fmt::format("({})", fmt::join(in, ", "));
-  return fmt::format("{}{} -> %{}{}{}", op_name(node.op), args, node.output, extra_attrs(node), label_and_site(node));
+  return fmt::format("{}{} -> %{}{}{}{}", op_name(node.op), args, node.output, extra_attrs(node), grad_of_mark(node),
+                     label_and_site(node));
 }
 
 template <class T>
@@ -99,8 +107,9 @@ std::string format_node(const Tape<T>& tape, std::size_t index) {
   for (int32_t id : node.inputs)
     if (id >= 0) in.push_back(value_ref(tape, id));
   const std::string args = in.empty() ? std::string() : fmt::format("({})", fmt::join(in, ", "));
-  return fmt::format("#{} {}{} -> {}{}{}", index, node_op_name(tape, node), args,
-                     shape_str(tape.value(Value{node.output}).shape()), extra_attrs(node), label_and_site(node));
+  return fmt::format("#{} {}{} -> {}{}{}{}", index, node_op_name(tape, node), args,
+                     shape_str(tape.value(Value{node.output}).shape()), extra_attrs(node), grad_of_mark(node),
+                     label_and_site(node));
 }
 
 template <class T>
@@ -141,6 +150,7 @@ std::string to_dot(const Tape<T>& tape) {
     std::string text = fmt::format("#{} {}\\n{}", i, node_op_name(tape, node), shape_str(tape.value(out).shape()));
     if (const std::string a = node_attrs(node); !a.empty()) text += "\\n" + a;
     if (!node.label.empty()) text += "\\n" + dot_escape(node.label);
+    if (node.grad_of >= 0) text += fmt::format("\\nd/d#{}", node.grad_of);
     std::string style;
     if (node.op == OpKind::Input)
       style = "shape=ellipse, style=filled, fillcolor=\"#cfe2f3\"";
@@ -148,6 +158,8 @@ std::string to_dot(const Tape<T>& tape) {
       style = "shape=box, style=\"filled\", fillcolor=\"#fce5cd\", penwidth=1.5";
     else if (node.op == OpKind::Custom)
       style = "style=\"rounded,dashed\"";
+    else if (node.grad_of >= 0)  // recorded by a backward (create_graph): drawn in green
+      style = "color=\"#38761d\", fontcolor=\"#38761d\"";
     if (!tape.requires_grad(out)) style += std::string(style.empty() ? "" : ", ") + "fontcolor=\"#888888\", color=\"#aaaaaa\"";
     s += fmt::format("  n{} [label=\"{}\"{}{}];\n", i, text, style.empty() ? "" : ", ", style);
     drawn[static_cast<std::size_t>(node.output)] = true;

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "autodiff/custom.hpp"
+#include "autodiff/higher_order.hpp"
 
 // gdb loads our pretty-printers (tools/gdb/ad_printers.py) for every binary that links
 // the tape: this entry in .debug_gdb_scripts names the script by the relative name CMake
@@ -212,6 +213,7 @@ Node<T>* Tape<T>::record(OpId op, std::span<const Value> inputs, Value out, cons
   n.output = out.id;
   n.attrs = attrs;
   n.where = SourceLoc::from(loc);
+  n.grad_of = grad_of_;
   if (next_saved_ < spare_saved_.size()) n.saved = std::move(spare_saved_[next_saved_++]);
   if (next_index_ < spare_index_.size()) n.saved_index = std::move(spare_index_[next_index_++]);
   n.saved_index.clear();
@@ -255,6 +257,8 @@ void Tape<T>::reset() {
   custom_ops_.clear();
   custom_names_.clear();
   next_custom_saved_ = 0;  // the lists and their buffers stay for the next step
+  grad_of_ = -1;
+  graph_grads_.clear();
   recording_ = next_recording();
 }
 
@@ -279,6 +283,14 @@ Tensor<T>* Tape<T>::grad_buffer(Value v) {
 
 template <class T>
 void Tape<T>::backward(Value loss, BackwardOptions opt) {
+  if (opt.create_graph) {
+    const Tensor<T>& y = value(loss);
+    if (y.size() != 1)
+      throw TapeError(fmt::format("backward: value #{} has shape {}; backward(v) needs a scalar, pass a "
+                                  "seed gradient for other shapes",
+                                  loss.id, shape_str(y.shape())));
+    return backward_create_graph(loss, xt::ones<T>(y.shape()));
+  }
   backward_begin(loss, opt);
   while (backward_step() >= 0) {
   }
@@ -286,9 +298,56 @@ void Tape<T>::backward(Value loss, BackwardOptions opt) {
 
 template <class T>
 void Tape<T>::backward(Value out, const Tensor<T>& seed, BackwardOptions opt) {
+  if (opt.create_graph) return backward_create_graph(out, seed);
   backward_begin(out, seed, opt);
   while (backward_step() >= 0) {
   }
+}
+
+// backward with create_graph: the reverse pass recorded on the tape by ad::grad, w.r.t.
+// every value that needs a gradient. Parameters get the numbers added into their grad
+// (as a plain backward does); every value's gradient is readable with grad() and, as a
+// Value, with grad_value().
+template <class T>
+void Tape<T>::backward_create_graph(Value out, const Tensor<T>& seed) {
+  const Tensor<T>& y = value(out);
+  if (seed.shape() != y.shape())
+    throw ShapeError(fmt::format("backward: seed gradient {} and value #{} {} disagree in shape (they "
+                                 "must be equal)",
+                                 shape_str(seed.shape()), out.id, shape_str(y.shape())));
+  if (!slot(out).requires_grad)
+    throw TapeError(fmt::format("backward: value #{} does not depend on any parameter (or was made "
+                                "under NoGradGuard); there is nothing to differentiate",
+                                out.id));
+  const Value seed_value = input(seed, "backward seed");
+  std::vector<Value> grads = detail::record_backward(*this, {out}, {seed_value}, true);
+  for (Slot<T>& s : slots_) s.grad_ready = false;
+  graph_grads_.assign(grads.size(), -1);
+  for (std::size_t i = 0; i < grads.size(); ++i) {
+    if (!grads[i].valid()) continue;
+    graph_grads_[i] = grads[i].id;
+    Slot<T>& s = slots_[i];
+    const Tensor<T>& g = value(grads[i]);
+    if (s.param) {
+      Parameter<T>& p = checked_param(s, static_cast<int32_t>(i));
+      if (p.grad.shape() != p.value.shape()) p.zero_grad();
+      p.grad += g;
+    } else {
+      s.grad = g;
+    }
+    s.grad_ready = true;
+  }
+}
+
+template <class T>
+Value Tape<T>::grad_value(Value v) const {
+  slot(v);
+  const auto i = static_cast<std::size_t>(v.id);
+  if (i >= graph_grads_.size() || graph_grads_[i] < 0)
+    throw TapeError(fmt::format("tape: value #{} has no recorded gradient: run backward(out, seed, "
+                                "{{.create_graph = true}}) on a value that depends on it",
+                                v.id));
+  return Value{graph_grads_[i], recording_};
 }
 
 template <class T>

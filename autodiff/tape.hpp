@@ -60,6 +60,9 @@ struct Node {
   SourceLoc where;                   // call site of the op
   int32_t custom = -1;               // OpKind::Custom: index into Tape::custom_ops()
   int32_t custom_saved = -1;         // OpKind::Custom: index into Tape::custom_saved(), what its forward saved
+  // Recorded by a backward with create_graph (autodiff/higher_order.hpp): the index of
+  // the forward node whose VJP this node is part of; -1 for a forward node.
+  int32_t grad_of = -1;
 
   // The inputs present (absent optional ones, id -1, not counted).
   int num_inputs() const {
@@ -103,6 +106,11 @@ struct BackwardOptions {
   // Keep the tape usable for another backward(). Without it a second call throws
   // instead of silently adding the same gradients twice.
   bool retain_graph = false;
+  // Record the backward itself as differentiable ops on this tape (higher-order
+  // gradients, autodiff/higher_order.hpp): each parameter's gradient is then also a
+  // Value (grad_value), and tape.grad() reads what was recorded. Implies retain_graph.
+  // Gradient hooks and anomaly checks of the reverse loop do not run in this mode.
+  bool create_graph = false;
 };
 
 template <class T>
@@ -126,6 +134,10 @@ class Tape {
   const Tensor<T>& grad(Value v) const;
   bool requires_grad(Value v) const { return slot(v).requires_grad; }
   Shape shape(Value v) const { return to_shape(value(v).shape()); }
+
+  // After a backward with create_graph: dJ/dv as a Value on this tape (differentiable
+  // again). Throws if that backward gave v no gradient.
+  Value grad_value(Value v) const;
 
   // Names the node that produced v (shown when the tape is printed). Returns v.
   Value set_label(Value v, std::string label);
@@ -217,6 +229,12 @@ class Tape {
   Tensor<T>* input_grad(const Node<T>& node, std::size_t k) {
     return k < node.inputs.size() ? grad_buffer(Value{node.inputs[k]}) : nullptr;
   }
+  // For ad::grad (autodiff/higher_order.cpp): nodes recorded from now on are marked as
+  // part of the VJP of forward node `node` (Node::grad_of; -1: ordinary nodes again).
+  void set_grad_of(int32_t node) { grad_of_ = node; }
+  int32_t grad_of() const { return grad_of_; }
+  // A handle of the current recording to slot id (for walking nodes in ad::grad).
+  Value handle(int32_t id) const { return Value{id, recording_}; }
 
  private:
   Slot<T>& slot_mut(Value v);
@@ -246,6 +264,9 @@ class Tape {
   std::vector<std::string> custom_names_;  // custom_ops_[i]->name(), as plain data for debuggers
   std::vector<std::vector<Tensor<T>>> custom_saved_;  // kept across reset(): [0, next_custom_saved_) in use
   std::size_t next_custom_saved_ = 0;
+  int32_t grad_of_ = -1;                   // see set_grad_of
+  std::vector<int32_t> graph_grads_;       // value id -> id of its gradient (create_graph), -1 none
+  void backward_create_graph(Value out, const Tensor<T>& seed);
   uint32_t recording_ = next_recording();  // see Value; unique across the tapes of the process
 
   static uint32_t next_recording();

@@ -26,4 +26,18 @@ int main() {
   const Value loss = tape.set_label(ad::softmax_cross_entropy(tape, z3, {1, 3}), "loss");
   tape.backward(loss);
   fmt::print("loss {:.6f}, dJ/dk1 sum {:.6f}\n", tape.value(loss)(), xt::sum(k1.grad)());
+
+  // A backward recorded on its tape (higher-order gradients): its nodes are marked with
+  // the forward node they differentiate, "(d/d#2)", in gdb as in format_tape.
+  ad::Tape<float> tape2;
+  Parameter<float> p("p", ramp({1, 1, 4, 4}, 0.2f));
+  const Value y = ad::max_pool2d(tape2, ad::relu(tape2, tape2.param(p)));
+  tape2.backward(ad::sum(tape2, ad::mul(tape2, y, y)), ad::BackwardOptions{.create_graph = true});
+  void show_recorded_backward(const ad::Tape<float>& tape);  // below main: the lines above stay put
+  show_recorded_backward(tape2);
+}
+
+// The gdb test stops here to print a tape holding a recorded backward.
+[[gnu::noinline]] void show_recorded_backward(const ad::Tape<float>& tape) {
+  fmt::print("{} nodes after the recorded backward\n", tape.nodes().size());
 }

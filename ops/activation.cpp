@@ -9,6 +9,10 @@
 
 #include <cmath>
 
+#include "autodiff/higher_order.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/shape_check.hpp"
+
 namespace ad {
 
 namespace {
@@ -102,6 +106,34 @@ template <class T> Value tanh(Tape<T>& tape, Value x, std::source_location loc) 
   return record_unary(tape, OpKind::Tanh, x, Attrs{}, loc, [](const Tensor<T>& in, Tensor<T>& out) { tanh_forward(in, out); });
 }
 
+namespace {
+template <class T, class Vjp>
+Value record_mask_backward(Tape<T>& tape, OpId op, Value g, Value x, const Attrs& attrs, std::source_location loc,
+                           Vjp vjp) {
+  const Shape gs = tape.shape(g), xs = tape.shape(x);
+  if (gs != xs)
+    shape_error(op_name(op).data(), "gradient {} and input {} disagree in shape (they must be equal)", shape_str(gs),
+                shape_str(xs));
+  Value y = tape.new_value(xs, tape.any_requires_grad({g, x}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  zero_fill(yv);
+  vjp(tape.value(g), tape.value(x), &yv);
+  tape.record(op, {g, x}, y, attrs, loc);
+  return y;
+}
+}  // namespace
+
+template <class T> Value relu_backward(Tape<T>& tape, Value grad_out, Value x, std::source_location loc) {
+  return record_mask_backward(tape, OpKind::ReluBackward, grad_out, x, Attrs{}, loc,
+                              [](const Tensor<T>& g, const Tensor<T>& z, Tensor<T>* out) { relu_vjp(g, z, out); });
+}
+template <class T> Value leaky_relu_backward(Tape<T>& tape, Value grad_out, Value x, double slope, std::source_location loc) {
+  return record_mask_backward(tape, OpKind::LeakyReluBackward, grad_out, x, Attrs::of(LeakyReluAttrs{slope}), loc,
+                              [slope](const Tensor<T>& g, const Tensor<T>& z, Tensor<T>* out) {
+                                leaky_relu_vjp(g, z, static_cast<T>(slope), out);
+                              });
+}
+
 // ---- the registry entries (autodiff/op.hpp) ----
 
 namespace {
@@ -119,6 +151,55 @@ template <class T> void sigmoid_node_vjp(Tape<T>* tape, const Node<T>& node) {
 }
 template <class T> void tanh_node_vjp(Tape<T>* tape, const Node<T>& node) {
   tanh_vjp(tape->grad_out(node), tape->value(Value{node.output}), tape->input_grad(node, 0));
+}
+
+// ---- recorded VJPs (higher-order gradients) ----
+// relu, leaky_relu: gx = relu_backward(g, x), the mask op above.
+// sigmoid: f' = s (1 - s) = s - s^2 with s the output: gx = g .* (s - s .* s); recorded on
+//   s itself, so the second derivative d(s - s^2)/dx = (1 - 2 s) s (1 - s) comes from the chain.
+// tanh: f' = 1 - t^2: gx = g - g .* (t .* t); the second derivative -2 t (1 - t^2) likewise.
+template <class T> void relu_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = relu_backward(t, g, node_input(t, n, 0));
+}
+template <class T> void leaky_relu_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0))
+    gi[0] = leaky_relu_backward(t, g, node_input(t, n, 0),
+                                attrs_as<LeakyReluAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).slope);
+}
+template <class T> void sigmoid_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Value s = node_output(t, n);
+  gi[0] = mul(t, g, sub(t, s, mul(t, s, s)));
+}
+template <class T> void tanh_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Value y = node_output(t, n);
+  gi[0] = sub(t, g, mul(t, g, mul(t, y, y)));
+}
+// relu_backward(g, x) = g .* m(x): linear in g, so gg = relu_backward(u, x); nothing for x.
+template <class T> void relu_backward_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = relu_backward(t, g, node_input(t, n, 1));
+}
+template <class T> void leaky_relu_backward_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0))
+    gi[0] = leaky_relu_backward(t, g, node_input(t, n, 1),
+                                attrs_as<LeakyReluAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).slope);
+}
+template <class T> void relu_backward_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  relu_vjp(tape->grad_out(node), tape->input_value(node, 1), tape->input_grad(node, 0));
+}
+template <class T> void leaky_relu_backward_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  leaky_relu_vjp(tape->grad_out(node), tape->input_value(node, 1),
+                 static_cast<T>(attrs_as<LeakyReluAttrs>(node.attrs).slope), tape->input_grad(node, 0));
+}
+Value relu_backward_replay(Tape<double>& t, const ReplayArgs& r) { return relu_backward(t, r.inputs[0], r.inputs[1]); }
+Value leaky_relu_backward_replay(Tape<double>& t, const ReplayArgs& r) {
+  return leaky_relu_backward(t, r.inputs[0], r.inputs[1], r.attrs.get<LeakyReluAttrs>().slope);
+}
+// The mask ops jump where x = 0 (input 1).
+void mask_kink(const Attrs&, std::size_t k, const Tensor<double>& x, double margin, std::vector<bool>& at) {
+  if (k == 1)
+    for (std::size_t i = 0; i < x.size(); ++i) at[i] = std::abs(x.data()[i]) <= margin;
 }
 
 Value relu_replay(Tape<double>& t, const ReplayArgs& r) { return relu(t, r.inputs[0]); }
@@ -143,21 +224,39 @@ constinit const OpDef relu_op{.name = "relu",
                               .vjp_float = relu_node_vjp<float>,
                               .vjp_double = relu_node_vjp<double>,
                               .replay = relu_replay,
-                              .kinks = kink_at_zero};
+                              .kinks = kink_at_zero,
+    .record_vjp_float = relu_record_vjp<float>, .record_vjp_double = relu_record_vjp<double>};
 constinit const OpDef leaky_relu_op{.name = "leaky_relu",
                                     .vjp_float = leaky_relu_node_vjp<float>,
                                     .vjp_double = leaky_relu_node_vjp<double>,
                                     .replay = leaky_relu_replay,
                                     .format_attrs = leaky_relu_format,
-                                    .kinks = kink_at_zero};
+                                    .kinks = kink_at_zero,
+    .record_vjp_float = leaky_relu_record_vjp<float>, .record_vjp_double = leaky_relu_record_vjp<double>};
 constinit const OpDef sigmoid_op{.name = "sigmoid",
                                  .vjp_float = sigmoid_node_vjp<float>,
                                  .vjp_double = sigmoid_node_vjp<double>,
-                                 .replay = sigmoid_replay};
+                                 .replay = sigmoid_replay,
+    .record_vjp_float = sigmoid_record_vjp<float>, .record_vjp_double = sigmoid_record_vjp<double>};
 constinit const OpDef tanh_op{.name = "tanh",
                               .vjp_float = tanh_node_vjp<float>,
                               .vjp_double = tanh_node_vjp<double>,
-                              .replay = tanh_replay};
+                              .replay = tanh_replay,
+    .record_vjp_float = tanh_record_vjp<float>, .record_vjp_double = tanh_record_vjp<double>};
+constinit const OpDef relu_backward_op{.name = "relu_backward", .input_names = {"grad_out", "input"},
+                                       .vjp_float = relu_backward_node_vjp<float>,
+                                       .vjp_double = relu_backward_node_vjp<double>, .replay = relu_backward_replay,
+                                       .kinks = mask_kink, .record_vjp_float = relu_backward_record_vjp<float>,
+                                       .record_vjp_double = relu_backward_record_vjp<double>};
+constinit const OpDef leaky_relu_backward_op{.name = "leaky_relu_backward", .input_names = {"grad_out", "input"},
+                                             .vjp_float = leaky_relu_backward_node_vjp<float>,
+                                             .vjp_double = leaky_relu_backward_node_vjp<double>,
+                                             .replay = leaky_relu_backward_replay, .format_attrs = leaky_relu_format,
+                                             .kinks = mask_kink,
+                                             .record_vjp_float = leaky_relu_backward_record_vjp<float>,
+                                             .record_vjp_double = leaky_relu_backward_record_vjp<double>};
+AD_REGISTER_OP(relu_backward_op);
+AD_REGISTER_OP(leaky_relu_backward_op);
 AD_REGISTER_OP(relu_op);
 AD_REGISTER_OP(leaky_relu_op);
 AD_REGISTER_OP(sigmoid_op);
@@ -175,7 +274,9 @@ AD_REGISTER_OP(tanh_op);
   template Value relu<T>(Tape<T>&, Value, std::source_location);                              \
   template Value leaky_relu<T>(Tape<T>&, Value, double, std::source_location);                \
   template Value sigmoid<T>(Tape<T>&, Value, std::source_location);                           \
-  template Value tanh<T>(Tape<T>&, Value, std::source_location);
+  template Value tanh<T>(Tape<T>&, Value, std::source_location);                              \
+  template Value relu_backward<T>(Tape<T>&, Value, Value, std::source_location);              \
+  template Value leaky_relu_backward<T>(Tape<T>&, Value, Value, double, std::source_location);
 AD_INSTANTIATE(float)
 AD_INSTANTIATE(double)
 #undef AD_INSTANTIATE

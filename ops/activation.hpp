@@ -14,12 +14,14 @@ struct LeakyReluAttrs {
   double slope = 0.01;
 };
 
-extern const OpDef relu_op, leaky_relu_op, sigmoid_op, tanh_op;
+extern const OpDef relu_op, leaky_relu_op, sigmoid_op, tanh_op, relu_backward_op, leaky_relu_backward_op;
 namespace OpKind {
 inline constexpr OpId Relu = &relu_op;
 inline constexpr OpId LeakyRelu = &leaky_relu_op;
 inline constexpr OpId Sigmoid = &sigmoid_op;
 inline constexpr OpId Tanh = &tanh_op;
+inline constexpr OpId ReluBackward = &relu_backward_op;
+inline constexpr OpId LeakyReluBackward = &leaky_relu_backward_op;
 }  // namespace OpKind
 
 // Forwards: y = f(x), y already shaped like x. Any shape.
@@ -40,5 +42,13 @@ template <class T> Value relu(Tape<T>& tape, Value x, std::source_location loc =
 template <class T> Value leaky_relu(Tape<T>& tape, Value x, double slope = 0.01, std::source_location loc = std::source_location::current());
 template <class T> Value sigmoid(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
 template <class T> Value tanh(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+
+// The VJPs of relu and leaky_relu as ops, for higher-order gradients (autodiff/higher_order.hpp):
+// y = g .* f'(x) for g and x of one shape, the mask read from x as relu_vjp / leaky_relu_vjp do.
+// Linear in g with the same mask, so VJP: gg += u .* f'(x); and, f' being piecewise constant,
+// nothing for x (zero almost everywhere; undefined at the kink x = 0).
+template <class T> Value relu_backward(Tape<T>& tape, Value grad_out, Value x, std::source_location loc = std::source_location::current());
+template <class T> Value leaky_relu_backward(Tape<T>& tape, Value grad_out, Value x, double slope,
+                                             std::source_location loc = std::source_location::current());
 
 }  // namespace ad

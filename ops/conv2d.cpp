@@ -34,8 +34,12 @@
 #include <utility>
 #include <vector>
 
+#include "autodiff/higher_order.hpp"
 #include "ops/blas.hpp"
 #include "ops/conv2d_general.hpp"
+#include "ops/conv_transpose2d.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -607,6 +611,92 @@ Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt,
   return record_conv<T, Conv2dOptions>(tape, OpKind::Conv2d, x, k, b, opt, loc, conv2d_output_shape, conv2d_forward<T>);
 }
 
+// ---- conv2d_backward_kernel and conv2d_backward_input (higher-order gradients) ----
+// Both VJPs of conv2d as ops. dJ/dx (section 3.1.6) is the transpose of the convolution
+// applied to g, i.e. conv_transpose2d(g, k), which exists with its own VJPs; dJ/dK
+// (section 3.1.5, appendix A) is a new op, bilinear in x and g:
+//   dK[o,c,p,q] = sum_{n,i,j} g[n,o,i,j] x[n,c,i*sh+p*dh-ph, j*sw+q*dw-pw]
+// Its VJP for a cotangent u (kernel-shaped), from d<u, dK>:
+//   w.r.t. x: sum_{o,p,q} u[o,c,p,q] g[n,o,i,j] at x[n,c,i*sh+p*dh-ph, ..] = conv2d's input
+//             gradient with kernel u and output gradient g;
+//   w.r.t. g: sum_{c,p,q} u[o,c,p,q] x[n,c,i*sh+p*dh-ph, ..] = conv2d(x, u)[n,o,i,j].
+// Both are recorded again as conv_transpose2d and conv2d, so the third order is free.
+
+template <class T>
+Value conv2d_backward_kernel(Tape<T>& tape, Value x, Value grad_out, std::size_t KH, std::size_t KW,
+                             const Conv2dOptions& opt, std::source_location loc) {
+  const Shape xs = tape.shape(x), gs = tape.shape(grad_out);
+  check_rank("conv2d_backward_kernel", "input", xs, 4, "(N, C_in, H, W)");
+  check_rank("conv2d_backward_kernel", "grad_out", gs, 4, "(N, C_out, OH, OW)");
+  if (opt.groups < 1 || xs[1] % static_cast<std::size_t>(opt.groups) != 0)
+    shape_error("conv2d_backward_kernel", "groups {} do not divide C_in of input {}", opt.groups, shape_str(xs));
+  const Shape ks{gs[1], xs[1] / static_cast<std::size_t>(opt.groups), KH, KW};
+  const Shape expected = conv2d_output_shape(xs, ks, nullptr, opt);
+  if (expected != gs)
+    shape_error("conv2d_backward_kernel", "grad_out {} is not the output shape {} of input {} and kernel {}",
+                shape_str(gs), shape_str(expected), shape_str(xs), shape_str(ks));
+  Value y = tape.new_value(ks, tape.any_requires_grad({x, grad_out}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  zero_fill(yv);
+  const Tensor<T> kernel_shape(ks, T(0));  // conv2d_vjp reads the kernel's shape only for dJ/dK
+  conv2d_vjp<T>(tape.value(grad_out), tape.value(x), kernel_shape, opt, nullptr, &yv, nullptr);
+  tape.record(OpKind::Conv2dBackwardKernel, {x, grad_out}, y,
+              Attrs::of(Conv2dBackwardKernelAttrs{opt, static_cast<uint32_t>(KH), static_cast<uint32_t>(KW)}), loc);
+  return y;
+}
+
+template <class T>
+Value conv2d_backward_input(Tape<T>& tape, Value grad_out, Value k, const Shape& input_shape, const Conv2dOptions& opt,
+                            std::source_location loc) {
+  const Shape gs = tape.shape(grad_out), ks = tape.shape(k);
+  ConvTranspose2dOptions t{.padding = opt.padding, .stride = opt.stride, .dilation = opt.dilation, .groups = opt.groups};
+  for (std::size_t d = 0; d < 2; ++d) {
+    // H = (OH - 1) s - 2 p + d (KH - 1) + output_padding + 1, output_padding in [0, s)
+    const auto extent = static_cast<std::ptrdiff_t>(gs[2 + d] - 1) * opt.stride[d] - 2 * opt.padding[d] +
+                        static_cast<std::ptrdiff_t>(opt.dilation[d]) * static_cast<std::ptrdiff_t>(ks[2 + d] - 1) + 1;
+    t.output_padding[d] = static_cast<int>(static_cast<std::ptrdiff_t>(input_shape[2 + d]) - extent);
+  }
+  return conv_transpose2d(tape, grad_out, k, Value{}, t, loc);
+}
+
+namespace {
+
+// Recorded VJPs of conv2d and conv2d_backward_kernel (derivations above):
+//   conv2d: gx = conv2d_backward_input(g, K), gK = conv2d_backward_kernel(x, g),
+//           gb[o] = sum_{n,i,j} g[n,o,i,j] = sum_to(g, (1, C_out, 1, 1)) read as (C_out).
+template <class T> void conv2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const auto a = attrs_as<Conv2dOptions>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  const Value x = node_input(t, n, 0), k = node_input(t, n, 1);
+  const Shape ks = t.shape(k);
+  if (wants(want, 0)) gi[0] = conv2d_backward_input(t, g, k, t.shape(x), a);
+  if (wants(want, 1)) gi[1] = conv2d_backward_kernel(t, x, g, ks[2], ks[3], a);
+  if (wants(want, 2)) gi[2] = reshape(t, sum_to(t, g, Shape{1, ks[0], 1, 1}), {static_cast<int64_t>(ks[0])});
+}
+template <class T>
+void conv2d_backward_kernel_record_vjp(Tape<T>& t, int32_t n, Value u, uint32_t want, std::span<Value> gi) {
+  const auto a = attrs_as<Conv2dBackwardKernelAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).conv;
+  const Value x = node_input(t, n, 0), g = node_input(t, n, 1);
+  if (wants(want, 0)) gi[0] = conv2d_backward_input(t, g, u, t.shape(x), a);
+  if (wants(want, 1)) gi[1] = conv2d(t, x, u, Value{}, a);
+}
+template <class T> void conv2d_backward_kernel_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  const auto a = attrs_as<Conv2dBackwardKernelAttrs>(node.attrs).conv;
+  const Tensor<T>& u = tape->grad_out(node);
+  const Tensor<T>& x = tape->input_value(node, 0);
+  if (Tensor<T>* gx = tape->input_grad(node, 0)) conv2d_vjp<T>(tape->input_value(node, 1), x, u, a, gx, nullptr, nullptr);
+  if (Tensor<T>* gg = tape->input_grad(node, 1)) {
+    Tensor<T> y(gg->shape());
+    conv2d_forward<T>(x, u, nullptr, a, y);
+    *gg += y;
+  }
+}
+Value conv2d_backward_kernel_replay(Tape<double>& t, const ReplayArgs& r) {
+  const auto a = r.attrs.get<Conv2dBackwardKernelAttrs>();
+  return conv2d_backward_kernel(t, r.inputs[0], r.inputs[1], a.KH, a.KW, a.conv);
+}
+
+}  // namespace
+
 // ---- the registry entry (autodiff/op.hpp) ----
 
 namespace {
@@ -634,15 +724,34 @@ std::string conv2d_format(const Attrs& attrs, std::span<const int32_t>) {
 
 constinit const OpDef conv2d_op{.name = "conv2d", .input_names = {"input", "kernel", "bias"},
                                 .vjp_float = conv2d_node_vjp<float>, .vjp_double = conv2d_node_vjp<double>,
-                                .replay = conv2d_replay, .format_attrs = conv2d_format};
+                                .replay = conv2d_replay, .format_attrs = conv2d_format,
+                                .record_vjp_float = conv2d_record_vjp<float>, .record_vjp_double = conv2d_record_vjp<double>};
 AD_REGISTER_OP(conv2d_op);
+
+namespace {
+std::string conv2d_backward_kernel_format(const Attrs& attrs, std::span<const int32_t> s) {
+  const auto a = attrs.get<Conv2dBackwardKernelAttrs>();
+  return fmt::format("kernel={}x{} ", a.KH, a.KW) + conv2d_format(Attrs::of(a.conv), s);
+}
+}  // namespace
+constinit const OpDef conv2d_backward_kernel_op{
+    .name = "conv2d_backward_kernel", .input_names = {"input", "grad_out"},
+    .vjp_float = conv2d_backward_kernel_node_vjp<float>, .vjp_double = conv2d_backward_kernel_node_vjp<double>,
+    .replay = conv2d_backward_kernel_replay, .format_attrs = conv2d_backward_kernel_format,
+    .record_vjp_float = conv2d_backward_kernel_record_vjp<float>,
+    .record_vjp_double = conv2d_backward_kernel_record_vjp<double>};
+AD_REGISTER_OP(conv2d_backward_kernel_op);
 
 #define AD_INSTANTIATE(T)                                                                        \
   template void conv2d_forward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*,         \
                                   const Conv2dOptions&, Tensor<T>&);                                     \
   template void conv2d_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, \
                               Tensor<T>*, Tensor<T>*, Tensor<T>*);                               \
-  template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);
+  template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);    \
+  template Value conv2d_backward_kernel<T>(Tape<T>&, Value, Value, std::size_t, std::size_t, const Conv2dOptions&, \
+                                           std::source_location);                                          \
+  template Value conv2d_backward_input<T>(Tape<T>&, Value, Value, const Shape&, const Conv2dOptions&,     \
+                                          std::source_location);
 AD_INSTANTIATE(float)
 AD_INSTANTIATE(double)
 #undef AD_INSTANTIATE

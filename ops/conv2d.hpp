@@ -66,4 +66,32 @@ template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt = {},
              std::source_location loc = std::source_location::current());
 
+// ---- conv2d's VJPs as ops, for higher-order gradients (autodiff/higher_order.hpp) ----
+
+// conv2d_backward_kernel's attributes: the convolution's options and the kernel's (KH, KW).
+struct Conv2dBackwardKernelAttrs {
+  static constexpr const char* kType = "ad::Conv2dBackwardKernelAttrs";
+  Conv2dOptions conv;
+  uint32_t KH = 0, KW = 0;
+};
+extern const OpDef conv2d_backward_kernel_op;
+namespace OpKind {
+inline constexpr OpId Conv2dBackwardKernel = &conv2d_backward_kernel_op;
+}
+
+// dJ/dK of conv2d as an op: the correlation of the input x (N, C_in, H, W) with the output
+// gradient g (N, C_out, OH, OW), a kernel (C_out, C_in/groups, KH, KW):
+//   y[o,c,p,q] = sum_{n,i,j} g[n,o,i,j] x[n, c, i*h_s + p*h_d - h_p, j*w_s + q*w_d - w_p]
+// (section 3.1.5). Bilinear in (x, g); with u of y's shape, VJP:
+//   gx = conv2d's input gradient for kernel u and output gradient g (conv_transpose2d(g, u)),
+//   gg = conv2d(x, u) (no bias).
+template <class T>
+Value conv2d_backward_kernel(Tape<T>& tape, Value x, Value grad_out, std::size_t KH, std::size_t KW,
+                             const Conv2dOptions& opt = {}, std::source_location loc = std::source_location::current());
+// dJ/dx of conv2d as recorded ops: conv_transpose2d(g, k) with the output padding that
+// gives back x's (H, W) `input_shape` (section 3.1.6: a full convolution with the flipped kernel).
+template <class T>
+Value conv2d_backward_input(Tape<T>& tape, Value grad_out, Value k, const Shape& input_shape,
+                            const Conv2dOptions& opt = {}, std::source_location loc = std::source_location::current());
+
 }  // namespace ad

@@ -26,7 +26,10 @@
 
 #include <algorithm>
 
+#include "autodiff/higher_order.hpp"
 #include "ops/conv2d_general.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -179,6 +182,35 @@ void conv_transpose2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
                        tape->input_grad(node, 1), tape->input_grad(node, 2));
 }
 
+// Recorded VJP (higher-order gradients). y = C^T x + b, with C the conv2d of the same
+// options and kernel, so (C^T)^T = C:
+//   gx = conv2d(g, k) (cut to x's H, W when output_padding >= stride made x's plane larger),
+//   gk = conv2d_backward_kernel(g, x): <C^T x, g> = <x, C g>, whose kernel derivative is
+//        conv2d's kernel gradient with input g and output gradient x,
+//   gb = sum_to(g, (1, C_out, 1, 1)) read as (C_out).
+template <class T>
+void conv_transpose2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const auto a = attrs_as<ConvTranspose2dOptions>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  const Value x = node_input(t, n, 0), k = node_input(t, n, 1);
+  const Shape xs = t.shape(x), ks = t.shape(k), gs = t.shape(g);
+  const Conv2dOptions c = transposed_conv(a);
+  if (wants(want, 0)) {
+    Value gx = conv2d(t, g, k, Value{}, c);
+    for (int d = 0; d < 2; ++d)
+      if (t.shape(gx)[2 + static_cast<std::size_t>(d)] != xs[2 + static_cast<std::size_t>(d)])
+        gx = narrow(t, gx, 2 + d, 0, xs[2 + static_cast<std::size_t>(d)]);
+    gi[0] = gx;
+  }
+  if (wants(want, 1)) {
+    if (a.output_padding[0] >= a.stride[0] || a.output_padding[1] >= a.stride[1])
+      throw TapeError(fmt::format("grad: conv_transpose2d with output_padding ({},{}) >= stride ({},{}) has no "
+                                  "recorded kernel gradient yet (higher-order gradients)",
+                                  a.output_padding[0], a.output_padding[1], a.stride[0], a.stride[1]));
+    gi[1] = conv2d_backward_kernel(t, g, x, ks[2], ks[3], c);
+  }
+  if (wants(want, 2)) gi[2] = reshape(t, sum_to(t, g, Shape{1, gs[1], 1, 1}), {static_cast<int64_t>(gs[1])});
+}
+
 Value conv_transpose2d_replay(Tape<double>& t, const ReplayArgs& r) {
   return conv_transpose2d(t, r.inputs[0], r.inputs[1], r.inputs[2], r.attrs.get<ConvTranspose2dOptions>());
 }
@@ -199,7 +231,9 @@ constinit const OpDef conv_transpose2d_op{.name = "conv_transpose2d", .input_nam
                                           .vjp_float = conv_transpose2d_node_vjp<float>,
                                           .vjp_double = conv_transpose2d_node_vjp<double>,
                                           .replay = conv_transpose2d_replay,
-                                          .format_attrs = conv_transpose2d_format};
+                                          .format_attrs = conv_transpose2d_format,
+                                          .record_vjp_float = conv_transpose2d_record_vjp<float>,
+                                          .record_vjp_double = conv_transpose2d_record_vjp<double>};
 AD_REGISTER_OP(conv_transpose2d_op);
 
 #define AD_INSTANTIATE(T)                                                                                       \

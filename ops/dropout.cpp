@@ -11,6 +11,7 @@
 
 #include <cmath>
 
+#include "autodiff/higher_order.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -117,6 +118,16 @@ void dropout_node_vjp(Tape<T>* tape, const Node<T>& node) {
   dropout_vjp(tape->grad_out(node), attrs_as<DropoutAttrs>(node.attrs).p, node.saved_index, tape->input_grad(node, 0));
 }
 
+// Recorded VJP (higher-order gradients): y = x .* m / (1 - p) is diagonal in x, so its
+// VJP is the same op with the same mask applied to g: gx = dropout_m(g).
+template <class T> void dropout_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Node<T>& node = t.nodes()[static_cast<std::size_t>(n)];
+  const std::vector<int32_t> mask = node.saved_index;  // a copy: nodes grow
+  gi[0] = record_dropout(t, g, attrs_as<DropoutAttrs>(node.attrs), std::span<const int32_t>(mask),
+                         std::source_location::current());
+}
+
 // The saved mask, not a new draw: the replay is the recorded function bit for bit.
 Value dropout_replay(Tape<double>& t, const ReplayArgs& r) {
   return record_dropout(t, r.inputs[0], r.attrs.get<DropoutAttrs>(), r.saved_index, std::source_location::current());
@@ -133,7 +144,9 @@ constinit const OpDef dropout_op{.name = "dropout",
                                  .vjp_float = dropout_node_vjp<float>,
                                  .vjp_double = dropout_node_vjp<double>,
                                  .replay = dropout_replay,
-                                 .format_attrs = dropout_format};
+                                 .format_attrs = dropout_format,
+                                 .record_vjp_float = dropout_record_vjp<float>,
+                                 .record_vjp_double = dropout_record_vjp<double>};
 AD_REGISTER_OP(dropout_op);
 
 #define AD_INSTANTIATE(T)                                                                                  \

@@ -11,7 +11,9 @@
 
 #include <cmath>
 
+#include "autodiff/higher_order.hpp"
 #include "ops/broadcast.hpp"
+#include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -243,9 +245,139 @@ Value reduce(Tape<T>& tape, OpId op, Value x, bool average, std::source_location
 template <class T> Value sum(Tape<T>& tape, Value x, std::source_location loc) { return reduce(tape, OpKind::Sum, x, false, loc); }
 template <class T> Value mean(Tape<T>& tape, Value x, std::source_location loc) { return reduce(tape, OpKind::Mean, x, true, loc); }
 
+// ---- sum_to and broadcast_to ----
+
+TargetShapeAttrs TargetShapeAttrs::of(const Shape& s) {
+  if (s.size() > 6) shape_error("sum_to", "target shape {} has rank {} (at most 6)", shape_str(s), s.size());
+  TargetShapeAttrs a;
+  a.rank = static_cast<uint32_t>(s.size());
+  for (std::size_t d = 0; d < s.size(); ++d) a.shape[d] = static_cast<uint32_t>(s[d]);
+  return a;
+}
+
+namespace {
+// y (shape `to`) = x stretched: y[i] = x[ix(i)].
+template <class T>
+void broadcast_to_forward(const Tensor<T>& x, Tensor<T>& y) {
+  const Broadcast bc = broadcast("broadcast_to", to_shape(x.shape()), to_shape(y.shape()));
+  const T* xp = x.data();
+  T* yp = y.data();
+  const std::size_t sx = bc.inner_a;
+  for_each_block(bc, true, [&](std::size_t i, std::size_t ix, std::size_t, std::size_t len) {
+    for (std::size_t k = 0; k < len; ++k) yp[i + k] = xp[ix + k * sx];
+  });
+}
+// grad_x (the smaller shape) += g summed over the stretched axes: add's VJP for operand a.
+template <class T>
+void sum_to_accumulate(const Tensor<T>& g, Tensor<T>& grad_x) {
+  add_vjp<T>(g, &grad_x, nullptr);
+}
+// x's shape broadcasts to `to` and gives exactly `to`.
+void check_broadcasts_to(const char* op, const Shape& from, const Shape& to) {
+  const Broadcast bc = broadcast(op, from, to);
+  if (bc.out != to)
+    shape_error(op, "{} does not broadcast to {} (it gives {}; NumPy's rule, with the target's sizes kept)",
+                shape_str(from), shape_str(to), shape_str(bc.out));
+}
+}  // namespace
+
+template <class T> Value sum_to(Tape<T>& tape, Value x, const Shape& shape, std::source_location loc) {
+  const Shape xs = tape.shape(x);
+  if (xs == shape) return x;
+  check_broadcasts_to("sum_to", shape, xs);
+  Value y = tape.new_value(shape, tape.any_requires_grad({x}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  zero_fill(yv);
+  sum_to_accumulate(tape.value(x), yv);
+  tape.record(OpKind::SumTo, {x}, y, Attrs::of(TargetShapeAttrs::of(shape)), loc);
+  return y;
+}
+
+template <class T> Value broadcast_to(Tape<T>& tape, Value x, const Shape& shape, std::source_location loc) {
+  const Shape xs = tape.shape(x);
+  if (xs == shape) return x;
+  check_broadcasts_to("broadcast_to", xs, shape);
+  Value y = tape.new_value(shape, tape.any_requires_grad({x}));
+  broadcast_to_forward(tape.value(x), tape.mutable_value(y));
+  tape.record(OpKind::BroadcastTo, {x}, y, Attrs::of(TargetShapeAttrs::of(shape)), loc);
+  return y;
+}
+
 // ---- the registry entries (autodiff/op.hpp) ----
 
 namespace {
+
+// sum_to: gx += g stretched back to x's shape.
+template <class T> void sum_to_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  Tensor<T>* gx = tape->input_grad(node, 0);
+  if (!gx) return;
+  Tensor<T> stretched(gx->shape());
+  broadcast_to_forward(tape->grad_out(node), stretched);
+  *gx += stretched;
+}
+// broadcast_to: gx += g summed back to x's shape.
+template <class T> void broadcast_to_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  if (Tensor<T>* gx = tape->input_grad(node, 0)) sum_to_accumulate(tape->grad_out(node), *gx);
+}
+
+// ---- recorded VJPs (higher-order gradients): the VJPs above written with ops ----
+// Binary ops: ga = sum_to(dc/da g, a's shape), as the numeric VJPs, with
+//   add: g, g    sub: g, -g    mul: g b, g a    div: g / b, -g c / b   (c = a / b, the output)
+template <class T> void add_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  for (std::size_t k = 0; k < 2; ++k)
+    if (wants(want, k)) gi[k] = sum_to(t, g, t.shape(node_input(t, n, k)));
+}
+template <class T> void sub_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = sum_to(t, g, t.shape(node_input(t, n, 0)));
+  if (wants(want, 1)) gi[1] = sum_to(t, scale(t, g, -1.0), t.shape(node_input(t, n, 1)));
+}
+template <class T> void mul_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const Value a = node_input(t, n, 0), b = node_input(t, n, 1);
+  if (wants(want, 0)) gi[0] = sum_to(t, mul(t, g, b), t.shape(a));
+  if (wants(want, 1)) gi[1] = sum_to(t, mul(t, g, a), t.shape(b));
+}
+template <class T> void div_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const Value b = node_input(t, n, 1), c = node_output(t, n);
+  if (wants(want, 0)) gi[0] = sum_to(t, div(t, g, b), t.shape(node_input(t, n, 0)));
+  // d(a/b)/db = -a/b^2 = -c/b
+  if (wants(want, 1)) gi[1] = sum_to(t, scale(t, mul(t, g, div(t, c, b)), -1.0), t.shape(b));
+}
+template <class T> void scale_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = scale(t, g, attrs_as<ScaleAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).factor);
+}
+// bias_add: gx = g; gb[c] = sum of g over every axis but 1 = sum_to(g, (1, C, 1, ...)) read as (C).
+template <class T> void bias_add_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = g;
+  if (wants(want, 1)) {
+    Shape keep(t.shape(g).size(), 1);
+    keep[1] = t.shape(g)[1];
+    gi[1] = reshape(t, sum_to(t, g, keep), {static_cast<int64_t>(keep[1])});
+  }
+}
+// sum: gx = g stretched; mean: the same over size.
+template <class T> void sum_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = broadcast_to(t, g, t.shape(node_input(t, n, 0)));
+}
+template <class T> void mean_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Value x = node_input(t, n, 0);
+  gi[0] = scale(t, broadcast_to(t, g, t.shape(x)), 1.0 / static_cast<double>(t.value(x).size()));
+}
+// sum_to and broadcast_to: each is the other's VJP (both linear).
+template <class T> void sum_to_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = broadcast_to(t, g, t.shape(node_input(t, n, 0)));
+}
+template <class T> void broadcast_to_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = sum_to(t, g, t.shape(node_input(t, n, 0)));
+}
+
+Value sum_to_replay(Tape<double>& t, const ReplayArgs& r) { return sum_to(t, r.inputs[0], r.attrs.get<TargetShapeAttrs>().get()); }
+Value broadcast_to_replay(Tape<double>& t, const ReplayArgs& r) {
+  return broadcast_to(t, r.inputs[0], r.attrs.get<TargetShapeAttrs>().get());
+}
+std::string target_shape_format(const Attrs& attrs, std::span<const int32_t>) {
+  return fmt::format("shape={}", shape_str(attrs.get<TargetShapeAttrs>().get()));
+}
 
 template <class T> void add_node_vjp(Tape<T>* tape, const Node<T>& node) {
   add_vjp(tape->grad_out(node), tape->input_grad(node, 0), tape->input_grad(node, 1));
@@ -298,23 +430,42 @@ std::string scale_format(const Attrs& attrs, std::span<const int32_t>) {
 }  // namespace
 
 constinit const OpDef add_op{.name = "add", .input_names = {"a", "b"}, .vjp_float = add_node_vjp<float>,
-                             .vjp_double = add_node_vjp<double>, .replay = add_replay};
+                             .vjp_double = add_node_vjp<double>, .replay = add_replay,
+    .record_vjp_float = add_record_vjp<float>, .record_vjp_double = add_record_vjp<double>};
 constinit const OpDef sub_op{.name = "sub", .input_names = {"a", "b"}, .vjp_float = sub_node_vjp<float>,
-                             .vjp_double = sub_node_vjp<double>, .replay = sub_replay};
+                             .vjp_double = sub_node_vjp<double>, .replay = sub_replay,
+    .record_vjp_float = sub_record_vjp<float>, .record_vjp_double = sub_record_vjp<double>};
 constinit const OpDef mul_op{.name = "mul", .input_names = {"a", "b"}, .vjp_float = mul_node_vjp<float>,
-                             .vjp_double = mul_node_vjp<double>, .replay = mul_replay};
+                             .vjp_double = mul_node_vjp<double>, .replay = mul_replay,
+    .record_vjp_float = mul_record_vjp<float>, .record_vjp_double = mul_record_vjp<double>};
 constinit const OpDef div_op{.name = "div", .input_names = {"a", "b"}, .vjp_float = div_node_vjp<float>,
-                             .vjp_double = div_node_vjp<double>, .replay = div_replay, .kinks = div_kinks};
+                             .vjp_double = div_node_vjp<double>, .replay = div_replay, .kinks = div_kinks,
+    .record_vjp_float = div_record_vjp<float>, .record_vjp_double = div_record_vjp<double>};
 constinit const OpDef scale_op{.name = "scale", .vjp_float = scale_node_vjp<float>,
                                .vjp_double = scale_node_vjp<double>, .replay = scale_replay,
-                               .format_attrs = scale_format};
+                               .format_attrs = scale_format,
+    .record_vjp_float = scale_record_vjp<float>, .record_vjp_double = scale_record_vjp<double>};
 constinit const OpDef bias_add_op{.name = "bias_add", .input_names = {"input", "bias"},
                                   .vjp_float = bias_add_node_vjp<float>, .vjp_double = bias_add_node_vjp<double>,
-                                  .replay = bias_add_replay};
+                                  .replay = bias_add_replay,
+    .record_vjp_float = bias_add_record_vjp<float>, .record_vjp_double = bias_add_record_vjp<double>};
 constinit const OpDef sum_op{.name = "sum", .vjp_float = sum_node_vjp<float>, .vjp_double = sum_node_vjp<double>,
-                             .replay = sum_replay};
+                             .replay = sum_replay,
+    .record_vjp_float = sum_record_vjp<float>, .record_vjp_double = sum_record_vjp<double>};
 constinit const OpDef mean_op{.name = "mean", .vjp_float = mean_node_vjp<float>, .vjp_double = mean_node_vjp<double>,
-                              .replay = mean_replay};
+                              .replay = mean_replay,
+    .record_vjp_float = mean_record_vjp<float>, .record_vjp_double = mean_record_vjp<double>};
+constinit const OpDef sum_to_op{.name = "sum_to", .vjp_float = sum_to_node_vjp<float>,
+                                .vjp_double = sum_to_node_vjp<double>, .replay = sum_to_replay,
+                                .format_attrs = target_shape_format, .record_vjp_float = sum_to_record_vjp<float>,
+                                .record_vjp_double = sum_to_record_vjp<double>};
+constinit const OpDef broadcast_to_op{.name = "broadcast_to", .vjp_float = broadcast_to_node_vjp<float>,
+                                      .vjp_double = broadcast_to_node_vjp<double>, .replay = broadcast_to_replay,
+                                      .format_attrs = target_shape_format,
+                                      .record_vjp_float = broadcast_to_record_vjp<float>,
+                                      .record_vjp_double = broadcast_to_record_vjp<double>};
+AD_REGISTER_OP(sum_to_op);
+AD_REGISTER_OP(broadcast_to_op);
 AD_REGISTER_OP(add_op);
 AD_REGISTER_OP(sub_op);
 AD_REGISTER_OP(mul_op);
@@ -337,6 +488,8 @@ AD_REGISTER_OP(mean_op);
   template Value bias_add<T>(Tape<T>&, Value, Value, std::source_location);                                   \
   template Value sum<T>(Tape<T>&, Value, std::source_location);                                               \
   template Value mean<T>(Tape<T>&, Value, std::source_location);                                              \
+  template Value sum_to<T>(Tape<T>&, Value, const Shape&, std::source_location);                              \
+  template Value broadcast_to<T>(Tape<T>&, Value, const Shape&, std::source_location);                        \
   template void add_vjp<T>(const Tensor<T>&, Tensor<T>*, Tensor<T>*);                                         \
   template void sub_vjp<T>(const Tensor<T>&, Tensor<T>*, Tensor<T>*);                                         \
   template void mul_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*, Tensor<T>*);     \

@@ -2,6 +2,7 @@
 // channel bias add, and reductions to a scalar.
 #pragma once
 
+#include <array>
 #include <source_location>
 
 #include "autodiff/tape.hpp"
@@ -14,7 +15,17 @@ struct ScaleAttrs {
   double factor = 1.0;
 };
 
-extern const OpDef add_op, sub_op, mul_op, div_op, scale_op, bias_add_op, sum_op, mean_op;
+// sum_to's and broadcast_to's node attributes: the target shape (rank <= 6).
+struct TargetShapeAttrs {
+  static constexpr const char* kType = "ad::TargetShapeAttrs";
+  uint32_t rank = 0;
+  std::array<uint32_t, 6> shape{};
+  static TargetShapeAttrs of(const Shape& s);
+  Shape get() const { return Shape(shape.begin(), shape.begin() + rank); }
+};
+
+extern const OpDef add_op, sub_op, mul_op, div_op, scale_op, bias_add_op, sum_op, mean_op, sum_to_op,
+    broadcast_to_op;
 namespace OpKind {
 inline constexpr OpId Add = &add_op;
 inline constexpr OpId Sub = &sub_op;
@@ -24,6 +35,8 @@ inline constexpr OpId Scale = &scale_op;
 inline constexpr OpId BiasAdd = &bias_add_op;
 inline constexpr OpId Sum = &sum_op;
 inline constexpr OpId Mean = &mean_op;
+inline constexpr OpId SumTo = &sum_to_op;
+inline constexpr OpId BroadcastTo = &broadcast_to_op;
 }  // namespace OpKind
 
 // The binary ops broadcast a and b in NumPy's way (ops/broadcast.hpp): shapes aligned from
@@ -47,6 +60,14 @@ template <class T> Value bias_add(Tape<T>& tape, Value x, Value b, std::source_l
 // Scalar () sum / mean of every element.         VJP: gx += g (sum), g / size (mean).
 template <class T> Value sum(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
 template <class T> Value mean(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
+
+// The two halves of broadcasting, as ops (the VJPs of the binary ops, recorded for
+// higher-order gradients; each is the other's VJP). `shape` must broadcast to x's shape
+// (sum_to) or x's shape to `shape` (broadcast_to); the same shape returns x, recording nothing.
+// y = x summed over the axes where `shape` is 1 or missing, to `shape`.   VJP: gx += broadcast_to(g).
+template <class T> Value sum_to(Tape<T>& tape, Value x, const Shape& shape, std::source_location loc = std::source_location::current());
+// y = x stretched to `shape` (NumPy's broadcast_to, a copy).             VJP: gx += sum_to(g).
+template <class T> Value broadcast_to(Tape<T>& tape, Value x, const Shape& shape, std::source_location loc = std::source_location::current());
 
 // The forwards: c already has the broadcast shape of a and b.
 template <class T> void add_forward(const Tensor<T>& a, const Tensor<T>& b, Tensor<T>& c);

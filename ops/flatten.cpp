@@ -4,6 +4,9 @@
 // row-major order) and the VJP copies the gradient back.
 #include "ops/flatten.hpp"
 
+#include "autodiff/higher_order.hpp"
+#include "ops/shape.hpp"
+
 #include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
@@ -37,10 +40,18 @@ template <class T> void flatten_node_vjp(Tape<T>* tape, const Node<T>& node) {
   flatten_vjp(tape->grad_out(node), tape->input_grad(node, 0));
 }
 Value flatten_replay(Tape<double>& t, const ReplayArgs& r) { return flatten(t, r.inputs[0]); }
+// Recorded VJP (higher-order gradients): gx = reshape(g, x's shape), itself linear.
+template <class T> void flatten_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Shape xs = t.shape(node_input(t, n, 0));
+  gi[0] = reshape(t, g, std::vector<int64_t>(xs.begin(), xs.end()));
+}
 }  // namespace
 
 constinit const OpDef flatten_op{.name = "flatten", .vjp_float = flatten_node_vjp<float>,
-                                 .vjp_double = flatten_node_vjp<double>, .replay = flatten_replay};
+                                 .vjp_double = flatten_node_vjp<double>, .replay = flatten_replay,
+                                 .record_vjp_float = flatten_record_vjp<float>,
+                                 .record_vjp_double = flatten_record_vjp<double>};
 AD_REGISTER_OP(flatten_op);
 
 #define AD_INSTANTIATE(T)                                               \

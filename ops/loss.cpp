@@ -11,7 +11,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "autodiff/higher_order.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/scratch.hpp"
+#include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -114,6 +117,139 @@ void mse_vjp(const Tensor<T>& grad_out, const Tensor<T>& pred, const Tensor<T>& 
   }
 }
 
+// ---- softmax_cross_entropy_backward (higher-order gradients; derivation in loss.hpp) ----
+
+namespace {
+// Softmax of each row of z (N, K) into p; rows with a label outside [0, K) are left 0.
+template <class T>
+void softmax_rows(const Tensor<T>& z, std::span<const int32_t> labels, Tensor<T>& p) {
+  const std::size_t N = z.shape()[0], K = z.shape()[1];
+  zero_fill(p);
+  for (std::size_t n = 0; n < N; ++n) {
+    if (labels[n] < 0 || static_cast<std::size_t>(labels[n]) >= K) continue;
+    const T* zn = z.data() + n * K;
+    T m = zn[0];
+    for (std::size_t k = 1; k < K; ++k) m = std::max(m, zn[k]);
+    T s = 0;
+    for (std::size_t k = 0; k < K; ++k) s += std::exp(zn[k] - m);
+    const T lse = m + std::log(s);
+    for (std::size_t k = 0; k < K; ++k) p.data()[n * K + k] = std::exp(zn[k] - lse);
+  }
+}
+std::size_t counted_rows(std::span<const int32_t> labels, std::size_t K) {
+  std::size_t M = 0;
+  for (int32_t l : labels) M += l >= 0 && static_cast<std::size_t>(l) < K;
+  return M;
+}
+}  // namespace
+
+template <class T>
+Value softmax_cross_entropy_backward(Tape<T>& tape, Value logits, Value grad_out, std::span<const int32_t> labels,
+                                     std::source_location loc) {
+  const char* op = "softmax_cross_entropy_backward";
+  const Shape zs = tape.shape(logits);
+  check_rank(op, "logits", zs, 2, "(N, K)");
+  if (tape.value(grad_out).size() != 1)
+    shape_error(op, "grad_out {} must be a scalar", shape_str(tape.shape(grad_out)));
+  if (labels.size() != zs[0]) shape_error(op, "logits {} and labels ({}) disagree on N", shape_str(zs), labels.size());
+  Value y = tape.new_value(zs, tape.any_requires_grad({logits, grad_out}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  Tensor<T> probs(zs);
+  softmax_rows(tape.value(logits), labels, probs);
+  zero_fill(yv);
+  const std::vector<int32_t> lab(labels.begin(), labels.end());
+  softmax_cross_entropy_vjp(tape.value(grad_out), probs, lab, &yv);
+  if (Node<T>* node = tape.record(OpKind::SoftmaxCrossEntropyBackward, {logits, grad_out}, y, Attrs{}, loc)) {
+    node->saved = std::move(probs);
+    node->saved_index = lab;
+  }
+  return y;
+}
+
+namespace {
+// gz[n,:] += g/M (p .* u_n - p <p, u_n>),  gg += 1/M sum_n <u_n, p_n - onehot_n>  (counted rows)
+template <class T> void softmax_cross_entropy_backward_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  const Tensor<T>& u = tape->grad_out(node);
+  const Tensor<T>& p = node.saved;
+  const std::size_t N = p.shape()[0], K = p.shape()[1];
+  const std::size_t M = counted_rows(node.saved_index, K);
+  if (M == 0) return;
+  const T g = tape->input_value(node, 1).data()[0];
+  Tensor<T>* gz = tape->input_grad(node, 0);
+  Tensor<T>* gg = tape->input_grad(node, 1);
+  T dg = 0;
+  for (std::size_t n = 0; n < N; ++n) {
+    const int32_t l = node.saved_index[n];
+    if (l < 0 || static_cast<std::size_t>(l) >= K) continue;
+    const T* pn = p.data() + n * K;
+    const T* un = u.data() + n * K;
+    T pu = 0;
+    for (std::size_t k = 0; k < K; ++k) pu += pn[k] * un[k];
+    if (gz)
+      for (std::size_t k = 0; k < K; ++k) gz->data()[n * K + k] += g / static_cast<T>(M) * pn[k] * (un[k] - pu);
+    dg += pu - un[l];
+  }
+  if (gg) gg->data()[0] += dg / static_cast<T>(M);
+}
+// Recorded VJP of softmax_cross_entropy_backward (the loss's third derivative and up), the
+// formulas above as ops: with p = softmax(z) recorded, m[n] = 1/M on counted rows (0 on the
+// others) and e the one-hot labels (both constants),
+//   gz = g m .* (p .* u - p .* sum_k(p .* u)),   gg = sum(m .* (u .* (p - e))).
+template <class T>
+void softmax_cross_entropy_backward_record_vjp(Tape<T>& t, int32_t n, Value u, uint32_t want, std::span<Value> gi) {
+  const std::vector<int32_t> labels = t.nodes()[static_cast<std::size_t>(n)].saved_index;  // a copy: nodes grow
+  const Value z = node_input(t, n, 0), g = node_input(t, n, 1);
+  const Shape zs = t.shape(z);
+  const std::size_t N = zs[0], K = zs[1], M = counted_rows(labels, K);
+  Tensor<T> mask(Shape{N, 1}), onehot(zs);
+  zero_fill(onehot);
+  for (std::size_t r = 0; r < N; ++r) {
+    const bool counted = labels[r] >= 0 && static_cast<std::size_t>(labels[r]) < K;
+    mask.data()[r] = counted ? T(1) / static_cast<T>(M) : T(0);
+    if (counted) onehot.data()[r * K + static_cast<std::size_t>(labels[r])] = T(1);
+  }
+  const Value m = t.input(mask, "1/M on counted rows");
+  const Value p = softmax(t, z, 1);
+  const Value pu = mul(t, p, u);
+  if (wants(want, 0)) {
+    const Value jp = sub(t, pu, mul(t, p, sum_to(t, pu, Shape{N, 1})));
+    gi[0] = mul(t, mul(t, jp, m), g);
+  }
+  if (wants(want, 1)) {
+    const Value s = sum(t, mul(t, mul(t, u, sub(t, p, t.input(onehot, "one-hot labels"))), m));
+    const Shape gs = t.shape(g);
+    gi[1] = gs == t.shape(s) ? s : reshape(t, s, std::vector<int64_t>(gs.begin(), gs.end()));
+  }
+}
+
+Value softmax_cross_entropy_backward_replay(Tape<double>& t, const ReplayArgs& r) {
+  return softmax_cross_entropy_backward(t, r.inputs[0], r.inputs[1], r.saved_index);
+}
+// Recorded VJPs: softmax_cross_entropy: gz = softmax_cross_entropy_backward(z, g, labels).
+// mse: gp = 2 g (p - t) / size = -gt, recorded with sub, mul (g broadcast) and scale.
+template <class T>
+void softmax_cross_entropy_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const std::vector<int32_t> labels = t.nodes()[static_cast<std::size_t>(n)].saved_index;  // a copy: nodes grow
+  gi[0] = softmax_cross_entropy_backward(t, node_input(t, n, 0), g, std::span<const int32_t>(labels));
+}
+template <class T> void mse_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const Value p = node_input(t, n, 0), y = node_input(t, n, 1);
+  const double c = 2.0 / static_cast<double>(t.value(p).size());
+  const Value d = scale(t, mul(t, sub(t, p, y), g), c);
+  if (wants(want, 0)) gi[0] = d;
+  if (wants(want, 1)) gi[1] = scale(t, d, -1.0);
+}
+}  // namespace
+
+constinit const OpDef softmax_cross_entropy_backward_op{
+    .name = "softmax_cross_entropy_backward", .input_names = {"logits", "grad_out"},
+    .vjp_float = softmax_cross_entropy_backward_node_vjp<float>,
+    .vjp_double = softmax_cross_entropy_backward_node_vjp<double>, .replay = softmax_cross_entropy_backward_replay,
+    .record_vjp_float = softmax_cross_entropy_backward_record_vjp<float>,
+    .record_vjp_double = softmax_cross_entropy_backward_record_vjp<double>};
+AD_REGISTER_OP(softmax_cross_entropy_backward_op);
+
 // ---- the registry entries (autodiff/op.hpp) ----
 
 namespace {
@@ -141,9 +277,12 @@ constinit const OpDef softmax_cross_entropy_op{.name = "softmax_cross_entropy",
                                                .vjp_float = softmax_cross_entropy_node_vjp<float>,
                                                .vjp_double = softmax_cross_entropy_node_vjp<double>,
                                                .replay = softmax_cross_entropy_replay,
-                                               .format_attrs = softmax_cross_entropy_format};
+                                               .format_attrs = softmax_cross_entropy_format,
+                                               .record_vjp_float = softmax_cross_entropy_record_vjp<float>,
+                                               .record_vjp_double = softmax_cross_entropy_record_vjp<double>};
 constinit const OpDef mse_op{.name = "mse", .input_names = {"prediction", "target"}, .vjp_float = mse_node_vjp<float>,
-                             .vjp_double = mse_node_vjp<double>, .replay = mse_replay};
+                             .vjp_double = mse_node_vjp<double>, .replay = mse_replay,
+                             .record_vjp_float = mse_record_vjp<float>, .record_vjp_double = mse_record_vjp<double>};
 AD_REGISTER_OP(softmax_cross_entropy_op);
 AD_REGISTER_OP(mse_op);
 
@@ -152,6 +291,8 @@ AD_REGISTER_OP(mse_op);
                                           std::source_location);                                              \
   template void softmax_cross_entropy_vjp<T>(const Tensor<T>&, const Tensor<T>&, const std::vector<int32_t>&, \
                                              Tensor<T>*);                                                     \
+  template Value softmax_cross_entropy_backward<T>(Tape<T>&, Value, Value, std::span<const int32_t>,          \
+                                                   std::source_location);                                     \
   template Value mse<T>(Tape<T>&, Value, Value, std::source_location);                                       \
   template void mse_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*, Tensor<T>*);
 AD_INSTANTIATE(float)
@@ -350,6 +491,97 @@ void nll_loss_vjp(const Tensor<T>& grad_out, const std::vector<int32_t>& labels,
     if (labels[n] != ignore_index) gl[n * K + static_cast<std::size_t>(labels[n])] -= scale;
 }
 
+template <class T>
+Value nll_loss_backward(Tape<T>& tape, Value grad_out, std::span<const int32_t> labels, std::size_t K,
+                        const NllLossOptions& opt, std::source_location loc) {
+  const char* op = "nll_loss_backward";
+  if (tape.value(grad_out).size() != 1) shape_error(op, "grad_out {} must be a scalar", shape_str(tape.shape(grad_out)));
+  for (int32_t l : labels)
+    if (l != opt.ignore_index && (l < 0 || static_cast<std::size_t>(l) >= K))
+      shape_error(op, "label {} is out of range [0, {})", l, K);
+  Value y = tape.new_value(Shape{labels.size(), K}, tape.any_requires_grad({grad_out}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  zero_fill(yv);
+  const std::vector<int32_t> lab(labels.begin(), labels.end());
+  nll_loss_vjp(tape.value(grad_out), lab, opt.ignore_index, &yv);
+  const NllLossBackwardAttrs a{opt.ignore_index, static_cast<uint32_t>(labels.size()), static_cast<uint32_t>(K)};
+  if (Node<T>* node = tape.record(OpKind::NllLossBackward, {grad_out}, y, Attrs::of(a), loc)) node->saved_index = lab;
+  return y;
+}
+
+namespace {
+// ---- recorded VJPs of softmax, log_softmax, nll_loss (higher-order gradients) ----
+// The shape of x with the softmax axis kept at size 1: sum_to to it sums along the axis.
+Shape keep_axis(const Shape& s, std::size_t axis) {
+  Shape k = s;
+  k[axis] = 1;
+  return k;
+}
+// softmax: gx = y .* g - y .* sum_axis(g .* y)   (y the output; the Jacobian diag(y) - y y^T)
+template <class T> void softmax_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const auto axis = static_cast<std::size_t>(attrs_as<SoftmaxAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).axis);
+  const Value y = node_output(t, n);
+  const Value gy = mul(t, g, y);
+  gi[0] = sub(t, gy, mul(t, y, sum_to(t, gy, keep_axis(t.shape(y), axis))));
+}
+// log_softmax: gx = g - softmax(x) .* sum_axis(g)   (softmax(x) recorded: differentiable again)
+template <class T> void log_softmax_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const int axis = attrs_as<SoftmaxAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).axis;
+  const Value x = node_input(t, n, 0);
+  const Value p = softmax(t, x, axis);
+  gi[0] = sub(t, g, mul(t, p, sum_to(t, g, keep_axis(t.shape(x), static_cast<std::size_t>(axis)))));
+}
+// nll_loss: gx = nll_loss_backward(g); nll_loss_backward: gg = nll_loss(u).
+template <class T> void nll_loss_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Node<T>& node = t.nodes()[static_cast<std::size_t>(n)];
+  const std::vector<int32_t> labels = node.saved_index;  // a copy: nodes grow
+  const auto opt = attrs_as<NllLossOptions>(node.attrs);
+  const std::size_t K = t.shape(node_input(t, n, 0))[1];
+  gi[0] = nll_loss_backward(t, g, std::span<const int32_t>(labels), K, opt);
+}
+template <class T> void nll_loss_backward_record_vjp(Tape<T>& t, int32_t n, Value u, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Node<T>& node = t.nodes()[static_cast<std::size_t>(n)];
+  const std::vector<int> labels(node.saved_index.begin(), node.saved_index.end());
+  const auto a = attrs_as<NllLossBackwardAttrs>(node.attrs);
+  gi[0] = nll_loss(t, u, labels, NllLossOptions{a.ignore_index});
+}
+// gg = -1/N' sum_n u[n, label_n]
+template <class T> void nll_loss_backward_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  Tensor<T>* gg = tape->input_grad(node, 0);
+  if (!gg) return;
+  const auto a = attrs_as<NllLossBackwardAttrs>(node.attrs);
+  const Tensor<T>& u = tape->grad_out(node);
+  T s = 0;
+  std::size_t count = 0;
+  for (std::size_t i = 0; i < node.saved_index.size(); ++i) {
+    const int32_t l = node.saved_index[i];
+    if (l == a.ignore_index) continue;
+    s += u.data()[i * a.K + static_cast<std::size_t>(l)];
+    ++count;
+  }
+  if (count) gg->data()[0] -= s / static_cast<T>(count);
+}
+Value nll_loss_backward_replay(Tape<double>& t, const ReplayArgs& r) {
+  const auto a = r.attrs.get<NllLossBackwardAttrs>();
+  return nll_loss_backward(t, r.inputs[0], r.saved_index, a.K, NllLossOptions{a.ignore_index});
+}
+std::string nll_loss_backward_format(const Attrs& attrs, std::span<const int32_t>) {
+  const auto a = attrs.get<NllLossBackwardAttrs>();
+  return fmt::format("ignore_index={} shape=({},{})", a.ignore_index, a.N, a.K);
+}
+}  // namespace
+
+constinit const OpDef nll_loss_backward_op{
+    .name = "nll_loss_backward", .input_names = {"grad_out"}, .vjp_float = nll_loss_backward_node_vjp<float>,
+    .vjp_double = nll_loss_backward_node_vjp<double>, .replay = nll_loss_backward_replay,
+    .format_attrs = nll_loss_backward_format, .record_vjp_float = nll_loss_backward_record_vjp<float>,
+    .record_vjp_double = nll_loss_backward_record_vjp<double>};
+AD_REGISTER_OP(nll_loss_backward_op);
+
 namespace {
 
 template <class T> void softmax_node_vjp(Tape<T>* tape, const Node<T>& node) {
@@ -385,13 +617,17 @@ std::string nll_loss_format(const Attrs& attrs, std::span<const int32_t> labels)
 
 constinit const OpDef softmax_op{.name = "softmax", .vjp_float = softmax_node_vjp<float>,
                                  .vjp_double = softmax_node_vjp<double>, .replay = softmax_replay,
-                                 .format_attrs = softmax_format};
+                                 .format_attrs = softmax_format, .record_vjp_float = softmax_record_vjp<float>,
+                                 .record_vjp_double = softmax_record_vjp<double>};
 constinit const OpDef log_softmax_op{.name = "log_softmax", .vjp_float = log_softmax_node_vjp<float>,
                                      .vjp_double = log_softmax_node_vjp<double>, .replay = log_softmax_replay,
-                                     .format_attrs = softmax_format};
+                                     .format_attrs = softmax_format, .record_vjp_float = log_softmax_record_vjp<float>,
+                                     .record_vjp_double = log_softmax_record_vjp<double>};
 constinit const OpDef nll_loss_op{.name = "nll_loss", .input_names = {"log_probs"},
                                   .vjp_float = nll_loss_node_vjp<float>, .vjp_double = nll_loss_node_vjp<double>,
-                                  .replay = nll_loss_replay, .format_attrs = nll_loss_format};
+                                  .replay = nll_loss_replay, .format_attrs = nll_loss_format,
+                                  .record_vjp_float = nll_loss_record_vjp<float>,
+                                  .record_vjp_double = nll_loss_record_vjp<double>};
 AD_REGISTER_OP(softmax_op);
 AD_REGISTER_OP(log_softmax_op);
 AD_REGISTER_OP(nll_loss_op);
@@ -404,7 +640,9 @@ AD_REGISTER_OP(nll_loss_op);
   template Value softmax<T>(Tape<T>&, Value, int, std::source_location);                                        \
   template Value log_softmax<T>(Tape<T>&, Value, int, std::source_location);                                    \
   template Value nll_loss<T>(Tape<T>&, Value, const std::vector<int>&, const NllLossOptions&, std::source_location); \
-  template void nll_loss_vjp<T>(const Tensor<T>&, const std::vector<int32_t>&, int, Tensor<T>*);
+  template void nll_loss_vjp<T>(const Tensor<T>&, const std::vector<int32_t>&, int, Tensor<T>*);                 \
+  template Value nll_loss_backward<T>(Tape<T>&, Value, std::span<const int32_t>, std::size_t, const NllLossOptions&, \
+                                      std::source_location);
 AD_INSTANTIATE_SOFTMAX(float)
 AD_INSTANTIATE_SOFTMAX(double)
 #undef AD_INSTANTIATE_SOFTMAX

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <source_location>
+#include <span>
 #include <vector>
 
 #include "autodiff/tape.hpp"
@@ -43,6 +44,22 @@ void softmax_cross_entropy_vjp(const Tensor<T>& grad_out, const Tensor<T>& probs
 // replaying the node with its saved labels and default options (gradcheck_nodes) ignores
 // the same rows. (Op registry: the node needs no attribute for ignore_index.)
 inline constexpr int32_t kIgnoredLabel = -100;
+
+// softmax_cross_entropy's VJP as an op, for higher-order gradients (autodiff/higher_order.hpp):
+// logits z (N, K), the scalar gradient g of J and the labels (as the forward saved them:
+// an ignored row's as kIgnoredLabel) give y (N, K) = g / M (softmax(z) - onehot) on the M
+// rows whose label is in [0, K), 0 on the others. Its VJP for a cotangent u (N, K), per
+// counted row n, with p = softmax(z_n) and the softmax Jacobian diag(p) - p p^T:
+//   gz[n,:] += g / M (p .* u_n - p <p, u_n>),   gg += 1/M sum_n <u_n, p - onehot_n>.
+// Its recorded VJP writes these with softmax, mul, sum_to and constants (mask, one-hot), so
+// every order is available.
+extern const OpDef softmax_cross_entropy_backward_op;
+namespace OpKind {
+inline constexpr OpId SoftmaxCrossEntropyBackward = &softmax_cross_entropy_backward_op;
+}
+template <class T>
+Value softmax_cross_entropy_backward(Tape<T>& tape, Value logits, Value grad_out, std::span<const int32_t> labels,
+                                     std::source_location loc = std::source_location::current());
 
 // J = 1/size sum (pred - target)^2, pred and target of the same shape. Scalar ().
 template <class T>
@@ -105,5 +122,22 @@ Value nll_loss(Tape<T>& tape, Value log_probs, const std::vector<int>& labels, c
 template <class T>
 void nll_loss_vjp(const Tensor<T>& grad_out, const std::vector<int32_t>& labels, int ignore_index,
                   Tensor<T>* grad_log_probs);
+
+// nll_loss's VJP as an op (higher-order gradients): the scalar g gives y (N, K) with
+// y[n, label_n] = -g / N' on the samples not ignored, 0 elsewhere. Linear in g; its VJP is
+// gg = -1/N' sum_n u[n, label_n] = nll_loss(u), and nll_loss's recorded VJP is this op:
+// the two are each other's adjoint.
+struct NllLossBackwardAttrs {
+  static constexpr const char* kType = "ad::NllLossBackwardAttrs";
+  int ignore_index = -100;
+  uint32_t N = 0, K = 0;
+};
+extern const OpDef nll_loss_backward_op;
+namespace OpKind {
+inline constexpr OpId NllLossBackward = &nll_loss_backward_op;
+}
+template <class T>
+Value nll_loss_backward(Tape<T>& tape, Value grad_out, std::span<const int32_t> labels, std::size_t K,
+                        const NllLossOptions& opt = {}, std::source_location loc = std::source_location::current());
 
 }  // namespace ad

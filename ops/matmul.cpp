@@ -7,7 +7,10 @@
 //   grad_b = sum_n g[n,:],  grad_x = g W^T.
 #include "ops/matmul.hpp"
 
+#include "autodiff/higher_order.hpp"
 #include "ops/blas.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -98,15 +101,31 @@ template <class T> void matmul_node_vjp(Tape<T>* tape, const Node<T>& node) {
   matmul_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), tape->input_grad(node, 0),
              tape->input_grad(node, 1));
 }
+// Recorded VJPs (higher-order gradients), the same products as ops:
+//   matmul: ga = g b^T, gb = a^T g   (M,N)x(N,K), (K,M)x(M,N)
+//   linear: gx = g W^T, gW = x^T g, gb = sum_to(g, (D_out)) (the sum over rows)
+template <class T> void matmul_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const Value a = node_input(t, n, 0), b = node_input(t, n, 1);
+  if (wants(want, 0)) gi[0] = matmul(t, g, transpose(t, b, 0, 1));
+  if (wants(want, 1)) gi[1] = matmul(t, transpose(t, a, 0, 1), g);
+}
+template <class T> void linear_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const Value x = node_input(t, n, 0), w = node_input(t, n, 1);
+  if (wants(want, 0)) gi[0] = matmul(t, g, transpose(t, w, 0, 1));
+  if (wants(want, 1)) gi[1] = matmul(t, transpose(t, x, 0, 1), g);
+  if (wants(want, 2)) gi[2] = sum_to(t, g, Shape{t.shape(g)[1]});
+}
 Value linear_replay(Tape<double>& t, const ReplayArgs& r) { return linear(t, r.inputs[0], r.inputs[1], r.inputs[2]); }
 Value matmul_replay(Tape<double>& t, const ReplayArgs& r) { return matmul(t, r.inputs[0], r.inputs[1]); }
 }  // namespace
 
 constinit const OpDef linear_op{.name = "linear", .input_names = {"input", "weight", "bias"},
                                 .vjp_float = linear_node_vjp<float>, .vjp_double = linear_node_vjp<double>,
-                                .replay = linear_replay};
+                                .replay = linear_replay,
+                                .record_vjp_float = linear_record_vjp<float>, .record_vjp_double = linear_record_vjp<double>};
 constinit const OpDef matmul_op{.name = "matmul", .input_names = {"a", "b"}, .vjp_float = matmul_node_vjp<float>,
-                                .vjp_double = matmul_node_vjp<double>, .replay = matmul_replay};
+                                .vjp_double = matmul_node_vjp<double>, .replay = matmul_replay,
+                                .record_vjp_float = matmul_record_vjp<float>, .record_vjp_double = matmul_record_vjp<double>};
 AD_REGISTER_OP(linear_op);
 AD_REGISTER_OP(matmul_op);
 

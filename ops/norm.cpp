@@ -33,6 +33,11 @@
 // of images); channels in parallel (OpenMP) above 65,536 elements.
 #include "ops/norm.hpp"
 
+#include "autodiff/higher_order.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
+#include "ops/unary.hpp"
+
 #include <array>
 #include <bit>
 #include <cmath>
@@ -268,6 +273,51 @@ void batch_norm2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
                    tape->input_grad(node, 2));
 }
 
+// Recorded VJP (higher-order gradients: batch norm's double backward). The VJP above,
+// written with ops; per channel, K = (1, C, 1, 1), sums over m = (n, h, w) by sum_to(., K):
+//   dJ/db = sum_m g_m,   dJ/dw = sum_m g_m xhat_m,
+//   eval:     dJ/dx = w s g with s the running inv_std (a constant),
+//   training: dJ/dx = (w s / M) (M g - sum_m g_m - xhat sum_m g_m xhat_m),
+// where, in training mode, mu, s and xhat are recomputed on the tape from x (mu =
+// sum_to(x)/M, s = (sum_to((x - mu)^2)/M + eps)^(-1/2), xhat = (x - mu) s), so that
+// their dependence on x (the mean and variance couple a channel's values) is
+// differentiated again: the second derivative comes from the chain rule through them.
+template <class T>
+void batch_norm2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const Node<T>& node = t.nodes()[static_cast<std::size_t>(n)];
+  const auto opt = attrs_as<BatchNorm2dOptions>(node.attrs);
+  const Tensor<T> stats = node.saved;  // a copy: nodes grow
+  const Value x = node_input(t, n, 0), w = node_input(t, n, 1);
+  const Shape xs = t.shape(x);
+  const std::size_t C = xs[1], M = xs[0] * xs[2] * xs[3];
+  const Shape K{1, C, 1, 1};
+  const std::vector<int64_t> as_c{static_cast<int64_t>(C)};
+  Value s, xhat;
+  if (opt.training) {
+    const double inv_m = 1.0 / static_cast<double>(std::max<std::size_t>(M, 1));
+    const Value xc = sub(t, x, scale(t, sum_to(t, x, K), inv_m));
+    const Value var = scale(t, sum_to(t, mul(t, xc, xc), K), inv_m);
+    s = pow(t, add(t, var, t.input(Tensor<T>(xt::xarray<T>(static_cast<T>(opt.eps))), "eps")), -0.5);
+    xhat = mul(t, xc, s);
+  } else {
+    Tensor<T> mean(K), inv(K);
+    for (std::size_t c = 0; c < C; ++c) mean.data()[c] = stats(0, c), inv.data()[c] = stats(1, c);
+    s = t.input(inv, "running inv_std");
+    xhat = mul(t, sub(t, x, t.input(mean, "running mean")), s);
+  }
+  if (wants(want, 1)) gi[1] = reshape(t, sum_to(t, mul(t, g, xhat), K), as_c);
+  if (wants(want, 2)) gi[2] = reshape(t, sum_to(t, g, K), as_c);
+  if (!wants(want, 0)) return;
+  Value ws = w.valid() ? mul(t, reshape(t, w, {1, static_cast<int64_t>(C), 1, 1}), s) : s;  // w s, (1, C, 1, 1)
+  if (!opt.training) {
+    gi[0] = mul(t, g, ws);
+    return;
+  }
+  const Value inner = sub(t, sub(t, scale(t, g, static_cast<double>(M)), sum_to(t, g, K)),
+                          mul(t, xhat, sum_to(t, mul(t, g, xhat), K)));
+  gi[0] = mul(t, inner, scale(t, ws, 1.0 / static_cast<double>(M)));
+}
+
 // Training mode: no running buffers (the replay must not move the caller's); eval mode:
 // the running statistics the node read, from its saved_index.
 Value batch_norm2d_replay(Tape<double>& t, const ReplayArgs& r) {
@@ -295,7 +345,9 @@ constinit const OpDef batch_norm2d_op{.name = "batch_norm2d",
                                       .vjp_float = batch_norm2d_node_vjp<float>,
                                       .vjp_double = batch_norm2d_node_vjp<double>,
                                       .replay = batch_norm2d_replay,
-                                      .format_attrs = batch_norm2d_format};
+                                      .format_attrs = batch_norm2d_format,
+                                      .record_vjp_float = batch_norm2d_record_vjp<float>,
+                                      .record_vjp_double = batch_norm2d_record_vjp<double>};
 AD_REGISTER_OP(batch_norm2d_op);
 
 #define AD_INSTANTIATE(T)                                                                                       \

@@ -16,6 +16,8 @@
 #include <utility>
 
 #include "ops/parallel.hpp"  // global_avg_pool2d (the end of the file)
+#include "autodiff/higher_order.hpp"
+#include "ops/elementwise.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -301,6 +303,25 @@ void max_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
   max_pool2d_vjp(tape->grad_out(node), node.saved_index, tape->input_grad(node, 0));
 }
 
+// ---- recorded VJPs (higher-order gradients) ----
+// max_pool2d: gx = max_pool2d_backward(g, the node's switches), the scatter of appendix B's
+//   mask (eq. b-1) transposed: dJ/dx = M^T dJ/dy. The switches are constant where x has no
+//   ties, so the second derivative through them is zero: the scatter is linear in g.
+// avg_pool2d: gx = avg_pool2d_backward(g) = P^T g (section 3.1.3).
+template <class T> void max_pool2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const std::vector<int32_t> switches = t.nodes()[static_cast<std::size_t>(n)].saved_index;  // a copy: nodes grow
+  const auto a = attrs_as<Pool2dOptions>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  const Shape xs = t.shape(node_input(t, n, 0));
+  gi[0] = max_pool2d_backward(t, g, std::span<const int32_t>(switches), xs[2], xs[3], a);
+}
+template <class T> void avg_pool2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const auto a = attrs_as<Pool2dOptions>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  const Shape xs = t.shape(node_input(t, n, 0));
+  gi[0] = avg_pool2d_backward(t, g, xs[2], xs[3], a);
+}
+
 Value avg_pool2d_replay(Tape<double>& t, const ReplayArgs& r) {
   return avg_pool2d(t, r.inputs[0], r.attrs.get<Pool2dOptions>());
 }
@@ -352,12 +373,14 @@ void max_pool2d_kinks(const Attrs& attrs, std::size_t, const Tensor<double>& x, 
 
 constinit const OpDef avg_pool2d_op{.name = "avg_pool2d", .vjp_float = avg_pool2d_node_vjp<float>,
                                     .vjp_double = avg_pool2d_node_vjp<double>, .replay = avg_pool2d_replay,
-                                    .format_attrs = pool2d_format};
+                                    .format_attrs = pool2d_format,
+    .record_vjp_float = avg_pool2d_record_vjp<float>, .record_vjp_double = avg_pool2d_record_vjp<double>};
 AD_REGISTER_OP(avg_pool2d_op);
 
 constinit const OpDef max_pool2d_op{.name = "max_pool2d", .vjp_float = max_pool2d_node_vjp<float>,
                                     .vjp_double = max_pool2d_node_vjp<double>, .replay = max_pool2d_replay,
-                                    .format_attrs = pool2d_format, .kinks = max_pool2d_kinks};
+                                    .format_attrs = pool2d_format, .kinks = max_pool2d_kinks,
+    .record_vjp_float = max_pool2d_record_vjp<float>, .record_vjp_double = max_pool2d_record_vjp<double>};
 AD_REGISTER_OP(max_pool2d_op);
 
 #define AD_INSTANTIATE(T)                                                                        \
@@ -367,6 +390,186 @@ AD_REGISTER_OP(max_pool2d_op);
   template void max_pool2d_vjp<T>(const Tensor<T>&, const std::vector<int32_t>&, Tensor<T>*);   \
   template Value avg_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);    \
   template Value max_pool2d<T>(Tape<T>&, Value, const Pool2dOptions&, std::source_location);
+AD_INSTANTIATE(float)
+AD_INSTANTIATE(double)
+#undef AD_INSTANTIATE
+
+
+// ---- max_pool2d_backward (scatter), max_pool2d_gather, avg_pool2d_backward (unpool) ----
+// The pools' VJPs as ops (higher-order gradients). With M the max-pool mask of appendix
+// B (eq. b-1; one 1 per row, at the switch), y = M x is the gather and dJ/dx = M^T g the
+// scatter: each is the other's transpose, hence each one's VJP is the other. With P the
+// average-pool matrix, the unpool is P^T and its VJP is P, avg_pool2d itself.
+
+namespace {
+void check_switches(const char* op, std::size_t count, std::size_t expected, std::span<const int32_t> switches,
+                    std::size_t plane) {
+  if (switches.size() != expected)
+    shape_error(op, "{} switches for {} pooled elements (one each)", switches.size(), expected);
+  for (int32_t s : switches)
+    if (s < -1 || (s >= 0 && static_cast<std::size_t>(s) >= plane))
+      shape_error(op, "switch {} outside the input plane of {} elements", s, plane);
+  (void)count;
+}
+
+// y[pl, o] = x[pl, sw[o]] (0 for -1): x (planes, in_plane), y (planes, out_plane).
+template <class T>
+void gather_planes(const Tensor<T>& x, std::span<const int32_t> sw, Tensor<T>& y, bool add) {
+  const std::size_t planes = y.shape()[0] * y.shape()[1], out_plane = y.shape()[2] * y.shape()[3];
+  const std::size_t in_plane = x.shape()[2] * x.shape()[3];
+  for (std::size_t pl = 0; pl < planes; ++pl) {
+    const T* xp = x.data() + pl * in_plane;
+    const int32_t* s = sw.data() + pl * out_plane;
+    T* yp = y.data() + pl * out_plane;
+    for (std::size_t o = 0; o < out_plane; ++o) {
+      const T v = s[o] >= 0 ? xp[s[o]] : T(0);
+      yp[o] = add ? yp[o] + v : v;
+    }
+  }
+}
+// y[pl, sw[o]] += g[pl, o]: max_pool2d_vjp over a span.
+template <class T>
+void scatter_planes(const Tensor<T>& g, std::span<const int32_t> sw, Tensor<T>& y) {
+  const std::size_t planes = g.shape()[0] * g.shape()[1], out_plane = g.shape()[2] * g.shape()[3];
+  const std::size_t in_plane = y.shape()[2] * y.shape()[3];
+  for (std::size_t pl = 0; pl < planes; ++pl) {
+    const T* gp = g.data() + pl * out_plane;
+    const int32_t* s = sw.data() + pl * out_plane;
+    T* yp = y.data() + pl * in_plane;
+    for (std::size_t o = 0; o < out_plane; ++o)
+      if (s[o] >= 0) yp[s[o]] += gp[o];
+  }
+}
+PoolBackwardAttrs pool_backward_attrs(const Pool2dOptions& a, std::size_t H, std::size_t W) {
+  return {.pool = a, .H = static_cast<uint32_t>(H), .W = static_cast<uint32_t>(W)};
+}
+}  // namespace
+
+template <class T>
+Value max_pool2d_backward(Tape<T>& tape, Value grad_out, std::span<const int32_t> switches, std::size_t H,
+                          std::size_t W, const Pool2dOptions& opt, std::source_location loc) {
+  const Shape gs = tape.shape(grad_out);
+  check_rank("max_pool2d_backward", "grad_out", gs, 4, "(N, C, OH, OW)");
+  check_switches("max_pool2d_backward", 0, tape.value(grad_out).size(), switches, H * W);
+  Value y = tape.new_value({gs[0], gs[1], H, W}, tape.any_requires_grad({grad_out}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  zero_fill(yv);
+  scatter_planes(tape.value(grad_out), switches, yv);
+  if (Node<T>* node = tape.record(OpKind::MaxPool2dBackward, {grad_out}, y, Attrs::of(pool_backward_attrs(opt, H, W)), loc))
+    node->saved_index.assign(switches.begin(), switches.end());
+  return y;
+}
+
+template <class T>
+Value max_pool2d_gather(Tape<T>& tape, Value x, std::span<const int32_t> switches, std::size_t OH, std::size_t OW,
+                        const Pool2dOptions& opt, std::source_location loc) {
+  const Shape xs = tape.shape(x);
+  check_rank("max_pool2d_gather", "input", xs, 4, "(N, C, H, W)");
+  check_switches("max_pool2d_gather", 0, xs[0] * xs[1] * OH * OW, switches, xs[2] * xs[3]);
+  Value y = tape.new_value({xs[0], xs[1], OH, OW}, tape.any_requires_grad({x}));
+  gather_planes(tape.value(x), switches, tape.mutable_value(y), false);
+  if (Node<T>* node = tape.record(OpKind::MaxPool2dGather, {x}, y, Attrs::of(pool_backward_attrs(opt, xs[2], xs[3])), loc))
+    node->saved_index.assign(switches.begin(), switches.end());
+  return y;
+}
+
+template <class T>
+Value avg_pool2d_backward(Tape<T>& tape, Value grad_out, std::size_t H, std::size_t W, const Pool2dOptions& opt,
+                          std::source_location loc) {
+  Pool2dOptions a = opt;
+  a.max_padding = MaxPoolPadding::NegInf;
+  const Shape gs = tape.shape(grad_out);
+  check_rank("avg_pool2d_backward", "grad_out", gs, 4, "(N, C, OH, OW)");
+  const Shape pooled = pool2d_output_shape("avg_pool2d_backward", {gs[0], gs[1], H, W}, a);
+  if (pooled != gs)
+    shape_error("avg_pool2d_backward", "grad_out {} is not the pooled shape {} of the input plane {}x{}",
+                shape_str(gs), shape_str(pooled), H, W);
+  Value y = tape.new_value({gs[0], gs[1], H, W}, tape.any_requires_grad({grad_out}));
+  Tensor<T>& yv = tape.mutable_value(y);
+  zero_fill(yv);
+  avg_pool2d_vjp(tape.value(grad_out), a, &yv);
+  tape.record(OpKind::AvgPool2dBackward, {grad_out}, y, Attrs::of(pool_backward_attrs(a, H, W)), loc);
+  return y;
+}
+
+namespace {
+// scatter's VJP: gg += gather(u);  gather's VJP: gx += scatter(u);  unpool's VJP: gg += pool(u).
+template <class T> void max_pool2d_backward_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  if (Tensor<T>* gg = tape->input_grad(node, 0)) gather_planes(tape->grad_out(node), std::span<const int32_t>(node.saved_index), *gg, true);
+}
+template <class T> void max_pool2d_gather_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  if (Tensor<T>* gx = tape->input_grad(node, 0)) scatter_planes(tape->grad_out(node), std::span<const int32_t>(node.saved_index), *gx);
+}
+template <class T> void avg_pool2d_backward_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  Tensor<T>* gg = tape->input_grad(node, 0);
+  if (!gg) return;
+  Tensor<T> pooled(gg->shape());
+  avg_pool2d_forward(tape->grad_out(node), attrs_as<PoolBackwardAttrs>(node.attrs).pool, pooled);
+  *gg += pooled;
+}
+template <class T> void max_pool2d_backward_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const std::vector<int32_t> switches = t.nodes()[static_cast<std::size_t>(n)].saved_index;
+  const auto a = attrs_as<PoolBackwardAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  const Shape gs = t.shape(node_input(t, n, 0));
+  gi[0] = max_pool2d_gather(t, g, std::span<const int32_t>(switches), gs[2], gs[3], a.pool);
+}
+template <class T> void max_pool2d_gather_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const std::vector<int32_t> switches = t.nodes()[static_cast<std::size_t>(n)].saved_index;
+  const auto a = attrs_as<PoolBackwardAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  gi[0] = max_pool2d_backward(t, g, std::span<const int32_t>(switches), a.H, a.W, a.pool);
+}
+template <class T> void avg_pool2d_backward_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = avg_pool2d(t, g, attrs_as<PoolBackwardAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).pool);
+}
+Value max_pool2d_backward_replay(Tape<double>& t, const ReplayArgs& r) {
+  const auto a = r.attrs.get<PoolBackwardAttrs>();
+  return max_pool2d_backward(t, r.inputs[0], r.saved_index, a.H, a.W, a.pool);
+}
+Value max_pool2d_gather_replay(Tape<double>& t, const ReplayArgs& r) {
+  const auto a = r.attrs.get<PoolBackwardAttrs>();
+  const Shape xs = t.shape(r.inputs[0]);
+  const Shape ys = pool2d_output_shape("max_pool2d_gather", xs, a.pool);
+  return max_pool2d_gather(t, r.inputs[0], r.saved_index, ys[2], ys[3], a.pool);
+}
+Value avg_pool2d_backward_replay(Tape<double>& t, const ReplayArgs& r) {
+  const auto a = r.attrs.get<PoolBackwardAttrs>();
+  return avg_pool2d_backward(t, r.inputs[0], a.H, a.W, a.pool);
+}
+std::string pool_backward_format(const Attrs& attrs, std::span<const int32_t>) {
+  const auto a = attrs.get<PoolBackwardAttrs>();
+  return fmt::format("window={}x{} stride={}x{} pad={}x{} plane={}x{}", a.pool.window[0], a.pool.window[1],
+                     a.pool.stride[0], a.pool.stride[1], a.pool.padding[0], a.pool.padding[1], a.H, a.W);
+}
+}  // namespace
+
+constinit const OpDef max_pool2d_backward_op{
+    .name = "max_pool2d_backward", .input_names = {"grad_out"}, .vjp_float = max_pool2d_backward_node_vjp<float>,
+    .vjp_double = max_pool2d_backward_node_vjp<double>, .replay = max_pool2d_backward_replay,
+    .format_attrs = pool_backward_format, .record_vjp_float = max_pool2d_backward_record_vjp<float>,
+    .record_vjp_double = max_pool2d_backward_record_vjp<double>};
+constinit const OpDef max_pool2d_gather_op{
+    .name = "max_pool2d_gather", .vjp_float = max_pool2d_gather_node_vjp<float>,
+    .vjp_double = max_pool2d_gather_node_vjp<double>, .replay = max_pool2d_gather_replay,
+    .format_attrs = pool_backward_format, .record_vjp_float = max_pool2d_gather_record_vjp<float>,
+    .record_vjp_double = max_pool2d_gather_record_vjp<double>};
+constinit const OpDef avg_pool2d_backward_op{
+    .name = "avg_pool2d_backward", .input_names = {"grad_out"}, .vjp_float = avg_pool2d_backward_node_vjp<float>,
+    .vjp_double = avg_pool2d_backward_node_vjp<double>, .replay = avg_pool2d_backward_replay,
+    .format_attrs = pool_backward_format, .record_vjp_float = avg_pool2d_backward_record_vjp<float>,
+    .record_vjp_double = avg_pool2d_backward_record_vjp<double>};
+AD_REGISTER_OP(max_pool2d_backward_op);
+AD_REGISTER_OP(max_pool2d_gather_op);
+AD_REGISTER_OP(avg_pool2d_backward_op);
+
+#define AD_INSTANTIATE(T)                                                                                         \
+  template Value max_pool2d_backward<T>(Tape<T>&, Value, std::span<const int32_t>, std::size_t, std::size_t,     \
+                                        const Pool2dOptions&, std::source_location);                             \
+  template Value max_pool2d_gather<T>(Tape<T>&, Value, std::span<const int32_t>, std::size_t, std::size_t,       \
+                                      const Pool2dOptions&, std::source_location);                               \
+  template Value avg_pool2d_backward<T>(Tape<T>&, Value, std::size_t, std::size_t, const Pool2dOptions&,         \
+                                        std::source_location);
 AD_INSTANTIATE(float)
 AD_INSTANTIATE(double)
 #undef AD_INSTANTIATE
@@ -416,11 +619,19 @@ template <class T> void global_avg_pool2d_node_vjp(Tape<T>* tape, const Node<T>&
   global_avg_pool2d_vjp(tape->grad_out(node), tape->input_grad(node, 0));
 }
 Value global_avg_pool2d_replay(Tape<double>& t, const ReplayArgs& r) { return global_avg_pool2d(t, r.inputs[0]); }
+// Recorded VJP: gx = broadcast_to(g, x's shape) / (HW); linear.
+template <class T> void global_avg_pool2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Shape xs = t.shape(node_input(t, n, 0));
+  gi[0] = scale(t, broadcast_to(t, g, xs), 1.0 / static_cast<double>(xs[2] * xs[3]));
+}
 }  // namespace
 
 constinit const OpDef global_avg_pool2d_op{.name = "global_avg_pool2d", .vjp_float = global_avg_pool2d_node_vjp<float>,
                                            .vjp_double = global_avg_pool2d_node_vjp<double>,
-                                           .replay = global_avg_pool2d_replay};
+                                           .replay = global_avg_pool2d_replay,
+                                           .record_vjp_float = global_avg_pool2d_record_vjp<float>,
+                                           .record_vjp_double = global_avg_pool2d_record_vjp<double>};
 AD_REGISTER_OP(global_avg_pool2d_op);
 
 #define AD_INSTANTIATE(T)                                                                    \

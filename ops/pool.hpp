@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 #include <source_location>
 #include <vector>
 
@@ -59,6 +60,42 @@ Value avg_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt = {},
 template <class T>
 Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt = {},
                  std::source_location loc = std::source_location::current());
+
+// ---- the pools' VJPs as ops, for higher-order gradients (autodiff/higher_order.hpp) ----
+
+// Attributes of the pool backward ops: the pool's options and the input plane (H, W).
+struct PoolBackwardAttrs {
+  static constexpr const char* kType = "ad::PoolBackwardAttrs";
+  Pool2dOptions pool;
+  uint32_t H = 0, W = 0;
+};
+extern const OpDef max_pool2d_backward_op, max_pool2d_gather_op, avg_pool2d_backward_op;
+namespace OpKind {
+inline constexpr OpId MaxPool2dBackward = &max_pool2d_backward_op;
+inline constexpr OpId MaxPool2dGather = &max_pool2d_gather_op;
+inline constexpr OpId AvgPool2dBackward = &avg_pool2d_backward_op;
+}  // namespace OpKind
+
+// Scatter through max-pool switches (max_pool2d's VJP as an op): grad_out (N, C, OH, OW)
+// and one switch per element of it (a flat index in the (H, W) plane, or -1) give
+// y (N, C, H, W), y[n,c,s] = sum of grad_out[n,c,o] over the o with switch[o] = s.
+// Linear in grad_out; VJP: the gather below through the same switches. The switches are
+// constants (saved by the forward), so the op is piecewise linear in the pooled input.
+template <class T>
+Value max_pool2d_backward(Tape<T>& tape, Value grad_out, std::span<const int32_t> switches, std::size_t H,
+                          std::size_t W, const Pool2dOptions& opt = {},
+                          std::source_location loc = std::source_location::current());
+// Gather through switches: x (N, C, H, W) gives y (N, C, OH, OW), y[n,c,o] = x[n,c,switch[o]]
+// (0 where switch[o] = -1). VJP: the scatter above.
+template <class T>
+Value max_pool2d_gather(Tape<T>& tape, Value x, std::span<const int32_t> switches, std::size_t OH, std::size_t OW,
+                        const Pool2dOptions& opt = {}, std::source_location loc = std::source_location::current());
+// Unpool (avg_pool2d's VJP as an op): grad_out (N, C, OH, OW) gives (N, C, H, W),
+// y[n,c,h,w] = 1/(h_l w_l) sum over the windows (i,j) that hold (h,w) of grad_out[n,c,i,j].
+// Linear; its VJP is avg_pool2d itself (the pool and the unpool are each other's adjoint).
+template <class T>
+Value avg_pool2d_backward(Tape<T>& tape, Value grad_out, std::size_t H, std::size_t W, const Pool2dOptions& opt = {},
+                          std::source_location loc = std::source_location::current());
 
 // ---- global average pooling ----
 

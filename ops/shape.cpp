@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "autodiff/higher_order.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -377,6 +378,52 @@ template <class T> void narrow_node_vjp(Tape<T>* tape, const Node<T>& node) {
   narrow_vjp(tape->grad_out(node), static_cast<std::size_t>(a.axis), a.start, tape->input_grad(node, 0));
 }
 
+// ---- recorded VJPs (higher-order gradients): the moves above, undone by the same ops ----
+// reshape: gx = reshape(g, x's shape).  permute: gx = permute(g, inverse dims).
+// transpose: gx = transpose(g, same axes).  concat: gx_k = narrow(g, axis, offset_k, size_k).
+// narrow: gx = concat(zeros (start), g, zeros (rest)) along the axis (zeros: constants).
+template <class T> void reshape_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const Shape xs = t.shape(node_input(t, n, 0));
+  gi[0] = reshape(t, g, std::vector<int64_t>(xs.begin(), xs.end()));
+}
+template <class T> void permute_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const auto a = attrs_as<PermuteAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  std::vector<int> inverse(a.rank);
+  for (uint32_t k = 0; k < a.rank; ++k) inverse[static_cast<std::size_t>(a.dims[k])] = static_cast<int>(k);
+  gi[0] = permute(t, g, inverse);
+}
+template <class T> void transpose_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const auto a = attrs_as<TransposeAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  gi[0] = transpose(t, g, a.dim0, a.dim1);
+}
+template <class T> void concat_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const int axis = attrs_as<ConcatAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).axis;
+  const std::size_t count = t.nodes()[static_cast<std::size_t>(n)].inputs.size();
+  std::size_t offset = 0;
+  for (std::size_t k = 0; k < count; ++k) {
+    const std::size_t size = t.shape(node_input(t, n, k))[static_cast<std::size_t>(axis)];
+    if (k >= 32 || wants(want, k)) gi[k] = narrow(t, g, axis, offset, size);
+    offset += size;
+  }
+}
+template <class T> void narrow_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const auto a = attrs_as<NarrowAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  const Shape xs = t.shape(node_input(t, n, 0));
+  const auto axis = static_cast<std::size_t>(a.axis);
+  std::vector<Value> parts;
+  Shape before = xs, after = xs;
+  before[axis] = a.start;
+  after[axis] = xs[axis] - a.start - a.length;
+  if (before[axis] > 0) parts.push_back(t.input(Tensor<T>(xt::zeros<T>(before)), "narrow grad zeros"));
+  parts.push_back(g);
+  if (after[axis] > 0) parts.push_back(t.input(Tensor<T>(xt::zeros<T>(after)), "narrow grad zeros"));
+  gi[0] = parts.size() == 1 ? g : concat(t, std::span<const Value>(parts), a.axis);
+}
+
 Value reshape_replay(Tape<double>& t, const ReplayArgs& r) {
   const auto a = r.attrs.get<ReshapeAttrs>();
   return reshape(t, r.inputs[0], std::vector<int64_t>(a.shape.begin(), a.shape.begin() + a.rank));
@@ -421,19 +468,24 @@ std::string narrow_format(const Attrs& attrs, std::span<const int32_t>) {
 
 constinit const OpDef reshape_op{.name = "reshape", .vjp_float = reshape_node_vjp<float>,
                                  .vjp_double = reshape_node_vjp<double>, .replay = reshape_replay,
-                                 .format_attrs = reshape_format};
+                                 .format_attrs = reshape_format,
+    .record_vjp_float = reshape_record_vjp<float>, .record_vjp_double = reshape_record_vjp<double>};
 constinit const OpDef permute_op{.name = "permute", .vjp_float = permute_node_vjp<float>,
                                  .vjp_double = permute_node_vjp<double>, .replay = permute_replay,
-                                 .format_attrs = permute_format};
+                                 .format_attrs = permute_format,
+    .record_vjp_float = permute_record_vjp<float>, .record_vjp_double = permute_record_vjp<double>};
 constinit const OpDef transpose_op{.name = "transpose", .vjp_float = transpose_node_vjp<float>,
                                    .vjp_double = transpose_node_vjp<double>, .replay = transpose_replay,
-                                   .format_attrs = transpose_format};
+                                   .format_attrs = transpose_format,
+    .record_vjp_float = transpose_record_vjp<float>, .record_vjp_double = transpose_record_vjp<double>};
 constinit const OpDef concat_op{.name = "concat", .vjp_float = concat_node_vjp<float>,
                                 .vjp_double = concat_node_vjp<double>, .replay = concat_replay,
-                                .format_attrs = concat_format};
+                                .format_attrs = concat_format,
+    .record_vjp_float = concat_record_vjp<float>, .record_vjp_double = concat_record_vjp<double>};
 constinit const OpDef narrow_op{.name = "narrow", .vjp_float = narrow_node_vjp<float>,
                                 .vjp_double = narrow_node_vjp<double>, .replay = narrow_replay,
-                                .format_attrs = narrow_format};
+                                .format_attrs = narrow_format,
+    .record_vjp_float = narrow_record_vjp<float>, .record_vjp_double = narrow_record_vjp<double>};
 AD_REGISTER_OP(reshape_op);
 AD_REGISTER_OP(permute_op);
 AD_REGISTER_OP(transpose_op);

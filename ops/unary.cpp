@@ -14,6 +14,8 @@
 #include <cmath>
 
 #include "ops/parallel.hpp"
+#include "autodiff/higher_order.hpp"
+#include "ops/elementwise.hpp"
 
 namespace ad {
 
@@ -187,6 +189,45 @@ std::string pow_format(const Attrs& attrs, std::span<const int32_t>) {
   return fmt::format("exponent={:g}", attrs.get<PowAttrs>().exponent);
 }
 // Only the bounds given: "min=-1 max=1", "max=6".
+// ---- recorded VJPs (higher-order gradients): the VJPs above with ops ----
+//   neg: gx = -g    exp: gx = g y    log: gx = g / x    sqrt: gx = g / (2 y)
+//   pow: gx = g p x^(p-1) (nothing for p = 0)
+//   abs, clamp: gx = g .* c, with c = sgn(x) resp. [min <= x <= max] recorded as a constant:
+//   piecewise constant in x, so its derivative is zero away from the corners.
+template <class T> void neg_record_vjp(Tape<T>& t, int32_t, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = neg(t, g);
+}
+template <class T> void exp_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = mul(t, g, node_output(t, n));
+}
+template <class T> void log_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = div(t, g, node_input(t, n, 0));
+}
+template <class T> void sqrt_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0)) gi[0] = div(t, g, scale(t, node_output(t, n), 2.0));
+}
+template <class T> void pow_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  const double p = attrs_as<PowAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs).exponent;
+  if (wants(want, 0) && p != 0) gi[0] = mul(t, g, scale(t, pow(t, node_input(t, n, 0), p - 1), p));
+}
+template <class T, class F>
+Value masked(Tape<T>& t, int32_t n, Value g, F factor, const char* label) {
+  const Tensor<T>& x = t.value(node_input(t, n, 0));
+  Tensor<T> c(x.shape());
+  for (std::size_t i = 0; i < x.size(); ++i) c.data()[i] = factor(x.data()[i]);
+  return mul(t, g, t.input(c, label));
+}
+template <class T> void abs_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (wants(want, 0))
+    gi[0] = masked(t, n, g, [](T v) { return v > T(0) ? T(1) : v < T(0) ? T(-1) : T(0); }, "sgn(x)");
+}
+template <class T> void clamp_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0)) return;
+  const auto a = attrs_as<ClampAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  gi[0] = masked(t, n, g, [a](T v) { return static_cast<double>(v) >= a.min && static_cast<double>(v) <= a.max ? T(1) : T(0); },
+                 "[min <= x <= max]");
+}
+
 std::string clamp_format(const Attrs& attrs, std::span<const int32_t>) {
   const auto a = attrs.get<ClampAttrs>();
   std::string s;
@@ -224,20 +265,27 @@ void clamp_kinks(const Attrs& attrs, std::size_t, const Tensor<double>& x, doubl
 }  // namespace
 
 constinit const OpDef neg_op{.name = "neg", .vjp_float = neg_node_vjp<float>, .vjp_double = neg_node_vjp<double>,
-                             .replay = neg_replay};
+                             .replay = neg_replay,
+    .record_vjp_float = neg_record_vjp<float>, .record_vjp_double = neg_record_vjp<double>};
 constinit const OpDef exp_op{.name = "exp", .vjp_float = exp_node_vjp<float>, .vjp_double = exp_node_vjp<double>,
-                             .replay = exp_replay};
+                             .replay = exp_replay,
+    .record_vjp_float = exp_record_vjp<float>, .record_vjp_double = exp_record_vjp<double>};
 constinit const OpDef log_op{.name = "log", .vjp_float = log_node_vjp<float>, .vjp_double = log_node_vjp<double>,
-                             .replay = log_replay, .kinks = kink_at_domain_edge};
+                             .replay = log_replay, .kinks = kink_at_domain_edge,
+    .record_vjp_float = log_record_vjp<float>, .record_vjp_double = log_record_vjp<double>};
 constinit const OpDef sqrt_op{.name = "sqrt", .vjp_float = sqrt_node_vjp<float>, .vjp_double = sqrt_node_vjp<double>,
-                              .replay = sqrt_replay, .kinks = kink_at_domain_edge};
+                              .replay = sqrt_replay, .kinks = kink_at_domain_edge,
+    .record_vjp_float = sqrt_record_vjp<float>, .record_vjp_double = sqrt_record_vjp<double>};
 constinit const OpDef pow_op{.name = "pow", .vjp_float = pow_node_vjp<float>, .vjp_double = pow_node_vjp<double>,
-                             .replay = pow_replay, .format_attrs = pow_format, .kinks = pow_kinks};
+                             .replay = pow_replay, .format_attrs = pow_format, .kinks = pow_kinks,
+    .record_vjp_float = pow_record_vjp<float>, .record_vjp_double = pow_record_vjp<double>};
 constinit const OpDef abs_op{.name = "abs", .vjp_float = abs_node_vjp<float>, .vjp_double = abs_node_vjp<double>,
-                             .replay = abs_replay, .kinks = abs_kinks};
+                             .replay = abs_replay, .kinks = abs_kinks,
+    .record_vjp_float = abs_record_vjp<float>, .record_vjp_double = abs_record_vjp<double>};
 constinit const OpDef clamp_op{.name = "clamp", .vjp_float = clamp_node_vjp<float>,
                                .vjp_double = clamp_node_vjp<double>, .replay = clamp_replay,
-                               .format_attrs = clamp_format, .kinks = clamp_kinks};
+                               .format_attrs = clamp_format, .kinks = clamp_kinks,
+    .record_vjp_float = clamp_record_vjp<float>, .record_vjp_double = clamp_record_vjp<double>};
 AD_REGISTER_OP(neg_op);
 AD_REGISTER_OP(exp_op);
 AD_REGISTER_OP(log_op);

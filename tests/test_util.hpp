@@ -143,6 +143,14 @@ inline std::span<const std::pair<OpId, const char*>> all_op_kinds() {
       {OpKind::Reshape, "reshape"},       {OpKind::Permute, "permute"},     {OpKind::Transpose, "transpose"},
       {OpKind::Concat, "concat"},         {OpKind::Narrow, "narrow"},
       {OpKind::GlobalAvgPool2d, "global_avg_pool2d"},
+      // the ops of the recorded VJPs (higher-order gradients)
+      {OpKind::ReluBackward, "relu_backward"}, {OpKind::LeakyReluBackward, "leaky_relu_backward"},
+      {OpKind::Conv2dBackwardKernel, "conv2d_backward_kernel"},
+      {OpKind::SumTo, "sum_to"},               {OpKind::BroadcastTo, "broadcast_to"},
+      {OpKind::SoftmaxCrossEntropyBackward, "softmax_cross_entropy_backward"},
+      {OpKind::NllLossBackward, "nll_loss_backward"},
+      {OpKind::MaxPool2dBackward, "max_pool2d_backward"}, {OpKind::MaxPool2dGather, "max_pool2d_gather"},
+      {OpKind::AvgPool2dBackward, "avg_pool2d_backward"},
   };
   return kinds;
 }

@@ -40,6 +40,10 @@ print *grad_k
 frame function main
 print k1
 print x
+delete
+break show_recorded_backward
+continue
+print tape
 )";
 
 std::string run(const std::string& cmd) {
@@ -97,6 +101,10 @@ TEST(GdbPrinters, BreakInConv2dVjpAndPrintTheNodeAndTheTape) {
   // A parameter and a value handle, in main's frame.
   EXPECT_TRUE(contains(out, "= Parameter \"k1\": value (2,1,3,3) {")) << out;
   EXPECT_TRUE(std::regex_search(out, std::regex(R"(\$\d+ = %0\n)"))) << out;
+  // A backward recorded with create_graph: its nodes name the forward node they differentiate.
+  EXPECT_TRUE(std::regex_search(out, std::regex(R"(#\d+ max_pool2d_backward\(#\d+\) -> \(1,1,4,4\) [^\n]*\(d/d#2\) @ )")))
+      << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex(R"(#\d+ relu_backward\(#\d+, #0\) -> \(1,1,4,4\) \(d/d#1\) @ )"))) << out;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Every registered op works with the debugging tools: one double tape that records each
-// op of the registry at least once (in a model-like chain), printed by format_tape with
+// op of the registry at least once (in a model-like chain and its recorded first and
+// second backward), printed by format_tape with
 // its attributes, drawn by to_dot, and checked node by node by gradcheck_nodes. A new op
 // that is registered but missing here fails the first test: add it to the chain.
 #include <algorithm>
@@ -15,13 +16,15 @@ namespace {
 // user-defined op (tests/autodiff/test_custom*.cpp).
 const std::set<std::string> kElsewhere = {"input", "param", "custom"};
 
+// Kernels of small weights keep the values near 1 (large values make central differences
+// of a node's sum lose digits to cancellation).
 struct EveryOpTape {
   Tape<double> tape;
   T64 running_mean = xt::zeros<double>({2}), running_var = xt::ones<double>({2});
   Parameter<double> x{"x", uniform({2, 2, 6, 6}, 1)};
-  Parameter<double> k1{"k1", uniform({4, 1, 3, 3}, 2)}, b1{"b1", uniform({4}, 3)};
-  Parameter<double> k2{"k2", uniform({4, 4, 3, 3}, 4)};
-  Parameter<double> kt{"kt", uniform({4, 2, 3, 3}, 5)}, bt{"bt", uniform({2}, 6)};
+  Parameter<double> k1{"k1", uniform({4, 1, 3, 3}, 2, -0.4, 0.4)}, b1{"b1", uniform({4}, 3)};
+  Parameter<double> k2{"k2", uniform({4, 4, 3, 3}, 4, -0.2, 0.2)};
+  Parameter<double> kt{"kt", uniform({4, 2, 3, 3}, 5, -0.2, 0.2)}, bt{"bt", uniform({2}, 6)};
   Parameter<double> gamma{"gamma", uniform({2}, 7, 0.5, 1.5)}, beta{"beta", uniform({2}, 8)};
   Parameter<double> per_channel{"per_channel", uniform({1, 2, 1, 1}, 9)};
   Parameter<double> scalar{"scalar", uniform({}, 10, 0.5, 1.5)};
@@ -32,7 +35,8 @@ struct EveryOpTape {
   EveryOpTape() {
     Tape<double>& t = tape;
     // convolutions: grouped (plain kernel path), dilated (general path), transposed
-    const Value c1 = conv2d(t, t.param(x), t.param(k1), t.param(b1), {.padding = {1, 1}, .groups = 2});  // (2,4,6,6)
+    const Value xv = t.param(x), k1v = t.param(k1);
+    const Value c1 = conv2d(t, xv, k1v, t.param(b1), {.padding = {1, 1}, .groups = 2});  // (2,4,6,6)
     const Value c2 = conv2d(t, c1, t.param(k2), Value{}, {.padding = {2, 2}, .dilation = {2, 2}});       // (2,4,6,6)
     const Value ct = conv_transpose2d(t, c2, t.param(kt), t.param(bt),
                                       {.padding = {1, 1}, .stride = {2, 2}, .output_padding = {1, 1}});  // (2,2,12,12)
@@ -68,9 +72,19 @@ struct EveryOpTape {
     const Value logits = bias_add(t, matmul(t, h, t.param(m)), t.param(wb));
     const std::vector<int> labels = {2, 0};
     const Value ce = softmax_cross_entropy(t, logits, labels);
-    const Value nll = nll_loss(t, log_softmax(t, logits, 1), labels);
+    // (times a parameter: the gradient reaching nll_loss's node then depends on one, so the
+    // recorded nll_loss_backward has something to check)
+    const Value nll = mul(t, nll_loss(t, log_softmax(t, logits, 1), labels), t.param(scalar));
     const Value sq = mse(t, softmax(t, logits, 1), scale(t, h, 0.1));
-    loss = add(t, add(t, ce, nll), add(t, sq, scale(t, add(t, sum(t, h), mean(t, features)), 0.01)));
+    const Value forward_loss = add(t, add(t, ce, nll), add(t, sq, scale(t, add(t, sum(t, h), mean(t, features)), 0.01)));
+    // Higher order (autodiff/higher_order.hpp): the gradients w.r.t. the images and the first
+    // kernel recorded on the tape (the ops of the recorded VJPs: *_backward, sum_to,
+    // broadcast_to, ...), then the gradient of their squared norm, recorded again (the
+    // VJP of max_pool2d_backward records max_pool2d_gather).
+    const std::vector<Value> g = grad(t, {forward_loss}, {xv, k1v}, {}, {.create_graph = true});
+    const Value penalty = add(t, sum(t, mul(t, g[0], g[0])), sum(t, mul(t, g[1], g[1])));
+    const std::vector<Value> gg = grad(t, {penalty}, {xv}, {}, {.create_graph = true});
+    loss = add(t, forward_loss, add(t, penalty, mean(t, gg[0])));
   }
 };
 
@@ -114,6 +128,7 @@ TEST(EveryOp, PassesGradcheckNodesInDouble) {
   EveryOpTape e;
   const NodeGradcheckResult r = gradcheck_nodes(e.tape);
   EXPECT_TRUE(r.ok) << r.report;
+  for (const NodeGradcheck& n : r.nodes) if (!n.result.ok) { std::fprintf(stderr, "BAD %s\n", format_node(e.tape, n.index).c_str()); for (int32_t in : e.tape.nodes()[n.index].inputs) if (in >= 0) std::fprintf(stderr, "  IN %s\n", format_node(e.tape, std::size_t(in)).c_str()); }
   std::set<std::string> checked;
   for (const NodeGradcheck& n : r.nodes) checked.insert(std::string(op_name(e.tape.nodes()[n.index].op)));
   for (OpId op : registered_ops())

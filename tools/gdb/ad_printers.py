@@ -167,6 +167,9 @@ def _attr_value(v):
         return str(v).split("::")[-1]
     if t.code == gdb.TYPE_CODE_BOOL:
         return "true" if bool(v) else "false"
+    if t.code == gdb.TYPE_CODE_STRUCT:  # a nested options struct (PoolBackwardAttrs::pool)
+        fields = [f for f in t.fields() if not f.is_base_class and hasattr(f, "bitpos")]
+        return "{" + " ".join("%s=%s" % (f.name, _attr_value(v[f.name])) for f in fields) + "}"
     return _num(v)
 
 
@@ -208,11 +211,18 @@ def _where_str(where):
 
 
 def _node_tail(node):
-    """' padding=1x1 stride=1x1 "conv1" @ model.cpp:42' (attributes, label, call site)."""
+    """' padding=1x1 stride=1x1 (d/d#7) "conv1" @ model.cpp:42' (attributes, the forward node
+    a node recorded by a backward differentiates, label, call site)."""
     s = ""
     a = _attrs_str(node["attrs"])
     if a:
         s += " " + a
+    try:  # recorded by a backward with create_graph: the forward node it differentiates
+        grad_of = int(node["grad_of"])
+    except gdb.error:
+        grad_of = -1
+    if grad_of >= 0:
+        s += " (d/d#%d)" % grad_of
     label = _string(node["label"])
     if label:
         s += ' "%s"' % label
