@@ -233,8 +233,8 @@ void DataParallel<T>::check_same_config(const Settings& settings) {
     const Settings mine = deserialize(every[static_cast<std::size_t>(r)]), ref = deserialize(every[0]);
     for (std::size_t i = 0; i < std::max(mine.size(), ref.size()) && first.empty(); ++i) {
       if (i >= mine.size() || i >= ref.size() || mine[i].first != ref[i].first) {
-        first = fmt::format("rank {} has the settings [{}], rank 0 [{}]", r, every[static_cast<std::size_t>(r)].size(),
-                            every[0].size());
+        first = fmt::format("rank {} has the setting \"{}\" where rank 0 has \"{}\"", r,
+                            i < mine.size() ? mine[i].first : "(none)", i < ref.size() ? ref[i].first : "(none)");
         break;
       }
       if (mine[i].second != ref[i].second)

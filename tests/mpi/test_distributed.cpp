@@ -235,6 +235,13 @@ TEST(DataParallel, RanksStartedWithDifferentFlagsAreRefused) {
     EXPECT_EQ(e.exit_code, 2);
     EXPECT_NE(std::string(e.what()).find("rank 1 has batch 32, rank 0 has batch 64"), std::string::npos) << e.what();
   }
+  try {
+    dp.check_same_config({{"batch", "64"}, {world_rank() == 1 ? "momentum" : "lr", "0.1"}});
+    ADD_FAILURE() << "a rank with other settings was accepted";
+  } catch (const nn::CollectiveError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 1 has the setting \"momentum\" where rank 0 has \"lr\""),
+              std::string::npos) << e.what();
+  }
 }
 
 TEST(DataParallel, RanksWithDifferentModelsAreRefused) {
