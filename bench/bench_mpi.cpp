@@ -7,9 +7,10 @@
 // For each mode (1 MB buckets, 16 KB buckets, one blocking allreduce after backward):
 // W warm-up steps, then S timed steps of the global batch B (B/P per rank). Printed by
 // rank 0: images/s (S*B over the slowest rank's time), per step the whole step,
-// backward, and the wait for the averaged gradients after backward (rank 0's clock), and
-// the allreduce of the step's gradients timed alone. Machine-readable "RESULT" lines
-// follow for bench_mpi.sh.
+// backward, and the wait for the averaged gradients after backward (rank 0's clock), the
+// share of the gradient bytes whose reduction had completed by the end of backward
+// (hidden), and the allreduce of the step's gradients timed alone. Machine-readable
+// "RESULT" lines follow for bench_mpi.sh.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -68,7 +69,7 @@ int main(int argc, char** argv) {
     struct Row {
       std::string mode;
       std::size_t buckets;
-      double img_s, step_ms, backward_ms, wait_ms;
+      double img_s, step_ms, backward_ms, wait_ms, hidden;  // hidden: share of the gradient bytes
     };
     std::vector<Row> rows;
     std::size_t grad_bytes = 0, n_params = 0;
@@ -90,7 +91,8 @@ int main(int argc, char** argv) {
       const nn::CommStats& c = dp.stats();
       const double steps = static_cast<double>(c.steps);
       rows.push_back({m.name, c.buckets, static_cast<double>(s.images) / seconds, 1e3 * c.step_seconds / steps,
-                      1e3 * c.backward_seconds / steps, 1e3 * c.wait_seconds / steps});
+                      1e3 * c.backward_seconds / steps, 1e3 * c.wait_seconds / steps,
+                      static_cast<double>(c.hidden_bytes) / (steps * static_cast<double>(c.bytes_per_step))});
       grad_bytes = c.bytes_per_step;
       n_params = grad_bytes / sizeof(float);
     }
@@ -113,24 +115,17 @@ int main(int argc, char** argv) {
                  P, P == 1 ? "" : "s", a.threads, a.threads == 1 ? "" : "s", a.batch,
                  P == 1 ? fmt::format("{}", a.batch) : fmt::format("{}-{}", a.batch / P, (a.batch + P - 1) / P), a.steps,
                  a.warmup, n_params, grad_bytes, ring);
-      fmt::print("{:<14} {:>7} {:>9} {:>9} {:>12} {:>9} {:>7}\n", "mode", "buckets", "img/s", "step ms", "backward ms",
-                 "wait ms", "wait %");
+      fmt::print("{:<14} {:>7} {:>9} {:>9} {:>12} {:>9} {:>7} {:>8}\n", "mode", "buckets", "img/s", "step ms",
+                 "backward ms", "wait ms", "wait %", "hidden");
       for (const Row& r : rows)
-        fmt::print("{:<14} {:>7} {:>9.0f} {:>9.2f} {:>12.2f} {:>9.3f} {:>6.1f}%\n", r.mode, r.buckets, r.img_s, r.step_ms,
-                   r.backward_ms, r.wait_ms, 100.0 * r.wait_ms / r.step_ms);
+        fmt::print("{:<14} {:>7} {:>9.0f} {:>9.2f} {:>12.2f} {:>9.3f} {:>6.1f}% {:>7.1f}%\n", r.mode, r.buckets, r.img_s,
+                   r.step_ms, r.backward_ms, r.wait_ms, 100.0 * r.wait_ms / r.step_ms, 100.0 * r.hidden);
       fmt::print("allreduce of the {} B alone (median of 40, slowest rank): {:.3f} ms\n", grad_bytes, allreduce_ms);
-      // Hidden share: how much of the blocking mode's wait the buckets removed, in units of
-      // the allreduce's own cost (clamped to [0, 1]; noisy when waits are dominated by
-      // load imbalance between ranks).
-      const double blocking_wait = rows.back().wait_ms;
       for (const Row& r : rows) {
-        const double hidden = P > 1 && allreduce_ms > 0
-                                  ? std::clamp((blocking_wait - r.wait_ms) / allreduce_ms, 0.0, 1.0)
-                                  : 0.0;
         fmt::print("RESULT ranks={} threads={} batch={} mode={} buckets={} img_s={:.1f} step_ms={:.3f} backward_ms={:.3f} "
-                   "wait_ms={:.4f} allreduce_ms={:.4f} hidden={:.2f} bytes={}\n",
+                   "wait_ms={:.4f} allreduce_ms={:.4f} hidden={:.3f} bytes={}\n",
                    P, a.threads, a.batch, r.mode, r.buckets, r.img_s, r.step_ms, r.backward_ms, r.wait_ms, allreduce_ms,
-                   hidden, grad_bytes);
+                   r.hidden, grad_bytes);
       }
     }
   } catch (const std::exception& e) {

@@ -9,6 +9,10 @@ bin=$1
 shift
 root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
+# A rank waiting for the other yields its core instead of spinning (Open MPI spins unless
+# it sees more ranks than cores): on a machine shared with other work, spinning takes the
+# core the slower rank needs. Set OMPI_MCA_mpi_yield_when_idle=0 to measure spinning.
+export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
 mpirun=(mpirun "${root[@]}" --oversubscribe --bind-to none)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

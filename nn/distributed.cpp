@@ -374,6 +374,14 @@ void DataParallel<T>::poll() {
 template <class T>
 std::array<double, 3> DataParallel<T>::end_step() {
   if (!in_step_) throw std::logic_error("DataParallel::end_step: no step was begun (begin_step)");
+  // The overlap achieved: buckets whose reduction is already complete now, as backward
+  // ends (MPI_Test of a request completed by an earlier poll finds it null: complete).
+  if (opt_.bucket_bytes > 0)
+    for (std::size_t b = 0; b < next_launch_; ++b) {
+      int done = 0;
+      MPI_Test(&requests_[b], &done, MPI_STATUS_IGNORE);
+      if (done) stats_.hidden_bytes += (buckets_[b].end - buckets_[b].begin) * sizeof(T);
+    }
   for (std::size_t k = 0; k < params_.size(); ++k) pack(k);  // what backward did not reach
   const auto t0 = Clock::now();
   if (opt_.bucket_bytes == 0) {

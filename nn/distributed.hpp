@@ -111,6 +111,8 @@ struct CommStats {
   double backward_seconds = 0;      // in Tape::backward, hooks included (packing, launches, polls)
   double wait_seconds = 0;          // after backward, until the averaged gradients are there:
                                     // communication not hidden, plus waiting for slower ranks
+  std::size_t hidden_bytes = 0;     // gradient bytes whose reduction had completed when backward
+                                    // ended (hidden behind it); 0 without buckets
 };
 
 template <class T>

@@ -164,6 +164,8 @@ TEST(DataParallel, TwoRanksMatchOneProcessFloat64WithAndWithoutBuckets) {
   EXPECT_EQ(single.buckets, 1u);
   EXPECT_EQ(bucketed.steps, 20u);
   EXPECT_EQ(bucketed.bytes_per_step, 1685u * sizeof(double));
+  EXPECT_LE(bucketed.hidden_bytes, 20 * bucketed.bytes_per_step);  // how much is timing: not asserted
+  EXPECT_EQ(single.hidden_bytes, 0u);
 }
 
 TEST(DataParallel, TwoRanksMatchOneProcessFloat32WithAndWithoutBuckets) {
