@@ -118,8 +118,9 @@ int main(int argc, char** argv) {
       fmt::print("{:<14} {:>7} {:>9} {:>9} {:>12} {:>9} {:>7} {:>8}\n", "mode", "buckets", "img/s", "step ms",
                  "backward ms", "wait ms", "wait %", "hidden");
       for (const Row& r : rows)
-        fmt::print("{:<14} {:>7} {:>9.0f} {:>9.2f} {:>12.2f} {:>9.3f} {:>6.1f}% {:>7.1f}%\n", r.mode, r.buckets, r.img_s,
-                   r.step_ms, r.backward_ms, r.wait_ms, 100.0 * r.wait_ms / r.step_ms, 100.0 * r.hidden);
+        fmt::print("{:<14} {:>7} {:>9.0f} {:>9.2f} {:>12.2f} {:>9.3f} {:>6.1f}% {:>8}\n", r.mode, r.buckets, r.img_s,
+                   r.step_ms, r.backward_ms, r.wait_ms, 100.0 * r.wait_ms / r.step_ms,
+                   P > 1 ? fmt::format("{:.1f}%", 100.0 * r.hidden) : "-");  // one rank: nothing to hide
       fmt::print("allreduce of the {} B alone (median of 40, slowest rank): {:.3f} ms\n", grad_bytes, allreduce_ms);
       for (const Row& r : rows) {
         fmt::print("RESULT ranks={} threads={} batch={} mode={} buckets={} img_s={:.1f} step_ms={:.3f} backward_ms={:.3f} "
