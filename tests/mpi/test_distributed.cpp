@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -196,6 +197,34 @@ TEST(DataParallel, AdamMatchesOneProcess) {
   const Schedule s{.batch = 64, .limit = 256, .epochs = 5, .opt = Opt::Adam};
   const auto want = train_one_process<float>(s);
   expect_close(train_data_parallel<float>(s, 1024), want, 1e-5, true, "adam");
+}
+
+// A NaN on one rank (its weights, so its loss) stops every rank at the same step, from
+// the reduced loss, before that step's update: no rank is left waiting in a collective.
+TEST(DataParallel, ANonFiniteLossOnOneRankStopsEveryRankBeforeTheUpdate) {
+  nn::Sequential<float> model = tiny_cnn<float>(7);
+  nn::Sgd<float> opt(model.parameters(), {.lr = 0.1});
+  nn::DataParallel<float> dp(model);
+  dp.broadcast_state(&opt);
+  if (dp.rank() == dp.size() - 1) model.parameters().back()->value(0) = std::numeric_limits<float>::quiet_NaN();
+  const auto before = values_of(model);
+  nn::BatchIterator it(train_set(), 32, true, 3, 128);
+  it.set_shard(static_cast<std::size_t>(dp.rank()), static_cast<std::size_t>(dp.size()));
+  ad::Tape<float> tape;
+  it.start_epoch(0);
+  try {
+    dp.train_epoch(opt, it, tape);
+    ADD_FAILURE() << "rank " << dp.rank() << " trained on";
+  } catch (const nn::NonFiniteLossError& e) {
+    EXPECT_EQ(e.step, 1u);
+    EXPECT_TRUE(std::isnan(e.loss));
+  }
+  const auto after = values_of(model);
+  for (std::size_t t = 0; t < after.size(); ++t)
+    for (std::size_t i = 0; i < after[t].size(); ++i)
+      if (!std::isnan(before[t].data()[i])) {
+        ASSERT_EQ(after[t].data()[i], before[t].data()[i]) << "tensor " << t << " moved";
+      }
 }
 
 TEST(DataParallel, EvaluationSplitAndCombinedIsTheWholeTestSet) {
