@@ -5,6 +5,8 @@
 #   ./run.sh train [train_cnn flags...]    train the 3-layer CNN on Fashion-MNIST
 #   ./run.sh train --model resnet [flags...]   train a small ResNet instead (examples/resnet_fmnist)
 #   ./run.sh bench [bench flags...]        benchmark against LibTorch (when installed)
+#   ./run.sh bench --mpi [bench_mpi flags] data-parallel training: 2 ranks x 1 thread against 1 x 1
+#   ./run.sh train-mpi P [train_cnn flags] train_cnn --distributed on P ranks of this machine (mpirun)
 #   ./run.sh test-asan [ctest flags...]    the tests under AddressSanitizer, LeakSanitizer and
 #                                          UndefinedBehaviorSanitizer (Debug, build/asan)
 #   ./run.sh test-tsan                     the OpenMP kernels under ThreadSanitizer (build/tsan)
@@ -22,6 +24,8 @@ cd "$(dirname "$0")"
 # What every build needs.
 BASE_PACKAGES=(build-essential cmake xtensor-dev libxtensor-blas-dev libopenblas-dev libfmt-dev
                libgtest-dev libcli11-dev zlib1g-dev graphviz gdb nlohmann-json3-dev pkg-config git)
+# MPI for nn/distributed (AD_WITH_MPI): the test suite, train-mpi and bench --mpi.
+MPI_PACKAGES=(libopenmpi-dev openmpi-bin)
 
 ensure_packages() {
   local missing=() p
@@ -63,7 +67,10 @@ build() {
   local dir=$1 type=$2 t targets=()
   shift 2
   for t in "$@"; do targets+=(--target "$t"); done
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" -DAD_NATIVE=ON >/dev/null
+  # nn/distributed and its tests whenever MPI is installed (./run.sh test installs it).
+  local mpi=OFF
+  dpkg-query -W -f='${Status}' libopenmpi-dev 2>/dev/null | grep -q "install ok installed" && mpi=ON
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" -DAD_NATIVE=ON -DAD_WITH_MPI="$mpi" >/dev/null
   cmake --build "$dir" -j2 "${targets[@]}"
 }
 
@@ -71,7 +78,7 @@ cmd=${1:-help}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   test)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${MPI_PACKAGES[@]}"
     build build/release Release
     ctest --test-dir build/release --output-on-failure -j2 "$@"
     ;;
@@ -101,7 +108,31 @@ case "$cmd" in
     build build/release Release "$program" >/dev/null
     exec "build/release/examples/$program" ${args[@]+"${args[@]}"}
     ;;
+  train-mpi)
+    ranks=${1:-}
+    if ! [[ $ranks =~ ^[1-9][0-9]*$ ]]; then
+      echo "run.sh train-mpi: the number of ranks must be a positive whole number, not '$ranks' (./run.sh train-mpi 2 [flags])" >&2
+      exit 2
+    fi
+    shift
+    ensure_packages "${BASE_PACKAGES[@]}" "${MPI_PACKAGES[@]}" dataset-fashion-mnist
+    echo "run.sh: building examples/train_cnn (with MPI) in build/release" >&2
+    build build/release Release train_cnn >/dev/null
+    # One machine: --oversubscribe allows more ranks than cores; root (a container)
+    # needs Open MPI's consent. Across machines, run mpirun yourself (README).
+    root=()
+    [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
+    exec mpirun "${root[@]}" --oversubscribe -np "$ranks" build/release/examples/train_cnn --distributed "$@"
+    ;;
   bench)
+    if [ "${1:-}" = --mpi ]; then
+      shift
+      # Data-parallel ref-CNN training (bench/bench_mpi.sh; bench/README.md, "Data-parallel").
+      ensure_packages "${BASE_PACKAGES[@]}" "${MPI_PACKAGES[@]}" dataset-fashion-mnist
+      echo "run.sh: building bench_mpi in build/release" >&2
+      build build/release Release bench_mpi >/dev/null
+      exec bench/bench_mpi.sh build/release/bench/bench_mpi "$@"
+    fi
     # LibTorch and Google Benchmark are used here only; the library and tests never link them.
     ensure_packages "${BASE_PACKAGES[@]}" dataset-fashion-mnist libtorch-dev libbenchmark-dev
     echo "run.sh: building bench/ in build/bench (Release, with LibTorch: the first build takes a few minutes)" >&2

@@ -17,7 +17,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <span>
+#include <thread>
 
 #include "train_flags.hpp"
 #include "nn/checkpoint.hpp"
@@ -28,6 +30,9 @@
 #include "nn/progress.hpp"
 #include "nn/train.hpp"
 #include "nn/weights.hpp"
+#ifdef AD_WITH_MPI
+#include "nn/distributed.hpp"
+#endif
 
 namespace {
 
@@ -55,12 +60,41 @@ struct Options {
   double max_memory_mb = 0;  // 0: 80% of the memory available
   // --import / --export: weights in PyTorch's state_dict names and layouts (nn/weights.hpp).
   std::string import_weights, export_weights;
+  // --distributed: one rank of an MPI job (README, "Distributed training").
+  bool distributed = false;
+  std::size_t bucket_kb = 1024;
 };
+
+// An error every rank of a --distributed job meets at the same point (from a reduced
+// loss): rank 0 reports it and every rank ends normally, with exit 1.
+struct AllRanksError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// This process's place in the job: rank 0 of 1 unless --distributed. Only rank 0
+// prints, checks and writes files (--save, --curve, --export).
+struct Job {
+  int rank = 0, size = 1, on_this_machine = 1;
+  bool lead() const { return rank == 0; }
+};
+
+Job this_job(const Options& o) {
+  Job j;
+#ifdef AD_WITH_MPI
+  if (o.distributed) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &j.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &j.size);
+    j.on_this_machine = nn::ranks_on_this_machine();
+  }
+#endif
+  return j;
+}
 
 // The program's output. Writing it never throws and never kills the process: SIGPIPE
 // is ignored, a failed write is remembered, and finish_output() reports it at the end
 // (exit 1), after the training and its checkpoints, which do not depend on stdout.
 int g_stdout_errno = 0;
+bool g_quiet = false;  // a rank other than 0: prints nothing on stdout
 
 void flush_out() {
   if (std::fflush(stdout) != 0 && g_stdout_errno == 0) g_stdout_errno = errno ? errno : EIO;
@@ -68,6 +102,7 @@ void flush_out() {
 
 template <class... Args>
 void out(fmt::format_string<Args...> f, Args&&... args) {
+  if (g_quiet) return;
   const std::string s = fmt::format(f, std::forward<Args>(args)...);
   if (std::fwrite(s.data(), 1, s.size(), stdout) != s.size() && g_stdout_errno == 0) g_stdout_errno = errno ? errno : EIO;
 }
@@ -91,10 +126,16 @@ void check_export(const std::string& path) {
 }
 
 int run(const Options& o) {
-  check_writable("--save", o.save);
-  check_writable("--curve", o.curve);
-  check_export(o.export_weights);
-  ad::set_num_threads(o.threads);
+  const Job job = this_job(o);
+  g_quiet = !job.lead();
+  if (job.lead()) {
+    check_writable("--save", o.save);
+    check_writable("--curve", o.curve);
+    check_export(o.export_weights);
+  }
+  // Ranks on one machine share its cores: by default each takes its share.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  ad::set_num_threads(o.threads == 0 && job.on_this_machine > 1 ? std::max(1, cores / job.on_this_machine) : o.threads);
 
   // Everything that decides the run's memory comes from the IDX headers, the flags and
   // the model's shapes: a run too big for this machine is refused before the data, the
@@ -122,8 +163,10 @@ int run(const Options& o) {
   // The tape of one step (the same tape evaluates the test set in batches of
   // kEvalBatch, so whichever is larger), plus each parameter's value, gradient and up
   // to two optimizer buffers (Adam), plus the data set itself.
+  // A rank trains on its shard of the global batch: at most ceil(batch / ranks) images.
+  const std::size_t rank_batch = (o.batch + static_cast<std::size_t>(job.size) - 1) / static_cast<std::size_t>(job.size);
   const std::size_t step_batch =
-      std::min<std::size_t>(o.batch, o.limit ? std::min(o.limit, train_shape.count) : train_shape.count);
+      std::min<std::size_t>(rank_batch, o.limit ? std::min(o.limit, train_shape.count) : train_shape.count);
   const std::size_t tape_batch = std::max(step_batch, std::min(kEvalBatch, test_shape.count));
   const std::size_t data_bytes = (train_shape.count + test_shape.count) * (train_shape.rows * train_shape.cols + 1);
   nn::check_memory(footprint.step_bytes_per_example * tape_batch + 4 * footprint.parameters * sizeof(float) + data_bytes,
@@ -156,23 +199,56 @@ int run(const Options& o) {
   nn::scheduled_lr(schedule, lr, 0, o.epochs);  // rejects an unknown name before any work
   out("model: {} ({} parameters); optimizer {} lr {:g} ({} schedule), batch {}, {} threads, seed {}\n", cfg.tag(),
       n_params, o.optimizer, lr, schedule, o.batch, ad::num_threads(), o.seed);
+#ifdef AD_WITH_MPI
+  // Every rank must train the same model the same way: refused otherwise (exit 2).
+  std::optional<nn::DataParallel<float>> dp;
+  if (o.distributed) {
+    dp.emplace(model, MPI_COMM_WORLD, nn::DataParallelOptions{.bucket_bytes = o.bucket_kb * 1024});
+    dp->check_same_config({{"model", cfg.tag()}, {"batch", std::to_string(o.batch)}, {"epochs", std::to_string(o.epochs)},
+                           {"optimizer", o.optimizer}, {"lr", fmt::format("{:g}", lr)}, {"schedule", schedule},
+                           {"weight decay", fmt::format("{:g}", o.weight_decay)}, {"seed", std::to_string(o.seed)},
+                           {"limit", std::to_string(o.limit)},
+                           {"training images", fmt::format("{} of {}x{}", train.count, train.rows, train.cols)},
+                           {"test images", std::to_string(test.count)},
+                           {"--load", o.load.empty() ? "no" : "yes"}, {"--import", o.import_weights.empty() ? "no" : "yes"}});
+    const std::size_t lo = o.batch / static_cast<std::size_t>(job.size);
+    out("data-parallel: {} ranks, each on {} of every batch of {}{}; gradients averaged in {} bucket{} of up to {} KB "
+        "({} KB a step)\n",
+        job.size, lo == rank_batch ? std::to_string(lo) : fmt::format("{} or {} images", lo, rank_batch), o.batch,
+        lo == 0 ? " (some ranks get no image in a step and contribute zero gradients)" : "", dp->stats().buckets,
+        dp->stats().buckets == 1 ? "" : "s", o.bucket_kb, dp->stats().bytes_per_step / 1024);
+  }
+#endif
   flush_out();
 
   // Weights from PyTorch (or an earlier --export): every name and shape must match the
   // model, whose tag a file we wrote must also carry; otherwise nothing changes.
-  if (!o.import_weights.empty()) {
+  if (!o.import_weights.empty() && job.lead()) {  // --distributed: rank 0 reads, broadcast below
     nn::load_weights(o.import_weights, model, {.model_tag = cfg.tag()});
     out("imported weights from {} (PyTorch's state_dict layout)\n", o.import_weights);
   }
 
+  ad::Tape<float> tape;
   int start = 0;
-  if (!o.load.empty()) {
+  if (!o.load.empty() && job.lead()) {
     start = nn::load_model(o.load, model, *opt, cfg.tag());
     out("loaded {}: {} epochs done\n", o.load, start);
   }
+#ifdef AD_WITH_MPI
+  // Rank 0's weights, optimizer state and epochs done (its own start or the file it
+  // loaded) on every rank.
+  if (dp) {
+    start = dp->broadcast(start);
+    dp->broadcast_state(opt.get());
+  }
+  const nn::Dataset test_shard = dp ? nn::shard_of(test, job.rank, job.size) : nn::Dataset{};
+  const auto evaluate_test = [&] { return dp ? dp->evaluate(test_shard, kEvalBatch, tape) : nn::evaluate(model, test, kEvalBatch, tape); };
+#else
+  const auto evaluate_test = [&] { return nn::evaluate(model, test, kEvalBatch, tape); };
+#endif
 
   nn::BatchIterator batches(train, o.batch, /*shuffle=*/true, o.seed, o.limit);
-  ad::Tape<float> tape;
+  batches.set_shard(static_cast<std::size_t>(job.rank), static_cast<std::size_t>(job.size));
   nn::TrainingCurve curve;
   nn::EpochStats last_test;
   bool evaluated = false;
@@ -181,26 +257,43 @@ int run(const Options& o) {
     nn::ProgressBar progress(e + 1, o.epochs, batches.size());
     const auto lr_at = [&](double frac) { return nn::scheduled_lr(schedule, lr, e + frac, o.epochs); };
     nn::EpochStats tr;
+    const nn::ProgressFn shown = job.lead() ? curve.recorder(e, batches.size(), std::ref(progress)) : nn::ProgressFn{};
     try {
-      tr = nn::train_epoch(model, *opt, batches, tape, curve.recorder(e, batches.size(), std::ref(progress)), lr_at);
+#ifdef AD_WITH_MPI
+      if (dp)
+        tr = dp->train_epoch(*opt, batches, tape, shown, lr_at);
+      else
+#endif
+        tr = nn::train_epoch(model, *opt, batches, tape, shown, lr_at);
     } catch (const nn::NonFiniteLossError& d) {
       flush_out();
-      throw std::runtime_error(fmt::format(
+      // --distributed: every rank stops at the same step (the reduced loss).
+      throw AllRanksError(fmt::format(
           "training stopped in epoch {}: {}.{} Try a lower --lr.", e + 1, d.what(),
           o.save.empty() ? std::string()
           : e > start   ? fmt::format(" {} holds epoch {}, the last one with a finite loss.", o.save, e)
                         : fmt::format(" {} was left as it was.", o.save)));
     }
-    last_test = nn::evaluate(model, test, kEvalBatch, tape);
+    last_test = evaluate_test();
     evaluated = true;
     curve.add_epoch({e + 1, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy});
     out("epoch {}/{}: train loss {:.4f} acc {:.4f} | test loss {:.4f} acc {:.4f} | {:.1f} s, {:.0f} img/s\n", e + 1,
         o.epochs, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy, tr.seconds,
         static_cast<double>(tr.images) / tr.seconds);
+#ifdef AD_WITH_MPI
+    if (dp) {
+      dp->check_in_sync();  // every rank holds the same weights (a hash of them)
+      const nn::CommStats& c = dp->stats();
+      out("  rank 0: waiting for the averaged gradients {:.1f}% of the step time ({:.2f} ms a step), backward {:.2f} ms\n",
+          100.0 * c.wait_seconds / c.step_seconds, 1e3 * c.wait_seconds / static_cast<double>(c.steps),
+          1e3 * c.backward_seconds / static_cast<double>(c.steps));
+      dp->reset_stats();
+    }
+#endif
     flush_out();
-    if (!o.save.empty()) nn::save_model(o.save, model, *opt, e + 1, cfg.tag());
+    if (!o.save.empty() && job.lead()) nn::save_model(o.save, model, *opt, e + 1, cfg.tag());
   }
-  if (!o.curve.empty() && !curve.epochs().empty()) {
+  if (!o.curve.empty() && !curve.epochs().empty() && job.lead()) {
     curve.write_svg(o.curve, {fmt::format("train_cnn: {}, {} parameters, {} training images{}", cfg.tag(), n_params,
                                           batches.size(), o.load.empty() ? "" : ", resumed from " + o.load),
                               fmt::format("optimizer {} lr {:g} ({} schedule), weight decay {:g}, batch {}, {} epochs, "
@@ -210,8 +303,8 @@ int run(const Options& o) {
                     "--curve");
     out("training curve: {}\n", o.curve);
   }
-  if (!evaluated) last_test = nn::evaluate(model, test, kEvalBatch, tape);
-  if (!o.export_weights.empty()) {
+  if (!evaluated) last_test = evaluate_test();
+  if (!o.export_weights.empty() && job.lead()) {
     nn::save_weights(o.export_weights, model, {.model_tag = cfg.tag()});
     out("exported weights to {} (PyTorch's state_dict layout)\n", o.export_weights);
   }
@@ -295,6 +388,13 @@ int main(int argc, char** argv) {
       ->excludes("--load");
   app.add_option("--export", o.export_weights,
                  "after training, write the weights: FILE.safetensors, or else a directory of .npy files");
+  app.add_flag("--distributed", o.distributed,
+               "one rank of an MPI job (mpirun -np P train_cnn --distributed ...): --batch is the global batch, split "
+               "across the ranks; rank 0 prints and writes the files");
+  app.add_option("--bucket-kb", o.bucket_kb,
+                 "--distributed: gradients reduced in buckets of about this many KB while backward runs (0: one "
+                 "blocking allreduce after backward)")
+      ->capture_default_str()->transform(whole_in(0, 1 << 20));
   install_signal_handlers();
   // A closed stdout (train_cnn >&-) would lose the results, and the next file opened
   // would take descriptor 1 and receive them: refuse before opening anything.
@@ -310,10 +410,33 @@ int main(int argc, char** argv) {
     app.exit(e);  // prints the message naming the flag
     return 2;
   }
+#ifdef AD_WITH_MPI
+  std::optional<nn::MpiEnvironment> mpi;  // MPI_Finalize when main returns
+  if (o.distributed) mpi.emplace(argc, argv);
+#else
+  if (o.distributed) {
+    fmt::print(stderr, "train_cnn: --distributed: this train_cnn was built without MPI; configure with -DAD_WITH_MPI=ON "
+                       "(./run.sh train-mpi does)\n");
+    return 2;
+  }
+#endif
   try {
     return run(o);
   } catch (const std::exception& e) {
     flush_out();
+#ifdef AD_WITH_MPI
+    if (mpi) {
+      // Met by every rank alike (a refused configuration, a diverged loss): rank 0 says
+      // it once and all end normally. Anything else happened on this rank only: it is
+      // named and the whole job ends (MPI_Abort), rather than leave the others waiting.
+      const auto* collective = dynamic_cast<const nn::CollectiveError*>(&e);
+      if (collective || dynamic_cast<const AllRanksError*>(&e)) {
+        if (mpi->rank() == 0) fmt::print(stderr, "\ntrain_cnn: error: {}\n", e.what());
+        return collective ? collective->exit_code : 1;
+      }
+      nn::abort_job("train_cnn", e.what(), 1);
+    }
+#endif
     fmt::print(stderr, "\ntrain_cnn: error: {}\n", e.what());
     return 1;
   }

@@ -195,6 +195,13 @@ void BatchIterator::set_augmentation(const Augmentation& a) {
   augment_ = a;
 }
 
+void BatchIterator::set_shard(std::size_t rank, std::size_t ranks) {
+  if (rank >= ranks)
+    throw std::invalid_argument(fmt::format("BatchIterator: shard {} of {}: the rank must be below the number of ranks", rank, ranks));
+  shard_rank_ = rank;
+  shard_count_ = ranks;
+}
+
 std::size_t BatchIterator::num_batches() const {
   return (order_.size() + batch_size_ - 1) / batch_size_;
 }
@@ -202,7 +209,11 @@ std::size_t BatchIterator::num_batches() const {
 template <class T>
 bool BatchIterator::next(xt::xarray<T>& images, std::vector<int>& labels) {
   if (pos_ >= order_.size()) return false;
-  const std::size_t b = std::min(batch_size_, order_.size() - pos_);
+  const std::size_t full = std::min(batch_size_, order_.size() - pos_);
+  // This rank's rows [first, first + b) of the batch (all of it when not sharded).
+  const std::size_t first = shard_rank_ * full / shard_count_;
+  const std::size_t b = (shard_rank_ + 1) * full / shard_count_ - first;
+  last_batch_ = full;
   const std::size_t rows = data_->rows, cols = data_->cols, pixels = rows * cols;
 
   const auto& shape = images.shape();
@@ -216,7 +227,8 @@ bool BatchIterator::next(xt::xarray<T>& images, std::vector<int>& labels) {
   T* dst = images.data();
   const std::uint8_t* bytes = data_->images.data();
   for (std::size_t i = 0; i < b; ++i) {
-    const std::size_t example = order_[pos_ + i];
+    const std::size_t at = pos_ + first + i;  // position in the epoch's order
+    const std::size_t example = order_[at];
     const std::uint8_t* src = bytes + example * pixels;
     T* out = dst + i * pixels;
     labels[i] = data_->labels[example];
@@ -226,7 +238,7 @@ bool BatchIterator::next(xt::xarray<T>& images, std::vector<int>& labels) {
     }
     // out[r, c] = in[r + dy, flip(c) + dx] / 255, 0 outside the image; (dy, dx, flip)
     // drawn from (seed, epoch, position in the epoch).
-    std::mt19937_64 rng(splitmix64(seed_ ^ splitmix64(epoch_ ^ splitmix64(pos_ + i))));
+    std::mt19937_64 rng(splitmix64(seed_ ^ splitmix64(epoch_ ^ splitmix64(at))));
     const auto span = static_cast<std::uint64_t>(2 * augment_.max_shift + 1);
     const auto dy = static_cast<std::ptrdiff_t>(uniform_below(rng, span)) - augment_.max_shift;
     const auto dx = static_cast<std::ptrdiff_t>(uniform_below(rng, span)) - augment_.max_shift;
@@ -238,7 +250,7 @@ bool BatchIterator::next(xt::xarray<T>& images, std::vector<int>& labels) {
         out[r * C + c] = sr >= 0 && sr < R && sc >= 0 && sc < C ? static_cast<T>(src[sr * C + sc]) / static_cast<T>(255) : T(0);
       }
   }
-  pos_ += b;
+  pos_ += full;
   return true;
 }
 

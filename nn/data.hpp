@@ -92,6 +92,18 @@ class BatchIterator {
   // evaluation unaugmented). Throws std::invalid_argument for a negative shift.
   void set_augmentation(const Augmentation& a);
 
+  // Data-parallel training (nn/distributed.hpp): from now on next() returns only shard
+  // `rank` of `ranks` of each batch, its rows [rank*B/ranks, (rank+1)*B/ranks) (sizes
+  // differ by at most one; B = the batch's full size), with the same images,
+  // augmentation included, as those rows of the unsharded batch. The shards of every
+  // rank together are exactly the batches of one process, so each rank reads a
+  // disjoint part of the same seeded order. A shard may be empty (B < ranks): next()
+  // then returns true with images (0, 1, rows, cols). Throws std::invalid_argument
+  // unless rank < ranks.
+  void set_shard(std::size_t rank, std::size_t ranks);
+  // The full size B of the batch the last next() returned (its shard, when sharded).
+  std::size_t last_batch_size() const { return last_batch_; }
+
   // Batches per epoch: ceil(size() / batch_size).
   std::size_t num_batches() const;
   // Examples per epoch: min(limit, count), or count when limit is 0.
@@ -106,6 +118,7 @@ class BatchIterator {
   std::size_t pos_ = 0;
   std::uint64_t epoch_ = 0;
   Augmentation augment_;
+  std::size_t shard_rank_ = 0, shard_count_ = 1, last_batch_ = 0;
 };
 
 extern template bool BatchIterator::next<float>(xt::xarray<float>&, std::vector<int>&);

@@ -620,6 +620,49 @@ TEST(BatchIterator, ShuffleOrderIsPinnedAcrossPlatforms) {
   EXPECT_EQ(epoch_order(it, 1), (std::vector<std::size_t>{5, 4, 1, 3, 0, 2, 7, 8, 6, 9}));
 }
 
+// Data-parallel shards (nn/distributed): rank r of P gets rows [r*B/P, (r+1)*B/P) of
+// each batch, augmentation included, so the shards of all ranks, step by step, are the
+// unsharded batches; every rank sees every step (an empty shard when B < P).
+TEST(BatchIterator, ShardsOfEveryRankTogetherAreTheUnshardedBatches) {
+  const nn::Dataset d = make_dataset(23, 4, 4);
+  for (const std::size_t ranks : {2u, 3u, 5u}) {
+    nn::BatchIterator whole(d, 7, true, 11);  // batches of 7, 7, 7, 2
+    whole.set_augmentation({.max_shift = 1, .horizontal_flip = true});
+    std::vector<nn::BatchIterator> shards;
+    for (std::size_t r = 0; r < ranks; ++r) {
+      shards.emplace_back(d, 7, true, 11);
+      shards.back().set_augmentation({.max_shift = 1, .horizontal_flip = true});
+      shards.back().set_shard(r, ranks);
+      shards.back().start_epoch(2);
+    }
+    whole.start_epoch(2);
+    xt::xarray<float> want, got;
+    std::vector<int> want_labels, got_labels;
+    std::size_t steps = 0;
+    while (whole.next(want, want_labels)) {
+      ++steps;
+      std::size_t row = 0;
+      for (std::size_t r = 0; r < ranks; ++r) {
+        ASSERT_TRUE(shards[r].next(got, got_labels)) << "rank " << r << " of " << ranks << " ended early";
+        EXPECT_EQ(shards[r].last_batch_size(), want_labels.size());
+        const std::size_t b = want_labels.size(), lo = r * b / ranks, hi = (r + 1) * b / ranks;
+        ASSERT_EQ(got_labels.size(), hi - lo) << "rank " << r << " of " << ranks << ", batch of " << b;
+        ASSERT_EQ(got.shape()[0], hi - lo);
+        for (std::size_t i = 0; i < hi - lo; ++i, ++row) {
+          EXPECT_EQ(got_labels[i], want_labels[row]) << "rank " << r << " row " << i;
+          for (std::size_t k = 0; k < 16; ++k)
+            ASSERT_EQ(got.data()[i * 16 + k], want.data()[row * 16 + k]) << "rank " << r << " row " << i << " pixel " << k;
+        }
+      }
+      EXPECT_EQ(row, want_labels.size());
+    }
+    EXPECT_EQ(steps, 4u);
+    for (std::size_t r = 0; r < ranks; ++r) EXPECT_FALSE(shards[r].next(got, got_labels)) << "rank " << r;
+  }
+  nn::BatchIterator it(d, 7, true, 11);
+  EXPECT_THROW(it.set_shard(2, 2), std::invalid_argument);
+}
+
 TEST(BatchIterator, WithoutShuffleKeepsFileOrder) {
   const nn::Dataset d = make_dataset(25);
   nn::BatchIterator it(d, 4, false, 5);
