@@ -187,18 +187,19 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
   }
 
   // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
-  // partials are added in thread order afterwards, so the result does not depend on
-  // timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C_in) for
+  // partials are added in thread order at the end of the same parallel region, so the
+  // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C_in) for
   // a 1x1 kernel; dJ/db partials have Opad entries.
   const std::size_t kpart = one ? g.O * CKK : CKK * pl.Opad;
   const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();
   T* partial = scratch<T>(static_cast<std::size_t>(nt) * part, 3);
-  std::fill(partial, partial + static_cast<std::size_t>(nt) * part, T(0));
 #pragma omp parallel num_threads(nt) if (worth_threads(g))
   {
+    const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
     T* gk = partial + static_cast<std::size_t>(omp_get_thread_num()) * part;
     T* gb = gk + kpart;
+    std::fill(gk, gk + part, T(0));  // each thread its own partials
 #pragma omp for schedule(static)
     for (std::size_t n = 0; n < g.N; ++n) {
       const T* xn = x.data() + n * g.C * HW;
@@ -237,19 +238,22 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         }
       }
     }
-  }
-  for (int t = 0; t < nt; ++t) {
-    const T* gk = partial + static_cast<std::size_t>(t) * part;
-    if (grad_k) {
-      T* dst = grad_k->data();
-      if (one)
-        for (std::size_t i = 0; i < g.O * CKK; ++i) dst[i] += gk[i];
-      else
-        for (std::size_t o = 0; o < g.O; ++o)
-          for (std::size_t tap = 0; tap < CKK; ++tap) dst[o * CKK + tap] += gk[tap * pl.Opad + o];
-    }
-    if (grad_b)
-      for (std::size_t o = 0; o < g.O; ++o) grad_b->data()[o] += gk[kpart + o];
+    // The partials summed in thread order (deterministic for a given thread count),
+    // each thread for its share of the output channels (after the loop's barrier).
+    // dK is (C_out, C_in, KH, KW); the direct path's partials are (C*KH*KW, Opad).
+#pragma omp for schedule(static)
+    for (std::size_t o = 0; o < g.O; ++o)
+      for (std::size_t t = 0; t < team; ++t) {
+        const T* pk = partial + t * part;
+        if (grad_k) {
+          T* dst = grad_k->data() + o * CKK;
+          if (one)
+            for (std::size_t i = 0; i < CKK; ++i) dst[i] += pk[o * CKK + i];
+          else
+            for (std::size_t tap = 0; tap < CKK; ++tap) dst[tap] += pk[tap * pl.Opad + o];
+        }
+        if (grad_b) grad_b->data()[o] += pk[kpart + o];
+      }
   }
 }
 
