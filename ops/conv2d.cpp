@@ -31,7 +31,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -68,7 +71,7 @@ ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Attrs& a) {
 // A growing per-thread scratch buffer, kept across calls (no malloc churn per step).
 template <class T>
 T* scratch(std::size_t n, int which) {
-  thread_local std::vector<T> buf[5];
+  thread_local std::vector<T> buf[7];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which].data();
 }
@@ -78,6 +81,48 @@ T* scratch(std::size_t n, int which) {
 inline bool worth_threads(const ConvGeom& g) { return g.N > 1 && g.N * g.O * g.p() * g.ckk() >= (1u << 18); }
 
 using conv::DirectPlan;
+using conv::WinogradPlan;
+
+// Winograd F(2x2, 5x5) (ops/conv2d_direct.hpp) replaces the direct convolution for a 5x5
+// kernel at stride 1 with kWinogradMinC..kWinogradMaxC input channels (the channels its
+// 36 small GEMMs sum over), in float only: the double path stays the direct sum, exact
+// to rounding. Below 4 input channels (conv1 of ref-CNN: 1) the transforms cost more
+// than they save. Its float error grows with the channels summed: against double, on
+// inputs and kernels uniform in [-1, 1] at ref-CNN's shapes (12 seeds), the worst element
+// used 0.75 of the float path's tolerance (1e-4 absolute + 1e-4 relative) at 32
+// channels and 0.46 at 16, where the direct sum uses 0.06-0.16; at 64 it reaches the
+// limit, so wider layers stay direct.
+constexpr std::size_t kWinogradMinC = 4, kWinogradMaxC = 32;
+std::atomic<int> g_winograd{-1};  // -1: not read yet from AD_WINOGRAD
+
+bool winograd_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW, std::size_t sh,
+                  std::size_t sw) {
+  return conv2d_winograd() && kn.wino_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C >= kWinogradMinC &&
+         C <= kWinogradMaxC;
+}
+template <class T>
+bool winograd_for(const conv::Kernels<T>&, std::size_t, std::size_t, std::size_t, std::size_t, std::size_t) {
+  return false;
+}
+
+WinogradPlan winograd_plan(const conv::Kernels<float>& kn, std::size_t C, std::size_t H, std::size_t W,
+                           std::size_t O, std::size_t ph, std::size_t pw) {
+  const std::size_t chan = kn.chan_block(O);
+  return WinogradPlan(C, H, W, O, ph, pw, kn.lanes, chan, kn.wino_block(chan));
+}
+
+// U for the 5x5 kernels k (O, C, 5, 5) (ops/conv2d_simd.inc), zero in the padding
+// channels: call from every thread of a team (an omp for over the output channels).
+void winograd_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan& pl, const float* k, float* U) {
+#pragma omp for schedule(static)
+  for (std::size_t o = 0; o < pl.Opad; ++o) {
+    if (o < pl.O) {
+      kn.wino_kernel(k, pl.C, pl.Opad, o, o + 1, U);
+    } else {
+      for (std::size_t i = 0; i < 36 * pl.C; ++i) U[i * pl.Opad + o] = 0.0f;
+    }
+  }
+}
 
 DirectPlan direct_plan(const ConvGeom& g, std::size_t chan) {
   return DirectPlan(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, chan);
@@ -104,6 +149,18 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
 }
 
 }  // namespace
+
+bool conv2d_winograd() {
+  int v = g_winograd.load(std::memory_order_acquire);
+  if (v < 0) {
+    const char* env = std::getenv("AD_WINOGRAD");
+    v = env && std::string(env) == "0" ? 0 : 1;
+    g_winograd.store(v, std::memory_order_release);
+  }
+  return v != 0;
+}
+
+void set_conv2d_winograd(bool on) { g_winograd.store(on ? 1 : 0, std::memory_order_release); }
 
 Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Attrs& a) {
   const char* op = "conv2d";
@@ -142,6 +199,22 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
     return;
   }
   const conv::Kernels<T>& kn = conv::kernels<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {
+      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw);
+      float* U = scratch<float>(36 * g.C * pl.Opad, 4);
+#pragma omp parallel if (worth_threads(g))
+      {
+        winograd_kernels_in_team(kn, pl, kp, U);
+#pragma omp for schedule(static)
+        for (std::size_t n = 0; n < g.N; ++n)
+          kn.wino_image(pl, x.data() + n * g.C * g.H * g.W, U, bp, false, y.data() + n * g.O * P,
+                        scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5),
+                        scratch<float>(P * pl.Opad, 1));
+      }
+      return;
+    }
+  }
   const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
   // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
@@ -173,7 +246,18 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
   const bool dx_direct = grad_x && !one && g.sh == 1 && g.sw == 1 && g.ph < g.KH && g.pw < g.KW;
   std::optional<DirectPlan> plx;
   T* wflip = nullptr;
-  if (dx_direct) {
+  // ... by Winograd where it applies: the flipped kernel kflip[c, o, p, q] = k[o, c, KH-1-p, KW-1-q]
+  // (C_in, C_out, 5, 5), transformed in the parallel region below.
+  std::optional<WinogradPlan> plw;
+  T* kflip = nullptr;
+  if (dx_direct && winograd_for(kn, g.O, g.KH, g.KW, 1, 1)) {
+    if constexpr (std::is_same_v<T, float>) plw.emplace(winograd_plan(kn, g.O, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw));
+    kflip = scratch<T>(g.C * g.O * 25, 6);
+    for (std::size_t c = 0; c < g.C; ++c)
+      for (std::size_t o = 0; o < g.O; ++o)
+        for (std::size_t t = 0; t < 25; ++t) kflip[(c * g.O + o) * 25 + t] = kp[(o * g.C + c) * 25 + 24 - t];
+    wflip = scratch<T>(36 * g.O * plw->Opad, 4);  // U of kflip
+  } else if (dx_direct) {
     plx.emplace(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, kn.chan_block(g.C));
     // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q]
     wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);
@@ -200,6 +284,8 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
     T* gk = partial + static_cast<std::size_t>(omp_get_thread_num()) * part;
     T* gb = gk + kpart;
     std::fill(gk, gk + part, T(0));  // each thread its own partials
+    if constexpr (std::is_same_v<T, float>)
+      if (plw) winograd_kernels_in_team(kn, *plw, kflip, wflip);
 #pragma omp for schedule(static)
     for (std::size_t n = 0; n < g.N; ++n) {
       const T* xn = x.data() + n * g.C * HW;
@@ -226,6 +312,10 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         T* gxn = grad_x->data() + n * g.C * HW;
         if (one) {
           gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, T(1), gxn);
+        } else if (plw) {
+          if constexpr (std::is_same_v<T, float>)
+            kn.wino_image(*plw, gn, wflip, nullptr, true, gxn, scratch<float>(plw->grid_size(), 0),
+                          scratch<float>(plw->block_scratch(), 5), scratch<float>(HW * plw->Opad, 1));
         } else if (dx_direct) {
           T* gpad = scratch<T>(plx->padded_size(), 0);
           T* yt = scratch<T>(HW * plx->Opad, 1);

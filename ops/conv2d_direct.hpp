@@ -96,6 +96,40 @@ struct DirectPlan {
   std::size_t padded_size() const { return C * H * Wp; }
 };
 
+// Winograd F(2x2, 5x5) for a 5x5 kernel at stride 1 (float only; see ops/conv2d.cpp):
+// the output in 2x2 tiles, each from a 6x6 window of the zero-padded input,
+//   Y = A^T [ (G K G^T) (.) (B^T D B) ] A      ((.) elementwise, 36 products per
+// channel pair for 4 outputs instead of 100). Images are done in blocks of `block`
+// tiles: transform the block's input windows, 36 small GEMMs over the input channels,
+// transform back.
+struct WinogradPlan {
+  std::size_t C, H, W, O, ph, pw, OH, OW;
+  std::size_t TH, TW;  // tiles down and across: ceil(OH / 2), ceil(OW / 2)
+  std::size_t GH, GW;  // the padded input grid the tiles read: 2*TH + 4, 2*TW + 4
+  std::size_t Cpad;    // C rounded up to whole vectors (the grid is pixel-major, (GH, GW, Cpad))
+  std::size_t chan;    // output channels per register tile
+  std::size_t Opad;    // O rounded up to chan
+  std::size_t block;   // tiles per block (the register tile's pixel count)
+
+  WinogradPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t ph_, std::size_t pw_,
+               std::size_t lanes, std::size_t chan_, std::size_t block_)
+      : C(C_), H(H_), W(W_), O(O_), ph(ph_), pw(pw_), chan(chan_), block(block_) {
+    OH = H + 2 * ph - 4;
+    OW = W + 2 * pw - 4;
+    TH = (OH + 1) / 2, TW = (OW + 1) / 2;
+    GH = 2 * TH + 4, GW = 2 * TW + 4;
+    Cpad = round_up(C, lanes);
+    Opad = round_up(O, chan);
+  }
+  std::size_t tiles() const { return TH * TW; }
+  // the padded input grid (GH, GW, Cpad), then its column transforms per tile row
+  // (TH, 6, GW, Cpad): B^T applied down each column of the tile row's 6 input rows
+  std::size_t grid_elems() const { return GH * GW * Cpad; }
+  std::size_t grid_size() const { return grid_elems() + TH * 6 * GW * Cpad; }
+  // transformed input and products of one block: 36 x block x Cpad and 36 x block x Opad
+  std::size_t block_scratch() const { return 36 * block * (Cpad + Opad); }
+};
+
 // The per-image kernels of one instruction set (ops/conv2d_simd.inc). The caller owns
 // the threads: every function works on one image and its own scratch buffers.
 template <class T>
@@ -116,6 +150,16 @@ struct Kernels {
   void (*dk_image)(const DirectPlan& pl, const T* xp, const T* gt, T* gk);
   // gb[o] += sum_s gt[s, o] for o < Opad (dJ/db of one image).
   void (*bias_sum)(const T* gt, std::size_t P, std::size_t Opad, T* gb);
+
+  // Winograd F(2x2, 5x5); null where not compiled (double).
+  // Pixels per register tile = tiles per block, for `chan` channels a tile.
+  std::size_t (*wino_block)(std::size_t chan);
+  // U[xi][c][o] = (G k[o,c] G^T)[xi] for output channels [o0, o1); k (O, C, 5, 5), U (36, C, Opad).
+  void (*wino_kernel)(const T* k, std::size_t C, std::size_t Opad, std::size_t o0, std::size_t o1, T* U);
+  // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, k) by Winograd.
+  // grid: grid_size() scratch, blk: block_scratch() scratch, yt: OH*OW*Opad scratch.
+  void (*wino_image)(const WinogradPlan& pl, const T* in, const T* U, const T* bias, bool accumulate, T* out,
+                     T* grid, T* blk, T* yt);
 };
 
 // The kernels of the instruction set in use (ad::active_isa()).

@@ -36,6 +36,11 @@ const Geometry kGeometries[] = {
     {"twenty_channels", {1, 16, 9, 10}, {20, 16, 3, 3}, {1, 1}, {1, 1}},
     {"strided", {2, 5, 9, 8}, {7, 5, 3, 2}, {1, 0}, {2, 3}},
     {"kernel_covers_padded_input", {2, 2, 3, 4}, {3, 2, 5, 6}, {1, 1}, {1, 1}},
+    // Winograd F(2x2, 5x5) in float (5x5, stride 1, 4..32 input channels): odd output
+    // sizes (a partial last tile row and column), padding 0 and 1, 32 input channels
+    {"winograd_odd", {2, 8, 13, 11}, {7, 8, 5, 5}, {2, 2}, {1, 1}},
+    {"winograd_pad0_pad1", {1, 5, 12, 9}, {9, 5, 5, 5}, {0, 1}, {1, 1}},
+    {"winograd_32_in", {1, 32, 10, 10}, {12, 32, 5, 5}, {2, 2}, {1, 1}},
 };
 
 // y, dJ/dx, dJ/dk, dJ/db by the definitions (design document, section 3.1.5), for the
@@ -104,8 +109,13 @@ TEST(Isa, EveryRunnableVariantMatchesTheDefinitionInDoubleAndDoubleInFloat) {
       const T64 g = uniform(ys, seed++);
       const Reference want = reference(x, k, b, g, geo.padding, geo.stride);
       expect_close(run_conv<double>(x, k, b, g, opt), want, 1e-12, 1e-12, 1e-12);
-      // float: every product exact in double, the sums rounded in float (<= 400 terms)
-      expect_close(run_conv<float>(x, k, b, g, opt), want, 1e-4, 1e-4, 1e-3);
+      // float, direct and (where it applies) Winograd: the float path's 1e-4
+      for (const bool winograd : {true, false}) {
+        SCOPED_TRACE(winograd ? "winograd on" : "winograd off");
+        set_conv2d_winograd(winograd);
+        expect_close(run_conv<float>(x, k, b, g, opt), want, 1e-4, 1e-4, 1e-3);
+      }
+      set_conv2d_winograd(true);
     }
   }
 }
