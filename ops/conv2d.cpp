@@ -216,13 +216,6 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
     }
   }
   const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
-  if (g.C == 1 && g.sh == 1 && g.sw == 1) {  // conv1 of ref-CNN: vectors along the rows
-#pragma omp parallel for schedule(static) if (worth_threads(g))
-    for (std::size_t n = 0; n < g.N; ++n)
-      kn.conv_c1_image(pl, x.data() + n * g.H * g.W, kp, bp, y.data() + n * g.O * P,
-                       scratch<T>(kn.c1_scratch(pl), 0));
-    return;
-  }
   // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
   for (std::size_t t = 0; t < CKK; ++t)

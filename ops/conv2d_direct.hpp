@@ -151,11 +151,6 @@ struct Kernels {
   // gb[o] += sum_s gt[s, o] for o < Opad (dJ/db of one image).
   void (*bias_sum)(const T* gt, std::size_t P, std::size_t Opad, T* gb);
 
-  // One input channel at stride 1: out (O, OH*OW) = bias + conv(in, k), k (O, 1, KH, KW),
-  // vectors along the output rows; xq: c1_scratch(pl) scratch.
-  std::size_t (*c1_scratch)(const DirectPlan& pl);
-  void (*conv_c1_image)(const DirectPlan& pl, const T* in, const T* k, const T* bias, T* out, T* xq);
-
   // Winograd F(2x2, 5x5); null where not compiled (double).
   // Pixels per register tile = tiles per block, for `chan` channels a tile.
   std::size_t (*wino_block)(std::size_t chan);
