@@ -91,13 +91,15 @@ using conv::WinogradPlan;
 // inputs and kernels uniform in [-1, 1] at ref-CNN's shapes (12 seeds), the worst element
 // used 0.75 of the float path's tolerance (1e-4 absolute + 1e-4 relative) at 32
 // channels and 0.46 at 16, where the direct sum uses 0.06-0.16; at 64 it reaches the
-// limit, so wider layers stay direct.
+// limit, so wider layers stay direct. Whether it is used: WinogradMode (ops/conv2d.hpp).
 constexpr std::size_t kWinogradMinC = 4, kWinogradMaxC = 32;
-std::atomic<int> g_winograd{-1};  // -1: not read yet from AD_WINOGRAD
+std::atomic<int> g_winograd{-1};  // a WinogradMode; -1: not read yet from AD_WINOGRAD
 
 bool winograd_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW, std::size_t sh,
                   std::size_t sw) {
-  return conv2d_winograd() && kn.wino_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C >= kWinogradMinC &&
+  const WinogradMode m = conv2d_winograd();
+  const bool wanted = m == WinogradMode::On || (m == WinogradMode::Auto && kn.wino_preferred);
+  return wanted && kn.wino_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C >= kWinogradMinC &&
          C <= kWinogradMaxC;
 }
 template <class T>
@@ -150,17 +152,18 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
 
 }  // namespace
 
-bool conv2d_winograd() {
+WinogradMode conv2d_winograd() {
   int v = g_winograd.load(std::memory_order_acquire);
   if (v < 0) {
     const char* env = std::getenv("AD_WINOGRAD");
-    v = env && std::string(env) == "0" ? 0 : 1;
+    const std::string e = env ? env : "";
+    v = static_cast<int>(e == "0" ? WinogradMode::Off : e == "1" ? WinogradMode::On : WinogradMode::Auto);
     g_winograd.store(v, std::memory_order_release);
   }
-  return v != 0;
+  return static_cast<WinogradMode>(v);
 }
 
-void set_conv2d_winograd(bool on) { g_winograd.store(on ? 1 : 0, std::memory_order_release); }
+void set_conv2d_winograd(WinogradMode m) { g_winograd.store(static_cast<int>(m), std::memory_order_release); }
 
 Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Attrs& a) {
   const char* op = "conv2d";

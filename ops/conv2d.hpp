@@ -30,11 +30,14 @@ template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Attrs& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b);
 
-// Whether float convolutions with a 5x5 kernel at stride 1 and >= 4 input channels use
-// Winograd F(2x2, 5x5) (forward and dJ/dx; ops/conv2d.cpp). On unless the environment
-// sets AD_WINOGRAD=0; set_conv2d_winograd switches it (tests, benchmarks).
-bool conv2d_winograd();
-void set_conv2d_winograd(bool on);
+// Winograd F(2x2, 5x5) for float convolutions with a 5x5 kernel at stride 1 and 4..32
+// input channels (forward and dJ/dx; ops/conv2d.cpp). Auto (the default): where the
+// instruction set in use gains by it, AVX2 and the baseline (with AVX-512 the direct
+// kernel measured faster: bench/README.md); On: wherever it applies; Off: never. The
+// environment variable AD_WINOGRAD (0 = Off, 1 = On, else Auto) sets the start value.
+enum class WinogradMode { Auto, On, Off };
+WinogradMode conv2d_winograd();
+void set_conv2d_winograd(WinogradMode m);
 
 // Records conv2d on the tape. Pass Value{} as b for no bias.
 template <class T>

@@ -151,7 +151,9 @@ struct Kernels {
   // gb[o] += sum_s gt[s, o] for o < Opad (dJ/db of one image).
   void (*bias_sum)(const T* gt, std::size_t P, std::size_t Opad, T* gb);
 
-  // Winograd F(2x2, 5x5); null where not compiled (double).
+  // Winograd F(2x2, 5x5); null where not compiled (double). wino_preferred: used by
+  // default (WinogradMode::Auto) with this instruction set.
+  bool wino_preferred;
   // Pixels per register tile = tiles per block, for `chan` channels a tile.
   std::size_t (*wino_block)(std::size_t chan);
   // U[xi][c][o] = (G k[o,c] G^T)[xi] for output channels [o0, o1); k (O, C, 5, 5), U (36, C, Opad).

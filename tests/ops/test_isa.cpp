@@ -112,10 +112,10 @@ TEST(Isa, EveryRunnableVariantMatchesTheDefinitionInDoubleAndDoubleInFloat) {
       // float, direct and (where it applies) Winograd: the float path's 1e-4
       for (const bool winograd : {true, false}) {
         SCOPED_TRACE(winograd ? "winograd on" : "winograd off");
-        set_conv2d_winograd(winograd);
+        set_conv2d_winograd(winograd ? WinogradMode::On : WinogradMode::Off);
         expect_close(run_conv<float>(x, k, b, g, opt), want, 1e-4, 1e-4, 1e-3);
       }
-      set_conv2d_winograd(true);
+      set_conv2d_winograd(WinogradMode::Auto);
     }
   }
 }
