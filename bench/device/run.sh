@@ -10,7 +10,9 @@ mkdir -p "$OUT" "$D/lib"
 if ! tar -xzf "$D/libs.tgz" -C "$D/lib" 2>/dev/null; then
   python3 -c "import tarfile; tarfile.open('$D/libs.tgz').extractall('$D/lib')" || { echo "cannot unpack libs"; exit 1; }
 fi
-export OPENBLAS_NUM_THREADS=1 LD_LIBRARY_PATH=$PWD/$D/lib
+# (no LD_LIBRARY_PATH: the binaries carry their loader and DT_RPATH; the machine's own tools
+# must keep its own libc)
+export OPENBLAS_NUM_THREADS=1
 B=$D/bin
 DATA=$D/data
 # QUICK=1: a smoke run of the whole script (to try it before spending device time)
