@@ -52,9 +52,10 @@ memory maybe_reorder(const memory& have, const memory::desc& want, const dnnl::e
   return m;
 }
 
-// Reverse: after `ops`, `want` (a user-layout memory) holds `have`'s contents.
+// Reverse: after `ops`, `want` holds `have`'s contents (nothing to add when `have` is
+// `want`, or has its layout: the caller then wrote into `want` directly).
 void reorder_into(const memory& have, const memory& want, std::vector<Op>& ops) {
-  if (have.get_desc() == want.get_desc()) return;  // never the case for the caller's buffers
+  if (have.get_desc() == want.get_desc()) return;
   ops.push_back({dnnl::reorder(have, want), {{DNNL_ARG_FROM, have}, {DNNL_ARG_TO, want}}});
 }
 
