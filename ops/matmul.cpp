@@ -7,6 +7,10 @@
 //   grad_b = sum_n g[n,:],  grad_x = g W^T.
 #include "ops/matmul.hpp"
 
+#include <omp.h>
+
+#include <algorithm>
+
 #include "ops/blas.hpp"
 #include "ops/shape_check.hpp"
 
@@ -37,6 +41,26 @@ Shape matmul_output_shape(const Shape& a, const Shape& b) {
   return {a[0], b[1]};
 }
 
+namespace {
+
+// Calls f(r0, r1) for row blocks [r0, r1) of `rows`, one per OpenMP thread when the
+// product is worth a parallel region (OpenBLAS itself runs on one thread, ops/blas.cpp),
+// else once for all rows. Row blocks of a product are independent: each thread runs the
+// same GEMM on its rows.
+template <class F>
+void by_row_blocks(std::size_t rows, std::size_t work, F f) {
+  if (rows < 2 || work < (1u << 19)) return f(std::size_t{0}, rows);
+#pragma omp parallel
+  {
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+    const std::size_t nt = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    if (r1 > r0) f(r0, r1);
+  }
+}
+
+}  // namespace
+
 template <class T>
 void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, Tensor<T>& y) {
   const std::size_t N = x.shape()[0], Din = x.shape()[1], Dout = w.shape()[1];
@@ -44,15 +68,20 @@ void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, 
   // y (N, D_out) = x (N, D_in) W (D_in, D_out) [+ 1 b^T]
   if (b)
     for (std::size_t n = 0; n < N; ++n) std::copy(b->data(), b->data() + Dout, yp + n * Dout);
-  gemm<T>(false, false, N, Dout, Din, T(1), x.data(), w.data(), b ? T(1) : T(0), yp);
+  by_row_blocks(N, N * Din * Dout, [&](std::size_t n0, std::size_t n1) {
+    gemm<T>(false, false, n1 - n0, Dout, Din, T(1), x.data() + n0 * Din, w.data(), b ? T(1) : T(0), yp + n0 * Dout);
+  });
 }
 
 template <class T>
 void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a,
                 Tensor<T>* grad_b) {
   const std::size_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
-  // grad_a (M, K) += g (M, N) b^T (N, K)
-  if (grad_a) gemm<T>(false, true, M, K, N, T(1), grad_out.data(), b.data(), T(1), grad_a->data());
+  // grad_a (M, K) += g (M, N) b^T (N, K), rows in parallel
+  if (grad_a)
+    by_row_blocks(M, M * K * N, [&](std::size_t m0, std::size_t m1) {
+      gemm<T>(false, true, m1 - m0, K, N, T(1), grad_out.data() + m0 * N, b.data(), T(1), grad_a->data() + m0 * K);
+    });
   // grad_b (K, N) += a^T (K, M) g (M, N)
   if (grad_b) gemm<T>(true, false, K, N, M, T(1), a.data(), grad_out.data(), T(1), grad_b->data());
 }
