@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "autodiff/tensor.hpp"
+#include "ops/parallel.hpp"
 
 namespace ad {
 
@@ -115,20 +116,17 @@ inline Broadcast broadcast(const char* op, const Shape& a, const Shape& b) {
 // order: elements i .. i+len-1 of the result take a[ia + k*inner_a] and b[ib + k*inner_b],
 // k < len. Rows longer than kBlock are cut, so that a single long row (x op scalar)
 // still spreads over threads. With `parallel`, blocks run on OpenMP threads above
-// 65,536 elements (as the other elementwise ops): only for a block function whose
-// blocks write disjoint elements.
+// kParallelElements: only for a block function whose blocks write disjoint elements.
 template <class F>
 void for_each_block(const Broadcast& bc, bool parallel, F block) {
   constexpr std::size_t kBlock = 4096;
   const std::size_t per_row = (bc.inner + kBlock - 1) / kBlock;
-  const std::ptrdiff_t blocks = static_cast<std::ptrdiff_t>(bc.rows() * per_row);
-#pragma omp parallel for schedule(static) if (parallel && bc.size() > 65536)
-  for (std::ptrdiff_t u = 0; u < blocks; ++u) {
-    const std::size_t r = static_cast<std::size_t>(u) / per_row, k0 = static_cast<std::size_t>(u) % per_row * kBlock;
+  parallel_for(bc.rows() * per_row, parallel && bc.size() > kParallelElements, [&](std::size_t u) {
+    const std::size_t r = u / per_row, k0 = u % per_row * kBlock;
     std::size_t ia, ib;
     bc.row_start(r, ia, ib);
     block(r * bc.inner + k0, ia + k0 * bc.inner_a, ib + k0 * bc.inner_b, std::min(kBlock, bc.inner - k0));
-  }
+  });
 }
 
 }  // namespace ad

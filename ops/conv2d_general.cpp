@@ -135,7 +135,7 @@ Shape conv2d_general_output_shape(const Shape& x, const Shape& k, const Shape* b
   const char* op = "conv2d";
   check_rank(op, "input", x, 4, "(N, C_in, H, W)");
   check_rank(op, "kernel", k, 4, "(C_out, C_in/groups, KH, KW)");
-  check_nonempty(op, "input", x);
+  check_nonempty_but_batch(op, "input", x);  // N = 0: an empty output, as on the plain path
   check_nonempty(op, "kernel", k);
   check_conv_options(op, x, a.stride, a.padding, a.dilation, a.groups);
   const auto G = static_cast<std::size_t>(a.groups);

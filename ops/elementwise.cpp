@@ -34,9 +34,7 @@ void binary_forward(const char* op, const Tensor<T>& a, const Tensor<T>& b, Tens
   const T* bp = b.data();
   T* cp = c.data();
   if (bc.same) {  // no broadcasting: one flat loop
-    const std::size_t n = c.size();
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (std::size_t i = 0; i < n; ++i) cp[i] = f(ap[i], bp[i]);
+    for_each_index(c.size(), [=](std::size_t i) { cp[i] = f(ap[i], bp[i]); });
     return;
   }
   const std::size_t sa = bc.inner_a, sb = bc.inner_b;
@@ -54,9 +52,7 @@ void accumulate_operand(const char* op, const Shape& a_shape, const Shape& b_sha
   const Broadcast bc = broadcast(op, a_shape, b_shape);
   T* gx = grad->data();
   if (bc.same) {
-    const std::size_t n = grad->size();
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (std::size_t i = 0; i < n; ++i) gx[i] += d(i, i, i);
+    for_each_index(grad->size(), [=](std::size_t i) { gx[i] += d(i, i, i); });
     return;
   }
   const std::size_t sa = bc.inner_a, sb = bc.inner_b, sx = of_a ? sa : sb;
@@ -73,6 +69,24 @@ void accumulate_operand(const char* op, const Shape& a_shape, const Shape& b_sha
       for (std::size_t k = 0; k < len; ++k) gx[j + k] += d(i + k, ia + k * sa, ib + k * sb);
     }
   });
+}
+
+// The VJP of a binary op: grad_a and grad_b (either may be null) receive the terms
+// da(i, ia, ib) and db(i, ia, ib), each summed over the axes its operand is stretched on.
+template <class T, class DA, class DB>
+void binary_vjp(const char* op, const Shape& a_shape, const Shape& b_shape, Tensor<T>* grad_a, Tensor<T>* grad_b,
+                DA da, DB db) {
+  if (grad_a && grad_b && a_shape == b_shape) {  // no broadcasting: one pass for both (as before broadcasting)
+    T* ga = grad_a->data();
+    T* gb = grad_b->data();  // may be ga (x op x): both terms still add, in order
+    for_each_index(grad_a->size(), [=](std::size_t i) {
+      ga[i] += da(i, i, i);
+      gb[i] += db(i, i, i);
+    });
+    return;
+  }
+  accumulate_operand(op, a_shape, b_shape, true, grad_a, da);
+  accumulate_operand(op, a_shape, b_shape, false, grad_b, db);
 }
 
 // The shape of an operand whose value the VJP does not read: from its gradient buffer,
@@ -102,38 +116,35 @@ using std::size_t;
 
 // ga[j] += sum_{i : ia(i) = j} g[i];  gb[j] += sum_{i : ib(i) = j} g[i]
 template <class T> void add_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_a, Tensor<T>* grad_b) {
-  const Shape as = operand_shape(grad_a, grad_out), bs = operand_shape(grad_b, grad_out);
   const T* g = grad_out.data();
-  accumulate_operand("add_vjp", as, bs, true, grad_a, [g](size_t i, size_t, size_t) { return g[i]; });
-  accumulate_operand("add_vjp", as, bs, false, grad_b, [g](size_t i, size_t, size_t) { return g[i]; });
+  binary_vjp("add_vjp", operand_shape(grad_a, grad_out), operand_shape(grad_b, grad_out), grad_a, grad_b,
+             [g](size_t i, size_t, size_t) { return g[i]; }, [g](size_t i, size_t, size_t) { return g[i]; });
 }
 
 // ga[j] += sum_{i : ia(i) = j} g[i];  gb[j] -= sum_{i : ib(i) = j} g[i]
 template <class T> void sub_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_a, Tensor<T>* grad_b) {
-  const Shape as = operand_shape(grad_a, grad_out), bs = operand_shape(grad_b, grad_out);
   const T* g = grad_out.data();
-  accumulate_operand("sub_vjp", as, bs, true, grad_a, [g](size_t i, size_t, size_t) { return g[i]; });
-  accumulate_operand("sub_vjp", as, bs, false, grad_b, [g](size_t i, size_t, size_t) { return -g[i]; });
+  binary_vjp("sub_vjp", operand_shape(grad_a, grad_out), operand_shape(grad_b, grad_out), grad_a, grad_b,
+             [g](size_t i, size_t, size_t) { return g[i]; }, [g](size_t i, size_t, size_t) { return -g[i]; });
 }
 
 // ga[j] += sum_{i : ia(i) = j} g[i] b[ib(i)];  gb[j] += sum_{i : ib(i) = j} g[i] a[ia(i)]
 template <class T>
 void mul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a, Tensor<T>* grad_b) {
-  const Shape as = to_shape(a.shape()), bs = to_shape(b.shape());
   const T *g = grad_out.data(), *ap = a.data(), *bp = b.data();
-  accumulate_operand("mul_vjp", as, bs, true, grad_a, [=](size_t i, size_t, size_t ib) { return g[i] * bp[ib]; });
-  accumulate_operand("mul_vjp", as, bs, false, grad_b, [=](size_t i, size_t ia, size_t) { return g[i] * ap[ia]; });
+  binary_vjp("mul_vjp", to_shape(a.shape()), to_shape(b.shape()), grad_a, grad_b,
+             [=](size_t i, size_t, size_t ib) { return g[i] * bp[ib]; },
+             [=](size_t i, size_t ia, size_t) { return g[i] * ap[ia]; });
 }
 
 // ga[j] += sum_{i : ia(i) = j} g[i] / b[ib(i)];
 // gb[j] += sum_{i : ib(i) = j} -g[i] (a[ia(i)] / b[j]) / b[j]      (d(a/b)/db = -a/b^2)
 template <class T>
 void div_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a, Tensor<T>* grad_b) {
-  const Shape as = to_shape(a.shape()), bs = to_shape(b.shape());
   const T *g = grad_out.data(), *ap = a.data(), *bp = b.data();
-  accumulate_operand("div_vjp", as, bs, true, grad_a, [=](size_t i, size_t, size_t ib) { return g[i] / bp[ib]; });
-  accumulate_operand("div_vjp", as, bs, false, grad_b,
-                     [=](size_t i, size_t ia, size_t ib) { return -g[i] * ((ap[ia] / bp[ib]) / bp[ib]); });
+  binary_vjp("div_vjp", to_shape(a.shape()), to_shape(b.shape()), grad_a, grad_b,
+             [=](size_t i, size_t, size_t ib) { return g[i] / bp[ib]; },
+             [=](size_t i, size_t ia, size_t ib) { return -g[i] * ((ap[ia] / bp[ib]) / bp[ib]); });
 }
 
 template <class T> void scale_vjp(const Tensor<T>& grad_out, T s, Tensor<T>* grad_x) { add_into(grad_out, s, grad_x); }

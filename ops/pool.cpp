@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "ops/parallel.hpp"  // global_avg_pool2d (the end of the file)
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -384,12 +385,11 @@ template <class T> void global_avg_pool2d_forward(const Tensor<T>& x, Tensor<T>&
   const T* xp = x.data();
   T* yp = y.data();
   // y[n,c] = 1/(HW) sum_{h,w} x[n,c,h,w]
-#pragma omp parallel for schedule(static) if (planes * hw > 65536)
-  for (std::size_t p = 0; p < planes; ++p) {
+  parallel_for(planes, planes * hw > kParallelElements, [=](std::size_t p) {
     T s = 0;
     for (std::size_t i = 0; i < hw; ++i) s += xp[p * hw + i];
     yp[p] = s / static_cast<T>(hw);
-  }
+  });
 }
 
 template <class T> void global_avg_pool2d_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x) {
@@ -398,11 +398,10 @@ template <class T> void global_avg_pool2d_vjp(const Tensor<T>& grad_out, Tensor<
   const T* g = grad_out.data();
   T* gx = grad_x->data();
   // dx[n,c,h,w] += g[n,c] / (HW)
-#pragma omp parallel for schedule(static) if (planes * hw > 65536)
-  for (std::size_t p = 0; p < planes; ++p) {
+  parallel_for(planes, planes * hw > kParallelElements, [=](std::size_t p) {
     const T share = g[p] / static_cast<T>(hw);
     for (std::size_t i = 0; i < hw; ++i) gx[p * hw + i] += share;
-  }
+  });
 }
 
 template <class T> Value global_avg_pool2d(Tape<T>& tape, Value x, std::source_location loc) {

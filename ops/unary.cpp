@@ -13,16 +13,11 @@
 
 #include <cmath>
 
+#include "ops/parallel.hpp"
+
 namespace ad {
 
 namespace {
-
-// i = 0 .. n-1, on every OpenMP thread above 65,536 elements.
-template <class F>
-void for_each_index(std::size_t n, F f) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (std::size_t i = 0; i < n; ++i) f(i);
-}
 
 // y[i] = f(x[i])
 template <class T, class F>

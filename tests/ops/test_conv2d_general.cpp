@@ -169,9 +169,22 @@ TEST(Conv2dGeneral, RefusesGroupsThatDoNotDivideAndBadDilation) {
                                   "4*(3-1)+1 = 9 > H + 2*0 = 8"}));
   const Value y = conv2d(t, x, k, Value{}, {.padding = {1, 0}, .dilation = {4, 1}, .groups = 2});  // 9 <= 8 + 2
   EXPECT_EQ(t.shape(y), (Shape{1, 4, 2, 6}));
-  // an empty batch is refused, as on the plain path
-  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, t.input(T64(Shape{0, 6, 8, 8})), k, Value{}, {.groups = 2}); },
-                                 {"conv2d", "input (0,6,8,8) is empty along axis 0"}));
+  // an empty channel axis is refused; an empty batch is not (below)
+  EXPECT_TRUE(throws_shape_error([&] { conv2d(t, t.input(T64(Shape{1, 0, 8, 8})), k, Value{}, {.groups = 2}); },
+                                 {"conv2d", "input (1,0,8,8) is empty along axis 1"}));
+}
+
+// An empty batch (N = 0), as on the plain path and in PyTorch: an empty output, and
+// backward adds nothing to the kernel's and bias's gradients.
+TEST(Conv2dGeneral, AnEmptyBatchGivesAnEmptyOutput) {
+  Tape<double> t;
+  const Value x = t.input(T64(Shape{0, 6, 8, 8}));
+  Parameter<double> k("k", uniform({4, 3, 3, 3}, 1)), b("b", uniform({4}, 2));
+  const Value y = conv2d(t, x, t.param(k), t.param(b), {.padding = {1, 1}, .dilation = {2, 1}, .groups = 2});
+  EXPECT_EQ(t.shape(y), (Shape{0, 4, 6, 8}));  // H: 8 + 2 - (2*(3-1)+1) + 1 = 6
+  t.backward(y, T64(t.shape(y)));
+  EXPECT_EQ(k.grad, xt::zeros<double>({4, 3, 3, 3}));
+  EXPECT_EQ(b.grad, xt::zeros<double>({4}));
 }
 
 // A NaN reaches only the outputs whose windows read it: its own group's channels.

@@ -151,6 +151,28 @@ TEST(Threads, ActivationsAgreeWithOneThread) {
   expect_same_on_every_thread_count([](Tape<double>& t, const std::vector<Value>& v) { return ad::tanh(t, v[0]); }, in);
 }
 
+// Broadcasting binary ops (a per-channel operand: rows of H*W; a scalar: one row cut in
+// blocks; same shapes: flat loops), the unary maths and global average pooling, on
+// 2*16*48*48 = 73,728 elements.
+TEST(Threads, ElementwiseOpsAndGlobalPoolingAgreeWithOneThread) {
+  const T64 x = uniform({2, 16, 48, 48}, 1, 0.5, 1.5);
+  for (const Shape& bs : {Shape{1, 16, 1, 1}, Shape{}, Shape{2, 16, 48, 48}}) {
+    const std::vector<T64> in = {x, uniform(bs, 2, 0.5, 1.5)};
+    expect_same_on_every_thread_count([](Tape<double>& t, const std::vector<Value>& v) { return add(t, v[0], v[1]); }, in);
+    expect_same_on_every_thread_count([](Tape<double>& t, const std::vector<Value>& v) { return sub(t, v[1], v[0]); }, in);
+    expect_same_on_every_thread_count([](Tape<double>& t, const std::vector<Value>& v) { return mul(t, v[0], v[1]); }, in);
+    expect_same_on_every_thread_count([](Tape<double>& t, const std::vector<Value>& v) { return div(t, v[0], v[1]); }, in);
+  }
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        const Value a = add(t, ad::log(t, v[0]), ad::sqrt(t, ad::abs(t, neg(t, v[0]))));
+        return add(t, a, clamp(t, ad::pow(t, ad::exp(t, v[0]), 1.5), 2.0, 5.0));
+      },
+      {x});
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return global_avg_pool2d(t, v[0]); }, {x});
+}
+
 TEST(Threads, WholeCnnAgreesWithOneThread) {
   const std::vector<T64> in = {uniform({8, 1, 12, 12}, 1), uniform({4, 1, 3, 3}, 2), uniform({4}, 3),
                                uniform({8, 4, 3, 3}, 4), uniform({8}, 5), uniform({8 * 3 * 3, 10}, 6)};
