@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "ops/blas.hpp"
 #include "ops/shape_check.hpp"
@@ -59,6 +60,37 @@ void by_row_blocks(std::size_t rows, std::size_t work, F f) {
   }
 }
 
+// c (K, N) += a^T (K, M) g (M, N), a sum over the M rows of a and g. When it is worth a
+// parallel region and the partials stay small, each thread sums its block of rows
+// [m0, m1) into a partial of its own, p_t = a[m0:m1]^T g[m0:m1], and the partials are
+// then added in thread order, each thread for its share of c's rows (deterministic for
+// a given thread count; conv2d sums dJ/dK the same way). Else one GEMM.
+template <class T>
+void add_at_b(std::size_t M, std::size_t K, std::size_t N, const T* a, const T* g, T* c) {
+  const std::size_t nt = static_cast<std::size_t>(omp_get_max_threads());
+  constexpr std::size_t kMaxPartials = std::size_t{1} << 21;  // elements: 8 MB of float
+  if (nt < 2 || M < 2 || M * K * N < (1u << 19) || nt * K * N > kMaxPartials)
+    return gemm<T>(true, false, K, N, M, T(1), a, g, T(1), c);
+  thread_local std::vector<T> buf;
+  if (buf.size() < nt * K * N) buf.resize(nt * K * N);
+  T* partial = buf.data();
+#pragma omp parallel num_threads(static_cast<int>(nt))
+  {
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+    const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t m0 = M * t / team, m1 = M * (t + 1) / team;
+    // p_t (K, N) = a[m0:m1]^T (K, m1-m0) g[m0:m1] (m1-m0, N); zero for an empty block
+    gemm<T>(true, false, K, N, m1 - m0, T(1), a + m0 * K, g + m0 * N, T(0), partial + t * K * N);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (std::size_t k = 0; k < K; ++k)
+      for (std::size_t s = 0; s < team; ++s) {
+        const T* p = partial + (s * K + k) * N;
+        for (std::size_t n = 0; n < N; ++n) c[k * N + n] += p[n];
+      }
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -82,8 +114,8 @@ void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& 
     by_row_blocks(M, M * K * N, [&](std::size_t m0, std::size_t m1) {
       gemm<T>(false, true, m1 - m0, K, N, T(1), grad_out.data() + m0 * N, b.data(), T(1), grad_a->data() + m0 * K);
     });
-  // grad_b (K, N) += a^T (K, M) g (M, N)
-  if (grad_b) gemm<T>(true, false, K, N, M, T(1), a.data(), grad_out.data(), T(1), grad_b->data());
+  // grad_b (K, N) += a^T (K, M) g (M, N), summed over row blocks of a and g in parallel
+  if (grad_b) add_at_b(M, K, N, a.data(), grad_out.data(), grad_b->data());
 }
 
 template <class T>
