@@ -3,6 +3,7 @@
 #
 #   ./run.sh test  [ctest flags...]        build (Release) and run the whole test suite
 #   ./run.sh train [train_cnn flags...]    train the 3-layer CNN on Fashion-MNIST
+#   ./run.sh train --model resnet [flags...]   train a small ResNet instead (examples/resnet_fmnist)
 #   ./run.sh bench [bench flags...]        benchmark against LibTorch and oneDNN
 #   ./run.sh test-asan [ctest flags...]    the tests under AddressSanitizer, LeakSanitizer and
 #                                          UndefinedBehaviorSanitizer (Debug, build/asan)
@@ -75,10 +76,30 @@ case "$cmd" in
     ctest --test-dir build/release --output-on-failure -j2 "$@"
     ;;
   train)
+    # --model cnn (the default): examples/train_cnn; --model resnet: examples/resnet_fmnist.
+    # Every other flag goes to the program.
+    model=cnn
+    args=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --model)
+          [ $# -ge 2 ] || { echo "run.sh train: --model needs a value: cnn or resnet" >&2; exit 2; }
+          model=$2
+          shift 2
+          ;;
+        --model=*) model=${1#--model=}; shift ;;
+        *) args+=("$1"); shift ;;
+      esac
+    done
+    case "$model" in
+      cnn) program=train_cnn ;;
+      resnet) program=resnet_fmnist ;;
+      *) echo "run.sh train: unknown --model '$model' (cnn, resnet)" >&2; exit 2 ;;
+    esac
     ensure_packages "${BASE_PACKAGES[@]}" dataset-fashion-mnist
-    echo "run.sh: building examples/train_cnn in build/release (the first build takes a minute or two)" >&2
-    build build/release Release train_cnn >/dev/null
-    exec build/release/examples/train_cnn "$@"
+    echo "run.sh: building examples/$program in build/release (the first build takes a minute or two)" >&2
+    build build/release Release "$program" >/dev/null
+    exec "build/release/examples/$program" ${args[@]+"${args[@]}"}
     ;;
   bench)
     # LibTorch, oneDNN and Google Benchmark are used here only; the library and tests never link them.

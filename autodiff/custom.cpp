@@ -24,12 +24,21 @@ Value custom(Tape<T>& tape, const std::shared_ptr<const CustomOp>& op, std::span
   }
   const Shape ys = op->output_shape(std::span<const Shape>(shapes));
   Value y = tape.new_value(ys, needs_grad);
+  // What the forward saves lives on the tape when the node is recorded, and is dropped
+  // with this scratch list in no-grad mode.
+  std::vector<Tensor<T>> scratch;
+  int32_t saved_index = -1;
+  CustomSaved<T> saved(tape.grad_enabled() ? tape.new_custom_saved(&saved_index) : scratch);
   // The slots live in a deque: xs stay valid while new_value appends.
-  op->forward(std::span<const Tensor<T>* const>(xs), tape.mutable_value(y));
+  op->forward(std::span<const Tensor<T>* const>(xs), tape.mutable_value(y), saved);
+  saved.trim();
   if (tape.shape(y) != ys)
     throw TapeError(fmt::format("custom op {}: forward changed the output shape from {} to {}", name,
                                 shape_str(ys), shape_str(tape.shape(y))));
-  if (Node<T>* node = tape.record(OpKind::Custom, inputs, y, Attrs{}, loc)) node->custom = tape.add_custom_op(op);
+  if (Node<T>* node = tape.record(OpKind::Custom, inputs, y, Attrs{}, loc)) {
+    node->custom = tape.add_custom_op(op);
+    node->custom_saved = saved_index;
+  }
   return y;
 }
 
@@ -41,8 +50,43 @@ Value custom(Tape<T>& tape, const std::shared_ptr<const CustomOp>& op, std::init
 
 template <class T>
 void custom_vjp(const CustomOp& op, const Tensor<T>& grad_out, std::span<const Tensor<T>* const> inputs,
+                const Tensor<T>& out, std::span<Tensor<T>* const> grad_inputs, const CustomSaved<T>& saved) {
+  op.vjp(grad_out, inputs, out, grad_inputs, saved);
+}
+
+template <class T>
+void custom_vjp(const CustomOp& op, const Tensor<T>& grad_out, std::span<const Tensor<T>* const> inputs,
                 const Tensor<T>& out, std::span<Tensor<T>* const> grad_inputs) {
-  op.vjp(grad_out, inputs, out, grad_inputs);
+  const std::vector<Tensor<T>> none;
+  custom_vjp(op, grad_out, inputs, out, grad_inputs, CustomSaved<T>::reading(none));
+}
+
+template <class T>
+void CustomSaved<T>::out_of_range(std::size_t i) const {
+  throw TapeError(fmt::format("custom op: saved tensor {} was not saved (the forward saved {})", i, size()));
+}
+
+template <class T>
+void CustomSaved<T>::read_only() const {
+  throw TapeError("custom op: a VJP cannot save tensors; save them in the forward");
+}
+
+// The plain forms, for ops that implement only the forms with CustomSaved (the tape
+// never calls these on them).
+namespace {
+[[noreturn]] void not_implemented(const CustomOp& op, const char* what) {
+  throw TapeError(fmt::format("custom op {}: implements neither {}(...) nor {}(..., saved)", op.name(), what, what));
+}
+}  // namespace
+void CustomOp::forward(std::span<const Tensor<float>* const>, Tensor<float>&) const { not_implemented(*this, "forward"); }
+void CustomOp::forward(std::span<const Tensor<double>* const>, Tensor<double>&) const { not_implemented(*this, "forward"); }
+void CustomOp::vjp(const Tensor<float>&, std::span<const Tensor<float>* const>, const Tensor<float>&,
+                   std::span<Tensor<float>* const>) const {
+  not_implemented(*this, "vjp");
+}
+void CustomOp::vjp(const Tensor<double>&, std::span<const Tensor<double>* const>, const Tensor<double>&,
+                   std::span<Tensor<double>* const>) const {
+  not_implemented(*this, "vjp");
 }
 
 namespace {
@@ -59,8 +103,11 @@ void custom_node_vjp(Tape<T>* tape, const Node<T>& node) {
     grads[i] = tape->grad_buffer(Value{node.inputs[i]});
   }
   const Value out{node.output};
+  // A node recorded without a saved list (custom_saved -1) reads an empty one.
+  const std::vector<Tensor<T>> none;
+  const auto saved = CustomSaved<T>::reading(node.custom_saved >= 0 ? tape->custom_saved(node.custom_saved) : none);
   custom_vjp(tape->custom_op(node.custom), tape->slot(out).grad, std::span<const Tensor<T>* const>(xs),
-             tape->value(out), std::span<Tensor<T>* const>(grads));
+             tape->value(out), std::span<Tensor<T>* const>(grads), saved);
 }
 
 Value custom_replay(Tape<double>& t, const ReplayArgs& args) {
@@ -80,7 +127,10 @@ AD_REGISTER_OP(custom_op_def);
   template Value custom<T>(Tape<T>&, const std::shared_ptr<const CustomOp>&, std::initializer_list<Value>, \
                            std::source_location);                                                          \
   template void custom_vjp<T>(const CustomOp&, const Tensor<T>&, std::span<const Tensor<T>* const>,        \
-                              const Tensor<T>&, std::span<Tensor<T>* const>);
+                              const Tensor<T>&, std::span<Tensor<T>* const>);                             \
+  template void custom_vjp<T>(const CustomOp&, const Tensor<T>&, std::span<const Tensor<T>* const>,        \
+                              const Tensor<T>&, std::span<Tensor<T>* const>, const CustomSaved<T>&);      \
+  template class CustomSaved<T>;
 AD_INSTANTIATE(float)
 AD_INSTANTIATE(double)
 #undef AD_INSTANTIATE

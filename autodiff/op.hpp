@@ -147,7 +147,9 @@ struct OpDef {
 using OpId = const OpDef*;
 
 // Every registered op, in registration order (static initialisation of the op files
-// linked into the program). AD_REGISTER_OP(def) in the op's .cpp adds one.
+// linked into the program). AD_REGISTER_OP(def) in the op's .cpp adds one. With the
+// static library, the linker takes an op's file only when the program uses something
+// of it, so the list holds the ops the program can record (naming `OpKind::X` is a use).
 const std::vector<OpId>& registered_ops();
 // The registered op of that name, or nullptr.
 OpId find_op(std::string_view name);

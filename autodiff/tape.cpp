@@ -254,6 +254,7 @@ void Tape<T>::reset() {
   hooks_.clear();
   custom_ops_.clear();
   custom_names_.clear();
+  next_custom_saved_ = 0;  // the lists and their buffers stay for the next step
   recording_ = next_recording();
 }
 
@@ -433,6 +434,20 @@ const CustomOp& Tape<T>::custom_op(int32_t index) const {
   if (index < 0 || static_cast<std::size_t>(index) >= custom_ops_.size())
     throw TapeError(fmt::format("tape: custom op {} is not on this tape (it holds {})", index, custom_ops_.size()));
   return *custom_ops_[static_cast<std::size_t>(index)];
+}
+
+template <class T>
+std::vector<Tensor<T>>& Tape<T>::new_custom_saved(int32_t* index) {
+  if (next_custom_saved_ == custom_saved_.size()) custom_saved_.emplace_back();
+  *index = static_cast<int32_t>(next_custom_saved_);
+  return custom_saved_[next_custom_saved_++];
+}
+
+template <class T>
+const std::vector<Tensor<T>>& Tape<T>::custom_saved(int32_t index) const {
+  if (index < 0 || static_cast<std::size_t>(index) >= next_custom_saved_)
+    throw TapeError(fmt::format("tape: saved tensors {} are not on this tape (it holds {})", index, next_custom_saved_));
+  return custom_saved_[static_cast<std::size_t>(index)];
 }
 
 template <class T>

@@ -59,6 +59,7 @@ struct Node {
   std::string label;                 // optional, e.g. "conv1.pool"
   SourceLoc where;                   // call site of the op
   int32_t custom = -1;               // OpKind::Custom: index into Tape::custom_ops()
+  int32_t custom_saved = -1;         // OpKind::Custom: index into Tape::custom_saved(), what its forward saved
 
   // The inputs present (absent optional ones, id -1, not counted).
   int num_inputs() const {
@@ -171,6 +172,11 @@ class Tape {
   const CustomOp& custom_op(int32_t index) const;
   std::size_t num_custom_ops() const { return custom_ops_.size(); }
   const std::vector<std::shared_ptr<const CustomOp>>& custom_ops() const { return custom_ops_; }
+  // The tensors custom nodes saved for their VJPs (CustomSaved): new_custom_saved hands
+  // out the next list (reusing the previous step's buffers) and its index, which the node
+  // keeps in Node::custom_saved.
+  std::vector<Tensor<T>>& new_custom_saved(int32_t* index);
+  const std::vector<Tensor<T>>& custom_saved(int32_t index) const;
 
   // Forget every node and value but keep their buffers, so the next step with the
   // same shapes allocates nothing. Parameters are untouched.
@@ -238,6 +244,8 @@ class Tape {
   std::vector<std::pair<int32_t, GradHook>> hooks_;  // (value id, hook)
   std::vector<std::shared_ptr<const CustomOp>> custom_ops_;
   std::vector<std::string> custom_names_;  // custom_ops_[i]->name(), as plain data for debuggers
+  std::vector<std::vector<Tensor<T>>> custom_saved_;  // kept across reset(): [0, next_custom_saved_) in use
+  std::size_t next_custom_saved_ = 0;
   uint32_t recording_ = next_recording();  // see Value; unique across the tapes of the process
 
   static uint32_t next_recording();

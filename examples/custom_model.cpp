@@ -3,16 +3,18 @@
 // trained on a slice of Fashion-MNIST.   build/release/examples/custom_model [DIR]
 #include "nn/train.hpp"
 
-// A user-defined layer: a residual dense block y = x + tanh(x W + b), from raw ops.
-struct ResidualDense : nn::Layer<float> {
-  ad::Parameter<float> w, b;
+// A user-defined module: a residual dense block y = x + tanh(x W + b), from raw ops.
+// Its parameters are registered once by their short names ("res4.weight" in the model).
+struct ResidualDense : nn::Module<float> {
+  ad::Parameter<float>& w;
+  ad::Parameter<float>& b;
   ResidualDense(std::string name, int d, std::mt19937_64& rng)
-      : nn::Layer<float>(name), w(name + ".weight", nn::xavier_uniform<float>({std::size_t(d), std::size_t(d)}, d, d, rng)),
-        b(name + ".bias", xt::zeros<float>({std::size_t(d)})) {}
+      : nn::Module<float>(std::move(name)),
+        w(register_parameter("weight", nn::xavier_uniform<float>({std::size_t(d), std::size_t(d)}, d, d, rng))),
+        b(register_parameter("bias", xt::zeros<float>({std::size_t(d)}))) {}
   ad::Value forward(ad::Tape<float>& t, ad::Value x) override {
     return ad::add(t, x, ad::tanh(t, ad::linear(t, x, t.param(w), t.param(b))));
   }
-  std::vector<ad::Parameter<float>*> parameters() override { return {&w, &b}; }
 };
 
 int main(int argc, char** argv) {

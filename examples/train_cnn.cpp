@@ -19,78 +19,24 @@
 #include <filesystem>
 #include <span>
 
+#include "train_flags.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/curve.hpp"
 #include "nn/data.hpp"
 #include "nn/layers.hpp"
 #include "nn/optim.hpp"
+#include "nn/progress.hpp"
 #include "nn/train.hpp"
 #include "nn/weights.hpp"
 
 namespace {
 
+using examples::check_writable, examples::number_in, examples::whole_in;
+using examples::kMaxBatch, examples::kMaxChannels, examples::kMaxEpochs, examples::kMaxThreads;
+
 // Test-set batch: big enough to keep the GEMMs efficient, small enough that the
 // activations of one batch stay a few tens of MB (peak RSS).
 constexpr std::size_t kEvalBatch = 250;
-
-// Flag limits: far above any sensible run, low enough that sizes cannot overflow and a
-// typo (--batch 64000000) is a usage error rather than an allocation failure mid-run.
-constexpr int kMaxEpochs = 100000;
-constexpr std::size_t kMaxBatch = 65536;
-constexpr int kMaxThreads = 1024;
-constexpr int kMaxChannels = 1024;
-
-// A whole number in [lo, hi], written in decimal digits only. It rewrites the value
-// without leading zeros: CLI11 parses integers with base 0, so "010" would be 8 and
-// "0x10" 16, and it wraps "-1" into an unsigned flag.
-CLI::Validator whole_in(std::uint64_t lo, std::uint64_t hi) {
-  return CLI::Validator(
-      [=](std::string& v) {
-        std::uint64_t x = 0;
-        const char* end = v.data() + v.size();
-        const bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
-        const auto [ptr, ec] = std::from_chars(v.data(), end, x);
-        if (!digits || ec != std::errc() || ptr != end || x < lo || x > hi)
-          return fmt::format("Value {} is not a whole number in [{}, {}]", v, lo, hi);
-        v = std::to_string(x);
-        return std::string();
-      },
-      fmt::format("in [{}, {}]", lo, hi));
-}
-
-// A number in (lo, hi] (or [lo, hi] when lo is included); the message shows the bounds
-// as written rather than CLI11's six decimals.
-CLI::Validator number_in(double lo, double hi, bool lo_included) {
-  return CLI::Validator(
-      [=](std::string& v) {
-        double x = 0;
-        const bool ok = CLI::detail::lexical_cast(v, x) && (lo_included ? x >= lo : x > lo) && x <= hi;
-        return ok ? std::string()
-                  : fmt::format("Value {} is not a number in {}{:g}, {:g}]", v, lo_included ? "[" : "(", lo, hi);
-      },
-      fmt::format("in {}{:g}, {:g}]", lo_included ? "[" : "(", lo, hi));
-}
-
-// --save and --curve are written after the first epoch: check up front that they can
-// be, so a typo in the directory does not cost a training run.
-void check_writable(const char* flag, const std::string& path) {
-  namespace fs = std::filesystem;
-  if (path.empty()) return;
-  const fs::path p(path);
-  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  std::error_code ec;
-  const fs::file_status st = fs::status(p, ec);  // follows a symlink to what it names
-  if (fs::is_directory(st))
-    throw std::runtime_error(fmt::format("{} {}: is a directory, expected a file name", flag, path));
-  // The file is replaced by a rename: a device or a FIFO (--save /dev/null) would be
-  // replaced by a regular file, so only a regular file or a new name is accepted.
-  if (fs::exists(st) && !fs::is_regular_file(st))
-    throw std::runtime_error(fmt::format("{} {}: exists and is not a regular file (a device, FIFO or socket); "
-                                         "give the name of a regular file or a new one", flag, path));
-  if (!fs::is_directory(dir, ec))
-    throw std::runtime_error(fmt::format("{} {}: the directory {} does not exist", flag, path, dir.string()));
-  if (access(dir.c_str(), W_OK) != 0)
-    throw std::runtime_error(fmt::format("{} {}: the directory {} is not writable", flag, path, dir.string()));
-}
 
 struct Options {
   std::string data = nn::kDefaultFashionMnistDir;
@@ -109,12 +55,6 @@ struct Options {
   double max_memory_mb = 0;  // 0: 80% of the memory available
   // --import / --export: weights in PyTorch's state_dict names and layouts (nn/weights.hpp).
   std::string import_weights, export_weights;
-};
-
-// One line of the epoch table and of the curve.
-struct EpochRow {
-  int epoch;
-  double train_loss, train_acc, test_loss, test_acc, seconds;
 };
 
 // The program's output. Writing it never throws and never kills the process: SIGPIPE
@@ -138,90 +78,6 @@ void finish_output() {
   if (g_stdout_errno != 0 || std::ferror(stdout))
     throw std::runtime_error(fmt::format("standard output: the results could not be written: {}",
                                          std::strerror(g_stdout_errno ? g_stdout_errno : EIO)));
-}
-
-std::string hms(double s) {
-  const int t = static_cast<int>(s + 0.5);
-  return fmt::format("{}:{:02}", t / 60, t % 60);
-}
-
-// Redraws one terminal line at most ~8 times a second; on a pipe it prints a plain
-// line every quarter of the epoch instead.
-class Progress {
- public:
-  Progress(int epoch, int epochs, std::size_t total)
-      : epoch_(epoch), epochs_(epochs), total_(total), tty_(isatty(fileno(stdout))), t0_(clock::now()) {}
-  void operator()(std::size_t done, double loss) {
-    const double el = std::chrono::duration<double>(clock::now() - t0_).count();
-    const double rate = el > 0 ? static_cast<double>(done) / el : 0.0;
-    const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : 0.0;
-    if (tty_) {
-      if (done < total_ && el - last_ < 0.125) return;
-      last_ = el;
-      const int width = 30, fill = static_cast<int>(width * static_cast<double>(done) / static_cast<double>(total_));
-      out("\repoch {}/{} [{}{}] {:3.0f}% {:>6} img/s  loss {:.4f}  ETA {} ", epoch_, epochs_,
-          std::string(static_cast<std::size_t>(fill), '='), std::string(static_cast<std::size_t>(width - fill), ' '),
-          100.0 * static_cast<double>(done) / static_cast<double>(total_), static_cast<long>(rate), loss, hms(eta));
-      if (done == total_) out("\r\033[K");
-      flush_out();
-    } else if (done * 4 / total_ > quarter_ && done < total_) {
-      quarter_ = done * 4 / total_;
-      out("epoch {}/{}: {}/{} images, {:.0f} img/s, loss {:.4f}, ETA {}\n", epoch_, epochs_, done, total_, rate,
-          loss, hms(eta));
-      flush_out();
-    }
-  }
-
- private:
-  using clock = std::chrono::steady_clock;
-  int epoch_, epochs_;
-  std::size_t total_;
-  bool tty_;
-  clock::time_point t0_;
-  double last_ = -1;
-  std::size_t quarter_ = 0;
-};
-
-// Loss and accuracy per epoch as a small self-contained SVG (two panels).
-void write_curve_svg(const std::string& path, const std::vector<EpochRow>& rows) {
-  const double W = 640, H = 260, pad = 45;
-  auto panel = [&](double x0, const char* title, auto get_train, auto get_test, double lo, double hi) {
-    std::string s = fmt::format(R"(<g><rect x="{}" y="20" width="{}" height="{}" fill="none" stroke="#999"/>)"
-                                R"(<text x="{}" y="14" font-size="12">{}</text>)",
-                                x0 + pad, W / 2 - pad - 10, H - pad - 20, x0 + pad, title);
-    const double pw = W / 2 - pad - 10, ph = H - pad - 20;
-    auto px = [&](std::size_t i) { return x0 + pad + (rows.size() > 1 ? pw * double(i) / double(rows.size() - 1) : pw / 2); };
-    auto py = [&](double v) { return 20 + ph * (1 - (v - lo) / std::max(hi - lo, 1e-12)); };
-    for (int k = 0; k <= 4; ++k) {
-      const double v = lo + (hi - lo) * k / 4;
-      s += fmt::format(R"(<text x="{}" y="{}" font-size="10" text-anchor="end">{:.3f}</text>)", x0 + pad - 4, py(v) + 3, v);
-    }
-    for (std::size_t i = 0; i < rows.size(); ++i)
-      s += fmt::format(R"(<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>)", px(i), H - pad + 14, rows[i].epoch);
-    auto line = [&](auto get, const char* color) {
-      std::string pts;
-      for (std::size_t i = 0; i < rows.size(); ++i) pts += fmt::format("{:.1f},{:.1f} ", px(i), py(get(rows[i])));
-      std::string out = fmt::format(R"(<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>)", pts, color);
-      for (std::size_t i = 0; i < rows.size(); ++i)
-        out += fmt::format(R"(<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"/>)", px(i), py(get(rows[i])), color);
-      return out;
-    };
-    s += line(get_train, "#1f77b4") + line(get_test, "#d62728") + "</g>";
-    return s;
-  };
-  double lmax = 0, amin = 1;
-  for (const auto& r : rows) lmax = std::max({lmax, r.train_loss, r.test_loss}), amin = std::min({amin, r.train_acc, r.test_acc});
-  std::string svg = fmt::format(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif">)"
-                                R"(<rect width="100%" height="100%" fill="white"/>)", W, H);
-  svg += panel(0, "loss per epoch", [](const EpochRow& r) { return r.train_loss; }, [](const EpochRow& r) { return r.test_loss; }, 0.0, lmax * 1.05);
-  svg += panel(W / 2, "accuracy per epoch", [](const EpochRow& r) { return r.train_acc; }, [](const EpochRow& r) { return r.test_acc; },
-               std::floor(amin * 20) / 20, 1.0);
-  svg += fmt::format(R"(<text x="{}" y="{}" font-size="11" fill="#1f77b4">train</text><text x="{}" y="{}" font-size="11" fill="#d62728">test</text>)",
-                     pad, H - 8, pad + 50, H - 8);
-  svg += "</svg>\n";
-  // The checkpoints' write path: a temp file of this process, fsync, rename; on failure
-  // the temp file is removed and the message gives the system's reason.
-  nn::write_file_atomically(path, std::span(reinterpret_cast<const std::uint8_t*>(svg.data()), svg.size()), "--curve");
 }
 
 // --export: a .safetensors file, or else a directory of .npy files; checked before training.
@@ -317,16 +173,16 @@ int run(const Options& o) {
 
   nn::BatchIterator batches(train, o.batch, /*shuffle=*/true, o.seed, o.limit);
   ad::Tape<float> tape;
-  std::vector<EpochRow> rows;
+  nn::TrainingCurve curve;
   nn::EpochStats last_test;
   bool evaluated = false;
   for (int e = start; e < o.epochs; ++e) {
     batches.start_epoch(static_cast<uint64_t>(e));
-    Progress progress(e + 1, o.epochs, batches.size());
+    nn::ProgressBar progress(e + 1, o.epochs, batches.size());
     const auto lr_at = [&](double frac) { return nn::scheduled_lr(schedule, lr, e + frac, o.epochs); };
     nn::EpochStats tr;
     try {
-      tr = nn::train_epoch(model, *opt, batches, tape, std::ref(progress), lr_at);
+      tr = nn::train_epoch(model, *opt, batches, tape, curve.recorder(e, batches.size(), std::ref(progress)), lr_at);
     } catch (const nn::NonFiniteLossError& d) {
       flush_out();
       throw std::runtime_error(fmt::format(
@@ -337,15 +193,21 @@ int run(const Options& o) {
     }
     last_test = nn::evaluate(model, test, kEvalBatch, tape);
     evaluated = true;
-    rows.push_back({e + 1, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy, tr.seconds});
+    curve.add_epoch({e + 1, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy});
     out("epoch {}/{}: train loss {:.4f} acc {:.4f} | test loss {:.4f} acc {:.4f} | {:.1f} s, {:.0f} img/s\n", e + 1,
         o.epochs, tr.loss, tr.accuracy, last_test.loss, last_test.accuracy, tr.seconds,
         static_cast<double>(tr.images) / tr.seconds);
     flush_out();
     if (!o.save.empty()) nn::save_model(o.save, model, *opt, e + 1, cfg.tag());
   }
-  if (!o.curve.empty() && !rows.empty()) {
-    write_curve_svg(o.curve, rows);
+  if (!o.curve.empty() && !curve.epochs().empty()) {
+    curve.write_svg(o.curve, {fmt::format("train_cnn: {}, {} parameters, {} training images{}", cfg.tag(), n_params,
+                                          batches.size(), o.load.empty() ? "" : ", resumed from " + o.load),
+                              fmt::format("optimizer {} lr {:g} ({} schedule), weight decay {:g}, batch {}, {} epochs, "
+                                          "{} threads, seed {}",
+                                          o.optimizer, lr, schedule, o.weight_decay, o.batch, o.epochs, ad::num_threads(),
+                                          o.seed)},
+                    "--curve");
     out("training curve: {}\n", o.curve);
   }
   if (!evaluated) last_test = nn::evaluate(model, test, kEvalBatch, tape);
@@ -424,7 +286,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-memory", o.max_memory_mb,
                  "refuse to start when the run would need more than this many MB (default: 80% of the memory available)")
       ->check(number_in(1e-6, 1e9, true));  // at least one byte: a budget that rounds to 0 bytes would mean "none"
-  app.add_option("--curve", o.curve, "write the training curve (loss, accuracy per epoch) as an SVG file");
+  app.add_option("--curve", o.curve,
+                 "write the training curve (loss of every batch, loss and accuracy per epoch) as an SVG file (.svg)")
+      ->check(CLI::Validator([](std::string& v) { return nn::svg_path_problem(v); }, "FILE.svg"));
   // Weights in and out, in PyTorch's state_dict names and layouts (README, "Weights in and out").
   app.add_option("--import", o.import_weights,
                  "start from these weights: FILE.safetensors or a directory of .npy files (PyTorch's names and layouts)")

@@ -22,6 +22,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "nn/file_io.hpp"
+
 namespace nn {
 namespace {
 
@@ -175,41 +177,7 @@ class Reader {
 };
 
 std::vector<std::uint8_t> read_whole_file(const std::string& path) {
-  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the file is
-  // refused below unless it is a regular file, where the flag changes nothing.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    throw CheckpointError(fmt::format("load_checkpoint: {}: cannot open: {}", path,
-                                      errno_text(errno)));
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    const int err = errno;
-    const bool is_dir = S_ISDIR(st.st_mode);
-    ::close(fd);
-    throw CheckpointError(fmt::format("load_checkpoint: {}: {}", path,
-                                      is_dir ? "is a directory, not a checkpoint"
-                                      : st.st_mode != 0 ? "is not a regular file"
-                                                        : "cannot stat: " + errno_text(err)));
-  }
-  // The file's real size bounds every later allocation.
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(st.st_size));
-  std::size_t have = 0;
-  while (have < buf.size()) {
-    const ssize_t got = ::read(fd, buf.data() + have, buf.size() - have);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) {
-      const int err = errno;
-      ::close(fd);
-      throw CheckpointError(fmt::format("load_checkpoint: {}: read error: {}", path,
-                                        errno_text(err)));
-    }
-    if (got == 0) break;
-    have += static_cast<std::size_t>(got);
-  }
-  ::close(fd);
-  buf.resize(have);  // the file shrank while reading: the parser reports it truncated
-  return buf;
+  return detail::read_regular_file<CheckpointError>(path, "load_checkpoint", "checkpoint");
 }
 
 }  // namespace

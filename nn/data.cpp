@@ -179,6 +179,7 @@ BatchIterator::BatchIterator(const Dataset& data, std::size_t batch_size, bool s
 
 void BatchIterator::start_epoch(std::uint64_t epoch) {
   pos_ = 0;
+  epoch_ = epoch;
   std::iota(order_.begin(), order_.end(), std::size_t{0});
   if (!shuffle_ || order_.size() < 2) return;
   std::mt19937_64 rng(splitmix64(seed_ ^ splitmix64(epoch)));
@@ -187,6 +188,11 @@ void BatchIterator::start_epoch(std::uint64_t epoch) {
     const auto j = static_cast<std::size_t>(uniform_below(rng, std::uint64_t{i} + 1));
     std::swap(order_[i], order_[j]);
   }
+}
+
+void BatchIterator::set_augmentation(const Augmentation& a) {
+  if (a.max_shift < 0) throw std::invalid_argument(fmt::format("BatchIterator: max_shift is {}; it must be >= 0", a.max_shift));
+  augment_ = a;
 }
 
 std::size_t BatchIterator::num_batches() const {
@@ -213,8 +219,24 @@ bool BatchIterator::next(xt::xarray<T>& images, std::vector<int>& labels) {
     const std::size_t example = order_[pos_ + i];
     const std::uint8_t* src = bytes + example * pixels;
     T* out = dst + i * pixels;
-    for (std::size_t k = 0; k < pixels; ++k) out[k] = static_cast<T>(src[k]) / static_cast<T>(255);
     labels[i] = data_->labels[example];
+    if (!augment_.enabled()) {
+      for (std::size_t k = 0; k < pixels; ++k) out[k] = static_cast<T>(src[k]) / static_cast<T>(255);
+      continue;
+    }
+    // out[r, c] = in[r + dy, flip(c) + dx] / 255, 0 outside the image; (dy, dx, flip)
+    // drawn from (seed, epoch, position in the epoch).
+    std::mt19937_64 rng(splitmix64(seed_ ^ splitmix64(epoch_ ^ splitmix64(pos_ + i))));
+    const auto span = static_cast<std::uint64_t>(2 * augment_.max_shift + 1);
+    const auto dy = static_cast<std::ptrdiff_t>(uniform_below(rng, span)) - augment_.max_shift;
+    const auto dx = static_cast<std::ptrdiff_t>(uniform_below(rng, span)) - augment_.max_shift;
+    const bool flip = augment_.horizontal_flip && uniform_below(rng, 2) == 1;
+    const auto R = static_cast<std::ptrdiff_t>(rows), C = static_cast<std::ptrdiff_t>(cols);
+    for (std::ptrdiff_t r = 0; r < R; ++r)
+      for (std::ptrdiff_t c = 0; c < C; ++c) {
+        const std::ptrdiff_t sr = r + dy, sc = (flip ? C - 1 - c : c) + dx;
+        out[r * C + c] = sr >= 0 && sr < R && sc >= 0 && sc < C ? static_cast<T>(src[sr * C + sc]) / static_cast<T>(255) : T(0);
+      }
   }
   pos_ += b;
   return true;

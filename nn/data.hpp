@@ -47,6 +47,15 @@ IdxPairPaths fashion_mnist_paths(const std::string& dir, const std::string& spli
 // kFashionMnistClasses classes: a label of 10 or more is a DataError.
 Dataset load_fashion_mnist(const std::string& dir, const std::string& split);
 
+// Random changes to training images, drawn afresh for every image in every epoch
+// (a pure function of the iterator's seed, the epoch and the image's position).
+struct Augmentation {
+  // Shift by up to `max_shift` pixels in each direction, filling with 0: the same as
+  // padding by max_shift with zeros and cropping a random H x W window.
+  int max_shift = 0;
+  bool horizontal_flip = false;  // mirror left-right with probability 1/2
+  bool enabled() const { return max_shift > 0 || horizontal_flip; }
+};
 // What a data set will hold, from the IDX headers alone (nothing else is read or
 // allocated): count, rows, cols. Throws DataError as load_idx_pair would for the headers.
 struct DatasetShape {
@@ -79,6 +88,10 @@ class BatchIterator {
   template <class T>
   bool next(xt::xarray<T>& images, std::vector<int>& labels);
 
+  // Applies `a` to every image next() returns from now on (training batches; leave
+  // evaluation unaugmented). Throws std::invalid_argument for a negative shift.
+  void set_augmentation(const Augmentation& a);
+
   // Batches per epoch: ceil(size() / batch_size).
   std::size_t num_batches() const;
   // Examples per epoch: min(limit, count), or count when limit is 0.
@@ -91,6 +104,8 @@ class BatchIterator {
   std::uint64_t seed_;
   std::vector<std::size_t> order_;
   std::size_t pos_ = 0;
+  std::uint64_t epoch_ = 0;
+  Augmentation augment_;
 };
 
 extern template bool BatchIterator::next<float>(xt::xarray<float>&, std::vector<int>&);

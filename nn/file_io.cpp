@@ -1,5 +1,4 @@
-// File helpers of the weights readers and writers (nn/file_io.hpp). The same steps as
-// the checkpoint writer and reader (nn/checkpoint.cpp), with WeightsError.
+// File helpers of the weights readers and writers and the checkpoint reader (nn/file_io.hpp).
 #include "nn/file_io.hpp"
 
 #include <fcntl.h>
@@ -12,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "nn/checkpoint.hpp"
 #include "nn/tensor_files.hpp"
 
 namespace nn::detail {
@@ -21,19 +21,20 @@ std::string errno_text(int err) { return std::generic_category().message(err); }
 
 }  // namespace
 
-std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::string& what) {
+template <class Error>
+std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::string& what, const char* noun) {
   // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the file is
   // refused below unless it is a regular file, where the flag changes nothing.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) throw WeightsError(fmt::format("{}: {}: cannot open: {}", what, path, errno_text(errno)));
+  if (fd < 0) throw Error(fmt::format("{}: {}: cannot open: {}", what, path, errno_text(errno)));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     const int err = errno;
     const bool is_dir = S_ISDIR(st.st_mode);
     ::close(fd);
-    throw WeightsError(fmt::format("{}: {}: {}", what, path,
-                                   is_dir              ? "is a directory, not a file"
-                                   : st.st_mode != 0   ? "is not a regular file"
+    throw Error(fmt::format("{}: {}: {}", what, path,
+                                   is_dir              ? fmt::format("is a directory, not a {}", noun)
+                                   : st.st_mode != 0   ? std::string("is not a regular file")
                                                        : "cannot stat: " + errno_text(err)));
   }
   // The file's real size bounds every later allocation.
@@ -45,7 +46,7 @@ std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::
     if (got < 0) {
       const int err = errno;
       ::close(fd);
-      throw WeightsError(fmt::format("{}: {}: read error: {}", what, path, errno_text(err)));
+      throw Error(fmt::format("{}: {}: read error: {}", what, path, errno_text(err)));
     }
     if (got == 0) break;
     have += static_cast<std::size_t>(got);
@@ -54,6 +55,10 @@ std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::
   buf.resize(have);  // the file shrank while reading: the parser reports it truncated
   return buf;
 }
+
+template std::vector<std::uint8_t> read_regular_file<WeightsError>(const std::string&, const std::string&, const char*);
+template std::vector<std::uint8_t> read_regular_file<CheckpointError>(const std::string&, const std::string&,
+                                                                      const char*);
 
 void write_file_atomically(const std::string& path, const void* bytes, std::size_t size, const std::string& what) {
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());

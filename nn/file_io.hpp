@@ -1,5 +1,5 @@
 // File helpers shared by the weights readers and writers (nn/safetensors.cpp,
-// nn/npy.cpp). Internal: not installed. Both throw WeightsError.
+// nn/npy.cpp) and the checkpoint reader (nn/checkpoint.cpp). Internal: not installed.
 #pragma once
 
 #include <cstdint>
@@ -9,8 +9,11 @@
 namespace nn::detail {
 
 // The whole content of a regular file. Refuses (without blocking) a FIFO, a device or
-// a directory; `what` starts every message ("read_safetensors: <path>: ...").
-std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::string& what);
+// a directory ("is a directory, not a <noun>"), throwing `Error` (WeightsError for the
+// weights files, CheckpointError for checkpoints); `what` starts every message
+// ("read_safetensors: <path>: ...").
+template <class Error>
+std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::string& what, const char* noun = "file");
 
 // Writes `bytes` to `path` atomically: <path>.tmp.<pid>, fsync, rename over `path`, fsync
 // of the directory. On failure `path` is untouched and the temp file removed.

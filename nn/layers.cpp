@@ -36,21 +36,65 @@ Init parse_init(const std::string& s) {
 }
 
 namespace {
-// A weight of `shape` and a bias of `n` by the chosen scheme.
+
+// "nn::Conv2d \"conv1\"" (or just "nn::Conv2d" before the layer has a name).
+std::string layer_what(const char* type, const std::string& name) {
+  return name.empty() ? std::string(type) : fmt::format("{} \"{}\"", type, name);
+}
+
+// Refuses a size that is not positive before anything is allocated from it (a negative
+// int converted to a size would ask for 2^64 elements).
+void check_positive(const char* type, const std::string& name, const char* what, int value) {
+  if (value <= 0)
+    throw std::invalid_argument(fmt::format("{}: {} is {}; it must be positive", layer_what(type, name), what, value));
+}
+
+// A weight of `shape` by the chosen scheme; fan_in and fan_out from the shape.
 template <class T>
-std::pair<ad::Tensor<T>, ad::Tensor<T>> init_weight_bias(Init init, const ad::Shape& shape, std::size_t n,
-                                                         std::size_t fan_in, std::size_t fan_out, std::mt19937_64& rng) {
-  if (init == Init::Torch) {  // kaiming_uniform(a = sqrt(5)): bound 1/sqrt(fan_in), bias alike
+ad::Tensor<T> init_weight(Init init, const ad::Shape& shape, std::size_t fan_in, std::size_t fan_out, std::mt19937_64& rng) {
+  if (init == Init::Torch) {  // kaiming_uniform(a = sqrt(5)): bound 1/sqrt(fan_in)
     const double b = 1.0 / std::sqrt(static_cast<double>(fan_in));
     std::uniform_real_distribution<double> u(-b, b);
-    ad::Tensor<T> w(shape), bias(ad::Shape{n});
+    ad::Tensor<T> w(shape);
     for (T& e : w) e = static_cast<T>(u(rng));
-    for (T& e : bias) e = static_cast<T>(u(rng));
-    return {std::move(w), std::move(bias)};
+    return w;
   }
-  return {init == Init::He ? he_normal<T>(shape, fan_in, rng) : xavier_uniform<T>(shape, fan_in, fan_out, rng),
-          xt::zeros<T>({n})};
+  return init == Init::He ? he_normal<T>(shape, fan_in, rng) : xavier_uniform<T>(shape, fan_in, fan_out, rng);
 }
+
+// A bias of n, drawn after the weight: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)), else 0.
+template <class T>
+ad::Tensor<T> init_bias(Init init, std::size_t n, std::size_t fan_in, std::mt19937_64& rng) {
+  ad::Tensor<T> bias = xt::zeros<T>({n});
+  if (init == Init::Torch) {
+    const double b = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    std::uniform_real_distribution<double> u(-b, b);
+    for (T& e : bias) e = static_cast<T>(u(rng));
+  }
+  return bias;
+}
+
+// Conv2d's kernel (C_out, C_in/groups, KH, KW); ConvTranspose2d's (C_in, C_out/groups, KH, KW).
+ad::Shape conv_kernel_shape(const char* type, const std::string& name, int c_in, int c_out, std::array<int, 2> kernel,
+                            int groups, bool transposed) {
+  check_positive(type, name, "c_in", c_in);
+  check_positive(type, name, "c_out", c_out);
+  check_positive(type, name, "the kernel height", kernel[0]);
+  check_positive(type, name, "the kernel width", kernel[1]);
+  check_positive(type, name, "groups", groups);
+  if (c_in % groups != 0 || c_out % groups != 0)
+    throw std::invalid_argument(fmt::format("{}: groups {} must divide c_in {} and c_out {}", layer_what(type, name), groups,
+                                            c_in, c_out));
+  const auto [rows, cols] = transposed ? std::pair{c_in, c_out / groups} : std::pair{c_out, c_in / groups};
+  return {std::size_t(rows), std::size_t(cols), std::size_t(kernel[0]), std::size_t(kernel[1])};
+}
+
+ad::Shape linear_weight_shape(const std::string& name, int d_in, int d_out) {
+  check_positive("nn::Linear", name, "d_in", d_in);
+  check_positive("nn::Linear", name, "d_out", d_out);
+  return {std::size_t(d_in), std::size_t(d_out)};
+}
+
 }  // namespace
 
 template <class T>
@@ -70,70 +114,179 @@ ad::Tensor<T> xavier_uniform(const ad::Shape& shape, std::size_t fan_in, std::si
   return t;
 }
 
+// fan_in = C_in*KH*KW, fan_out = C_out*KH*KW; the weight is drawn before the bias.
 template <class T>
 Conv2d<T>::Conv2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt,
-                  Init init, std::mt19937_64& rng)
-    : Layer<T>(std::move(name)), options(opt) {
-  const ad::Shape ks{std::size_t(c_out), std::size_t(c_in), std::size_t(kernel[0]), std::size_t(kernel[1])};
-  auto [w, b] = init_weight_bias<T>(init, ks, ks[0], ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng);
-  weight = Parameter<T>(this->name_ + ".weight", std::move(w));
-  bias = Parameter<T>(this->name_ + ".bias", std::move(b));
-}
+                  Init init, std::mt19937_64& rng, bool with_bias)
+    : Module<T>(std::move(name)),
+      weight([&]() -> Parameter<T>& {
+        const ad::Shape ks = conv_kernel_shape("nn::Conv2d", this->name(), c_in, c_out, kernel, opt.groups, false);
+        return this->register_parameter("weight", init_weight<T>(init, ks, ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng));
+      }()),
+      bias(with_bias ? &this->register_parameter("bias", init_bias<T>(init, std::size_t(c_out),
+                                                                      weight.value.size() / std::size_t(c_out), rng))
+                     : nullptr),
+      options(opt) {}
+
+template <class T>
+Conv2d<T>::Conv2d(int c_in, int c_out, std::array<int, 2> kernel, ad::Conv2dOptions opt, Init init, std::mt19937_64& rng,
+                  bool with_bias)
+    : Conv2d(std::string(), c_in, c_out, kernel, opt, init, rng, with_bias) {}
 
 template <class T>
 Value Conv2d<T>::forward(Tape<T>& tape, Value x) {
-  return tape.set_label(ad::conv2d(tape, x, tape.param(weight), tape.param(bias), options), this->name_);
+  const std::source_location at = this->call_site();
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  return tape.set_label(ad::conv2d(tape, x, tape.param(weight, at), b, options, at), this->name());
 }
 
 template <class T>
-Linear<T>::Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng)
-    : Layer<T>(std::move(name)) {
-  const ad::Shape ws{std::size_t(d_in), std::size_t(d_out)};
-  auto [w, b] = init_weight_bias<T>(init, ws, ws[1], ws[0], ws[1], rng);
-  weight = Parameter<T>(this->name_ + ".weight", std::move(w));
-  bias = Parameter<T>(this->name_ + ".bias", std::move(b));
-}
+Linear<T>::Linear(std::string name, int d_in, int d_out, Init init, std::mt19937_64& rng, bool with_bias)
+    : Module<T>(std::move(name)),
+      weight([&]() -> Parameter<T>& {
+        const ad::Shape ws = linear_weight_shape(this->name(), d_in, d_out);
+        return this->register_parameter("weight", init_weight<T>(init, ws, ws[0], ws[1], rng));
+      }()),
+      bias(with_bias ? &this->register_parameter("bias", init_bias<T>(init, std::size_t(d_out), std::size_t(d_in), rng))
+                     : nullptr) {}
+
+template <class T>
+Linear<T>::Linear(int d_in, int d_out, Init init, std::mt19937_64& rng, bool with_bias)
+    : Linear(std::string(), d_in, d_out, init, rng, with_bias) {}
 
 template <class T>
 Value Linear<T>::forward(Tape<T>& tape, Value x) {
-  return tape.set_label(ad::linear(tape, x, tape.param(weight), tape.param(bias)), this->name_);
+  const std::source_location at = this->call_site();
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  return tape.set_label(ad::linear(tape, x, tape.param(weight, at), b, at), this->name());
+}
+
+// PyTorch's fan-in for a transposed convolution's (C_in, C_out/groups, KH, KW) weight:
+// (C_out/groups)*KH*KW; fan-out C_in*KH*KW.
+template <class T>
+ConvTranspose2d<T>::ConvTranspose2d(std::string name, int c_in, int c_out, std::array<int, 2> kernel,
+                                    ad::ConvTranspose2dOptions opt, Init init, std::mt19937_64& rng, bool with_bias)
+    : Module<T>(std::move(name)),
+      weight([&]() -> Parameter<T>& {
+        const ad::Shape ks = conv_kernel_shape("nn::ConvTranspose2d", this->name(), c_in, c_out, kernel, opt.groups, true);
+        return this->register_parameter("weight", init_weight<T>(init, ks, ks[1] * ks[2] * ks[3], ks[0] * ks[2] * ks[3], rng));
+      }()),
+      bias(with_bias ? &this->register_parameter(
+                           "bias", init_bias<T>(init, std::size_t(c_out), weight.value.size() / weight.value.shape()[0], rng))
+                     : nullptr),
+      options(opt) {}
+
+template <class T>
+ConvTranspose2d<T>::ConvTranspose2d(int c_in, int c_out, std::array<int, 2> kernel, ad::ConvTranspose2dOptions opt,
+                                    Init init, std::mt19937_64& rng, bool with_bias)
+    : ConvTranspose2d(std::string(), c_in, c_out, kernel, opt, init, rng, with_bias) {}
+
+template <class T>
+Value ConvTranspose2d<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  return tape.set_label(ad::conv_transpose2d(tape, x, tape.param(weight, at), b, options, at), this->name());
+}
+
+template <class T>
+BatchNorm2d<T>::BatchNorm2d(std::string name, int channels, BatchNorm2dOptions opt)
+    : Module<T>(std::move(name)),
+      weight([&] {
+        check_positive("nn::BatchNorm2d", this->name(), "channels", channels);
+        return opt.affine ? &this->register_parameter("weight", xt::ones<T>({std::size_t(channels)})) : nullptr;
+      }()),
+      bias(opt.affine ? &this->register_parameter("bias", xt::zeros<T>({std::size_t(channels)})) : nullptr),
+      running_mean(this->register_buffer("running_mean", xt::zeros<T>({std::size_t(channels)}))),
+      running_var(this->register_buffer("running_var", xt::ones<T>({std::size_t(channels)}))),
+      options(opt) {}
+
+template <class T>
+BatchNorm2d<T>::BatchNorm2d(int channels, BatchNorm2dOptions opt) : BatchNorm2d(std::string(), channels, opt) {}
+
+template <class T>
+Value BatchNorm2d<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  const Value w = weight ? tape.param(*weight, at) : Value{};
+  const Value b = bias ? tape.param(*bias, at) : Value{};
+  const ad::BatchNorm2dOptions opt{.training = this->is_training(), .momentum = options.momentum, .eps = options.eps};
+  return tape.set_label(ad::batch_norm2d(tape, x, w, b, &running_mean, &running_var, opt, at), this->name());
+}
+
+template <class T>
+Dropout<T>::Dropout(std::string name, double p, uint64_t seed)
+    : Module<T>(std::move(name)), p(p), seed(seed), calls(this->register_buffer("calls", xt::zeros<T>({1}))) {
+  if (!(p >= 0 && p <= 1))
+    throw std::invalid_argument(fmt::format("{}: p is {}; it must be in [0, 1]", layer_what("nn::Dropout", this->name()), p));
+}
+
+template <class T>
+Dropout<T>::Dropout(double p, uint64_t seed) : Dropout(std::string(), p, seed) {}
+
+namespace {
+// FNV-1a: a hash of the layer's path that is the same in every build.
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (const unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+template <class T>
+Value Dropout<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  if (!this->is_training()) return ad::dropout(tape, x, p, false, 0, at);  // the identity
+  // dropout hashes its seed: distinct layers and calls need only distinct inputs.
+  const auto call = static_cast<uint64_t>(calls(0));
+  const uint64_t s = seed ^ (fnv1a(this->name()) + 0x9E3779B97F4A7C15ull * (call + 1));
+  calls(0) += T(1);
+  return tape.set_label(ad::dropout(tape, x, p, true, s, at), this->name());
+}
+
+template <class T>
+Value GlobalAvgPool2d<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
+  // (N, C, H, W) -> (N, C, 1, 1) -> (N, C).
+  const Value pooled = tape.set_label(ad::global_avg_pool2d(tape, x, at), this->name());
+  return ad::flatten(tape, pooled, at);
 }
 
 template <class T>
 Value Pool2d<T>::forward(Tape<T>& tape, Value x) {
-  const Value y = kind == PoolKind::Max ? ad::max_pool2d(tape, x, options) : ad::avg_pool2d(tape, x, options);
-  return tape.set_label(y, this->name_);
+  const std::source_location at = this->call_site();
+  const Value y = kind == PoolKind::Max ? ad::max_pool2d(tape, x, options, at) : ad::avg_pool2d(tape, x, options, at);
+  return tape.set_label(y, this->name());
 }
 
 template <class T>
 Value ActivationLayer<T>::forward(Tape<T>& tape, Value x) {
+  const std::source_location at = this->call_site();
   Value y;
   switch (kind) {
-    case Activation::Relu: y = ad::relu(tape, x); break;
-    case Activation::LeakyRelu: y = ad::leaky_relu(tape, x, slope); break;
-    case Activation::Sigmoid: y = ad::sigmoid(tape, x); break;
-    case Activation::Tanh: y = ad::tanh(tape, x); break;
+    case Activation::Relu: y = ad::relu(tape, x, at); break;
+    case Activation::LeakyRelu: y = ad::leaky_relu(tape, x, slope, at); break;
+    case Activation::Sigmoid: y = ad::sigmoid(tape, x, at); break;
+    case Activation::Tanh: y = ad::tanh(tape, x, at); break;
   }
-  return tape.set_label(y, this->name_);
+  return tape.set_label(y, this->name());
 }
 
 template <class T>
 Value Flatten<T>::forward(Tape<T>& tape, Value x) {
-  return tape.set_label(ad::flatten(tape, x), this->name_);
+  return tape.set_label(ad::flatten(tape, x, this->call_site()), this->name());
 }
 
 template <class T>
 Value Sequential<T>::forward(Tape<T>& tape, Value x) {
-  for (auto& l : layers_) x = l->forward(tape, x);
+  const std::source_location at = this->call_site();
+  for (auto& [name, m] : this->named_children()) x = (*m)(tape, x, at);
   return x;
 }
 
 template <class T>
-std::vector<Parameter<T>*> Sequential<T>::parameters() {
-  std::vector<Parameter<T>*> ps;
-  for (auto& l : layers_)
-    for (Parameter<T>* p : l->parameters()) ps.push_back(p);
-  return ps;
+std::vector<Module<T>*> Sequential<T>::layers() {
+  std::vector<Module<T>*> out;
+  for (auto& [name, m] : this->named_children()) out.push_back(m);
+  return out;
 }
 
 std::string CnnConfig::tag() const {
@@ -178,6 +331,10 @@ Sequential<T> make_cnn(const CnnConfig& cfg, uint64_t seed) {
   template class Pool2d<T>;                                                                               \
   template class ActivationLayer<T>;                                                                      \
   template class Flatten<T>;                                                                              \
+  template class BatchNorm2d<T>;                                                                          \
+  template class Dropout<T>;                                                                              \
+  template class ConvTranspose2d<T>;                                                                      \
+  template class GlobalAvgPool2d<T>;                                                                      \
   template class Sequential<T>;                                                                           \
   template Sequential<T> make_cnn<T>(const CnnConfig&, uint64_t);
 NN_INSTANTIATE(float)

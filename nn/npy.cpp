@@ -168,7 +168,7 @@ bool usable_file_name(const std::string& name) {
 }  // namespace
 
 WeightTensor read_npy(const std::string& path, const std::string& name) {
-  const std::vector<std::uint8_t> file = detail::read_regular_file(path, "read_npy");
+  const std::vector<std::uint8_t> file = detail::read_regular_file<WeightsError>(path, "read_npy");
   const auto fail = [&](const std::string& what) { return WeightsError(fmt::format("read_npy: {}: {}", path, what)); };
   if (file.empty() || std::memcmp(file.data(), kNpyMagic, std::min(file.size(), sizeof kNpyMagic)) != 0)
     throw fail("not a .npy file (it does not start with \"\\x93NUMPY\")");

@@ -209,7 +209,7 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::uint8_t> file, c
 }
 
 std::vector<WeightTensor> read_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
-  const std::vector<std::uint8_t> file = detail::read_regular_file(path, "read_safetensors");
+  const std::vector<std::uint8_t> file = detail::read_regular_file<WeightsError>(path, "read_safetensors");
   SafetensorsHeader header = parse_safetensors_header(file, path);
   std::vector<WeightTensor> out;
   out.reserve(header.tensors.size());

@@ -36,8 +36,9 @@ NonFiniteLossError::NonFiniteLossError(std::size_t step_, std::size_t first_imag
       loss(loss_) {}
 
 template <class T>
-EpochStats train_epoch(Sequential<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
-                       const ProgressFn& progress, const std::function<double(double)>& lr_at) {
+EpochStats train_epoch(Module<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
+                       const ProgressFn& progress, const std::function<double(double)>& lr_at,
+                       std::source_location loc) {
   const auto t0 = std::chrono::steady_clock::now();
   EpochStats s;
   ad::Tensor<T> images;
@@ -47,8 +48,8 @@ EpochStats train_epoch(Sequential<T>& model, Optimizer<T>& opt, BatchIterator& b
   while (batches.next(images, labels)) {
     if (lr_at) opt.set_lr(lr_at(static_cast<double>(s.images) / static_cast<double>(batches.size())));
     tape.reset();
-    const Value logits = model.forward(tape, tape.input(images, "images"));
-    const Value loss = tape.set_label(ad::softmax_cross_entropy(tape, logits, labels), "loss");
+    const Value logits = model(tape, tape.input(images, "images", loc), loc);
+    const Value loss = tape.set_label(ad::softmax_cross_entropy(tape, logits, labels, {}, loc), "loss");
     // A NaN or infinite loss stops the run here, before backward and the update, so
     // the model (and any checkpoint saved from it) keeps its last finite state.
     const double step_loss = static_cast<double>(tape.value(loss)());
@@ -69,8 +70,18 @@ EpochStats train_epoch(Sequential<T>& model, Optimizer<T>& opt, BatchIterator& b
 }
 
 template <class T>
-EpochStats evaluate(Sequential<T>& model, const Dataset& data, std::size_t batch, ad::Tape<T>& tape) {
+EpochStats evaluate(Module<T>& model, const Dataset& data, std::size_t batch, ad::Tape<T>& tape) {
   const auto t0 = std::chrono::steady_clock::now();
+  // Evaluation mode for the whole model, each module's own mode restored on the way out
+  // (in pre-order: a parent's train() sets its children, whose own entries follow).
+  struct RestoreModes {
+    std::vector<std::pair<Module<T>*, bool>> modes;
+    ~RestoreModes() {
+      for (auto& [m, on] : modes) m->train(on);
+    }
+  } restore;
+  for (auto& [name, m] : model.named_modules()) restore.modes.emplace_back(m, m->is_training());
+  model.eval();
   BatchIterator it(data, batch, /*shuffle=*/false, /*seed=*/0);
   EpochStats s;
   ad::Tensor<T> images;
@@ -80,7 +91,7 @@ EpochStats evaluate(Sequential<T>& model, const Dataset& data, std::size_t batch
   ad::NoGradGuard guard(tape);
   while (it.next(images, labels)) {
     tape.reset();
-    const Value logits = model.forward(tape, tape.input(images));
+    const Value logits = model(tape, tape.input(images));
     const Value loss = ad::softmax_cross_entropy(tape, logits, labels);
     loss_sum += static_cast<double>(tape.value(loss)()) * static_cast<double>(labels.size());
     correct += count_correct(tape.value(logits), labels);
@@ -93,25 +104,29 @@ EpochStats evaluate(Sequential<T>& model, const Dataset& data, std::size_t batch
 }
 
 template <class T>
-void save_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, int epochs_done,
+void save_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, int epochs_done,
                 const std::string& tag) {
   std::vector<NamedTensor> ts;
-  for (auto* p : model.parameters()) ts.push_back({p->name, xt::cast<float>(p->value)});
+  for (auto& [name, p] : model.named_parameters()) ts.push_back({name, xt::cast<float>(p->value)});
+  for (auto& [name, b] : model.named_buffers()) ts.push_back({name, xt::cast<float>(*b)});
   for (auto& s : opt.state("optim.")) ts.push_back(std::move(s));
   ts.push_back({"meta.epochs", xt::xarray<float>({static_cast<float>(epochs_done)})});
   save_checkpoint(path, ts, tag);
 }
 
 template <class T>
-int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, const std::string& tag) {
+int load_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, const std::string& tag) {
   // Load into float staging tensors of the model's shapes, then copy: nothing in the
-  // model changes unless load_checkpoint_into accepted the whole file.
+  // model changes unless load_checkpoint_into accepted the whole file. Parameters and
+  // buffers alike: (name, the model's tensor).
+  std::vector<std::pair<std::string, ad::Tensor<T>*>> tensors;
+  for (auto& [name, p] : model.named_parameters()) tensors.emplace_back(name, &p->value);
+  for (auto& [name, b] : model.named_buffers()) tensors.emplace_back(name, b);
   std::vector<std::pair<std::string, xt::xarray<float>*>> expected;
   std::vector<xt::xarray<float>> staging;
-  const auto params = model.parameters();
-  staging.reserve(params.size());
-  for (auto* p : params) staging.push_back(xt::zeros<float>(p->value.shape()));
-  for (std::size_t i = 0; i < params.size(); ++i) expected.emplace_back(params[i]->name, &staging[i]);
+  staging.reserve(tensors.size());
+  for (auto& [name, t] : tensors) staging.push_back(xt::zeros<float>(t->shape()));
+  for (std::size_t i = 0; i < tensors.size(); ++i) expected.emplace_back(tensors[i].first, &staging[i]);
   std::vector<xt::xarray<float>> opt_staging;
   auto opt_refs = opt.state_refs("optim.");
   opt_staging.reserve(opt_refs.size());
@@ -138,17 +153,27 @@ int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt,
   const float e = epochs(0);
   if (!(e >= 0.0f && e <= 16777216.0f) || e != std::floor(e))
     throw CheckpointError(fmt::format("{}: meta.epochs is {}, not a whole number of epochs in [0, 2^24]", path, e));
-  for (std::size_t i = 0; i < params.size(); ++i) params[i]->value = xt::cast<T>(staging[i]);
+  for (std::size_t i = 0; i < tensors.size(); ++i) *tensors[i].second = xt::cast<T>(staging[i]);
   for (std::size_t i = 0; i < opt_refs.size(); ++i) *opt_refs[i].second = opt_staging[i];
   return static_cast<int>(epochs(0));
 }
 
 template <class T>
-std::size_t step_bytes_per_example(Sequential<T>& model, const ad::Shape& example_shape) {
+std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_shape) {
   ad::Shape shape{1};
   shape.insert(shape.end(), example_shape.begin(), example_shape.end());
+  // The probe's forward must leave the model as it was: batch norm in training mode
+  // updates its running statistics.
+  std::vector<std::pair<ad::Tensor<T>*, ad::Tensor<T>>> buffers;
+  for (auto& [name, b] : model.named_buffers()) buffers.emplace_back(b, *b);
+  struct RestoreBuffers {
+    std::vector<std::pair<ad::Tensor<T>*, ad::Tensor<T>>>& saved;
+    ~RestoreBuffers() {
+      for (auto& [b, v] : saved) *b = v;
+    }
+  } restore{buffers};
   ad::Tape<T> probe;
-  model.forward(probe, probe.input(ad::Tensor<T>(xt::zeros<T>(shape))));
+  model(probe, probe.input(ad::Tensor<T>(xt::zeros<T>(shape))));
   std::size_t bytes = 0;
   for (std::size_t i = 0; i < probe.num_values(); ++i) {
     const ad::Slot<T>& s = probe.slot(ad::Value{static_cast<int32_t>(i)});
@@ -238,12 +263,12 @@ void check_memory(std::size_t bytes, std::size_t budget, const std::string& what
 }
 
 #define NN_INSTANTIATE(T)                                                                                      \
-  template EpochStats train_epoch<T>(Sequential<T>&, Optimizer<T>&, BatchIterator&, ad::Tape<T>&,             \
-                                     const ProgressFn&, const std::function<double(double)>&);                \
-  template EpochStats evaluate<T>(Sequential<T>&, const Dataset&, std::size_t, ad::Tape<T>&);                 \
-  template void save_model<T>(const std::string&, Sequential<T>&, Optimizer<T>&, int, const std::string&);    \
-  template int load_model<T>(const std::string&, Sequential<T>&, Optimizer<T>&, const std::string&);           \
-  template std::size_t step_bytes_per_example<T>(Sequential<T>&, const ad::Shape&);
+  template EpochStats train_epoch<T>(Module<T>&, Optimizer<T>&, BatchIterator&, ad::Tape<T>&, const ProgressFn&,  \
+                                     const std::function<double(double)>&, std::source_location);              \
+  template EpochStats evaluate<T>(Module<T>&, const Dataset&, std::size_t, ad::Tape<T>&);                     \
+  template void save_model<T>(const std::string&, Module<T>&, Optimizer<T>&, int, const std::string&);        \
+  template int load_model<T>(const std::string&, Module<T>&, Optimizer<T>&, const std::string&);               \
+  template std::size_t step_bytes_per_example<T>(Module<T>&, const ad::Shape&);
 NN_INSTANTIATE(float)
 NN_INSTANTIATE(double)
 #undef NN_INSTANTIATE

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <source_location>
 #include <stdexcept>
 #include <string>
 
@@ -32,37 +33,45 @@ class NonFiniteLossError : public std::runtime_error {
 // Called after every batch: images seen so far this epoch, running mean loss.
 using ProgressFn = std::function<void(std::size_t images_done, double running_loss)>;
 
-// One pass over `batches` (start_epoch must have been called): forward, softmax
-// cross-entropy, backward, optimizer step; the tape is reset and reused each step.
-// `lr_at` (optional) gives the learning rate for each step's fraction of the epoch.
+// One pass over `batches` (start_epoch must have been called) with any module that
+// maps images (N, C, H, W) to logits (N, K): forward, softmax cross-entropy, backward,
+// optimizer step; the tape is reset and reused each step. The model runs in the mode
+// it is in (a new model is in training mode; see Module::train). `lr_at` (optional)
+// gives the learning rate for each step's fraction of the epoch. The nodes the
+// library's layers record show `loc`, the line that called train_epoch.
 // Throws NonFiniteLossError, before that step's update, when a loss is not finite.
 template <class T>
-EpochStats train_epoch(Sequential<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
-                       const ProgressFn& progress = {}, const std::function<double(double)>& lr_at = {});
+EpochStats train_epoch(Module<T>& model, Optimizer<T>& opt, BatchIterator& batches, ad::Tape<T>& tape,
+                       const ProgressFn& progress = {}, const std::function<double(double)>& lr_at = {},
+                       std::source_location loc = std::source_location::current());
 
-// Accuracy and mean loss on a whole dataset, in batches, recording nothing.
+// Accuracy and mean loss on a whole dataset, in batches, recording nothing. The model
+// runs in evaluation mode (batch norm uses its running statistics, dropout is off);
+// every module's mode is restored afterwards.
 template <class T>
-EpochStats evaluate(Sequential<T>& model, const Dataset& data, std::size_t batch, ad::Tape<T>& tape);
+EpochStats evaluate(Module<T>& model, const Dataset& data, std::size_t batch, ad::Tape<T>& tape);
 
-// Checkpoints: every parameter (by name), the optimizer state ("optim.*") and the
-// number of completed epochs ("meta.epochs"), tagged with the architecture.
+// Checkpoints: every parameter and buffer (by name: model.named_parameters(),
+// model.named_buffers()), the optimizer state ("optim.*") and the number of completed
+// epochs ("meta.epochs"), tagged with the architecture.
 template <class T>
-void save_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, int epochs_done,
+void save_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, int epochs_done,
                 const std::string& tag);
-// Loads into model and optimizer after verifying tag, names, shapes and checksum, and
-// the values: every tensor finite, the optimizer's state valid (Optimizer::state_defect),
-// meta.epochs a whole number. Returns the epochs completed. Nothing changes unless
-// everything matches; a CheckpointError names the file and the tensor.
+// Loads into model (parameters and buffers) and optimizer after verifying tag, names,
+// shapes and checksum, and the values: every tensor finite, the optimizer's state valid
+// (Optimizer::state_defect), meta.epochs a whole number. Returns the epochs completed.
+// Nothing changes unless everything matches; a CheckpointError names the file and the tensor.
 template <class T>
-int load_model(const std::string& path, Sequential<T>& model, Optimizer<T>& opt, const std::string& tag);
+int load_model(const std::string& path, Module<T>& model, Optimizer<T>& opt, const std::string& tag);
 
 // Bytes a training step needs per example on the tape: every value the model records
 // for one example of `example_shape` (e.g. {1, 28, 28}), the gradient of each value
 // that needs one, and what the nodes save for backward (max-pool's argmax), found by
-// recording the forward pass of one zero example. Parameters are not counted (they
-// are the same for any batch).
+// recording the forward pass of one zero example (in the model's current mode; buffers
+// such as running statistics are restored afterwards). Parameters and buffers are not
+// counted (they are the same for any batch). Works for any module.
 template <class T>
-std::size_t step_bytes_per_example(Sequential<T>& model, const ad::Shape& example_shape);
+std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_shape);
 
 // The same bytes per example as step_bytes_per_example(make_cnn<T>(cfg, ...), {C, H, W})
 // and the parameter count of that model, from shapes alone: nothing is allocated and no

@@ -15,29 +15,34 @@ namespace {
 template <class T>
 struct Slot {
   std::string name;       // in the file
-  Parameter<T>* param;    // in the model
-  bool transposed;        // the file holds param->value transposed (a Linear weight, PyTorch layout)
+  ad::Tensor<T>* value;   // in the model: a parameter's value or a buffer
+  bool transposed;        // the file holds *value transposed (a Linear weight, PyTorch layout)
 };
 
-// The model's tensors in its order, named and laid out as `opt` says. A layer's
-// parameter "<layer>.<what>" is "<torch name of layer>.<what>" in PyTorch's layout.
+// The model's tensors in its order (named_parameters(), then named_buffers()), named
+// and laid out as `opt` says. A tensor "<layer>.<what>" of a layer that torch_names
+// renames is "<torch name of layer>.<what>" in PyTorch's layout.
 template <class T>
-std::vector<Slot<T>> slots(Sequential<T>& model, const WeightsOptions& opt) {
+std::vector<Slot<T>> slots(Module<T>& model, const WeightsOptions& opt) {
+  std::set<const ad::Tensor<T>*> linear_weights;  // (D_in, D_out) here, (D_out, D_in) in PyTorch
+  for (const auto& [path, m] : model.named_modules())
+    if (const auto* linear = dynamic_cast<const Linear<T>*>(m)) linear_weights.insert(&linear->weight.value);
+  std::vector<std::pair<std::string, ad::Tensor<T>*>> tensors;
+  for (const auto& [name, p] : model.named_parameters()) tensors.emplace_back(name, &p->value);
+  for (const auto& [name, b] : model.named_buffers()) tensors.emplace_back(name, b);
   std::vector<Slot<T>> out;
   std::set<std::string> seen;
-  for (const auto& layer : model.layers()) {
-    const auto* linear = dynamic_cast<const Linear<T>*>(layer.get());
-    for (Parameter<T>* p : layer->parameters()) {
-      std::string name = p->name;
-      const std::string& layer_name = layer->name();
-      if (opt.torch_layout && name.starts_with(layer_name + ".")) {
-        const auto it = opt.torch_names.find(layer_name);
-        if (it != opt.torch_names.end()) name = it->second + name.substr(layer_name.size());
-      }
-      if (!seen.insert(name).second)
-        throw std::invalid_argument(fmt::format("weights: two tensors of the model would be named \"{}\"", name));
-      out.push_back({std::move(name), p, opt.torch_layout && linear != nullptr && p == &linear->weight});
-    }
+  for (auto& [ours, t] : tensors) {
+    std::string name = ours;
+    if (opt.torch_layout)
+      for (const auto& [layer, torch_layer] : opt.torch_names)
+        if (name.starts_with(layer + ".")) {
+          name = torch_layer + name.substr(layer.size());
+          break;
+        }
+    if (!seen.insert(name).second)
+      throw std::invalid_argument(fmt::format("weights: two tensors of the model would be named \"{}\"", name));
+    out.push_back({std::move(name), t, opt.torch_layout && linear_weights.contains(t)});
   }
   return out;
 }
@@ -56,18 +61,18 @@ const char* layout_name(const WeightsOptions& opt) { return opt.torch_layout ? "
 }  // namespace
 
 template <class T>
-std::vector<WeightTensor> model_weights(Sequential<T>& model, const WeightsOptions& opt) {
+std::vector<WeightTensor> model_weights(Module<T>& model, const WeightsOptions& opt) {
   std::vector<WeightTensor> out;
   for (const Slot<T>& s : slots(model, opt)) {
-    xt::xarray<double> v = s.transposed ? xt::xarray<double>(xt::cast<double>(xt::transpose(s.param->value)))
-                                        : xt::xarray<double>(xt::cast<double>(s.param->value));
+    xt::xarray<double> v = s.transposed ? xt::xarray<double>(xt::cast<double>(xt::transpose(*s.value)))
+                                        : xt::xarray<double>(xt::cast<double>(*s.value));
     out.push_back({s.name, dtype_of<T>(), std::move(v)});
   }
   return out;
 }
 
 template <class T>
-void set_model_weights(Sequential<T>& model, const std::vector<WeightTensor>& tensors, const WeightsOptions& opt,
+void set_model_weights(Module<T>& model, const std::vector<WeightTensor>& tensors, const WeightsOptions& opt,
                        const std::string& source) {
   const auto fail = [&](const std::string& what) { return WeightsError(fmt::format("weights {}: {}", source, what)); };
   std::map<std::string, const WeightTensor*> have;
@@ -84,7 +89,7 @@ void set_model_weights(Sequential<T>& model, const std::vector<WeightTensor>& te
       missing.push_back(fmt::format("\"{}\"", s.name));
       continue;
     }
-    std::vector<std::size_t> expect(s.param->value.shape().begin(), s.param->value.shape().end());
+    std::vector<std::size_t> expect(s.value->shape().begin(), s.value->shape().end());
     if (s.transposed) std::reverse(expect.begin(), expect.end());
     const auto& got = it->second->value.shape();
     if (!std::equal(got.begin(), got.end(), expect.begin(), expect.end()))
@@ -110,11 +115,11 @@ void set_model_weights(Sequential<T>& model, const std::vector<WeightTensor>& te
     const xt::xarray<double>& v = have.at(s.name)->value;
     staged.push_back(s.transposed ? ad::Tensor<T>(xt::cast<T>(xt::transpose(v))) : ad::Tensor<T>(xt::cast<T>(v)));
   }
-  for (std::size_t i = 0; i < want.size(); ++i) want[i].param->value = std::move(staged[i]);
+  for (std::size_t i = 0; i < want.size(); ++i) *want[i].value = std::move(staged[i]);
 }
 
 template <class T>
-void save_weights(const std::string& path, Sequential<T>& model, const WeightsOptions& opt) {
+void save_weights(const std::string& path, Module<T>& model, const WeightsOptions& opt) {
   const std::vector<WeightTensor> tensors = model_weights(model, opt);
   if (!is_safetensors_path(path)) return write_npy_dir(path, tensors);
   std::map<std::string, std::string> metadata{{"tape_autodiff.layout", layout_name(opt)}};
@@ -124,7 +129,7 @@ void save_weights(const std::string& path, Sequential<T>& model, const WeightsOp
 }
 
 template <class T>
-void load_weights(const std::string& path, Sequential<T>& model, const WeightsOptions& opt) {
+void load_weights(const std::string& path, Module<T>& model, const WeightsOptions& opt) {
   if (!is_safetensors_path(path)) return set_model_weights(model, read_npy_dir(path), opt, path);
   std::map<std::string, std::string> metadata;
   const std::vector<WeightTensor> tensors = read_safetensors(path, &metadata);
@@ -140,11 +145,11 @@ void load_weights(const std::string& path, Sequential<T>& model, const WeightsOp
 }
 
 #define NN_INSTANTIATE(T)                                                                                         \
-  template std::vector<WeightTensor> model_weights<T>(Sequential<T>&, const WeightsOptions&);                      \
-  template void set_model_weights<T>(Sequential<T>&, const std::vector<WeightTensor>&, const WeightsOptions&,      \
+  template std::vector<WeightTensor> model_weights<T>(Module<T>&, const WeightsOptions&);                      \
+  template void set_model_weights<T>(Module<T>&, const std::vector<WeightTensor>&, const WeightsOptions&,      \
                                      const std::string&);                                                          \
-  template void save_weights<T>(const std::string&, Sequential<T>&, const WeightsOptions&);                        \
-  template void load_weights<T>(const std::string&, Sequential<T>&, const WeightsOptions&);
+  template void save_weights<T>(const std::string&, Module<T>&, const WeightsOptions&);                        \
+  template void load_weights<T>(const std::string&, Module<T>&, const WeightsOptions&);
 NN_INSTANTIATE(float)
 NN_INSTANTIATE(double)
 #undef NN_INSTANTIATE

@@ -24,7 +24,7 @@ struct WeightsOptions {
   // true: PyTorch's state_dict. Linear weights are (D_out, D_in) (ours are (D_in, D_out):
   // transposed on the way out and back), convolution kernels (C_out, C_in, KH, KW) and
   // biases as ours, and each layer is named as `torch_names` says.
-  // false: our names and layouts, as in Sequential::parameters() ("fc3.weight" (D_in, D_out)).
+  // false: our names and layouts, as in Module::named_parameters() ("fc3.weight" (D_in, D_out)).
   bool torch_layout = true;
   // Our layer name -> PyTorch module name, for layers whose names differ. The default is
   // make_cnn's CNN as PyTorch's ref-CNN names it (bench/bench_torch.cpp,
@@ -36,17 +36,17 @@ struct WeightsOptions {
 };
 
 // The model's tensors named and laid out as `opt` says, in the model's order, with the
-// model's dtype (F32 for float, F64 for double). Today these are the parameters; layer
-// buffers (batch-norm running statistics) join them as further named tensors.
+// model's dtype (F32 for float, F64 for double): its parameters, then its buffers
+// (batch-norm running statistics), for any module (nn/module.hpp).
 template <class T>
-std::vector<WeightTensor> model_weights(Sequential<T>& model, const WeightsOptions& opt = {});
+std::vector<WeightTensor> model_weights(Module<T>& model, const WeightsOptions& opt = {});
 
 // Sets every tensor of the model from `tensors` (named and laid out as `opt` says; F32
 // or F64, converted to T). The names must be exactly the model's and every shape must
 // match; otherwise throws WeightsError (naming `source`, every missing and unexpected
 // name and every mismatching shape) and changes nothing.
 template <class T>
-void set_model_weights(Sequential<T>& model, const std::vector<WeightTensor>& tensors,
+void set_model_weights(Module<T>& model, const std::vector<WeightTensor>& tensors,
                        const WeightsOptions& opt = {}, const std::string& source = "weights");
 
 // save_weights / load_weights: a path ending in ".safetensors" is a safetensors file;
@@ -54,8 +54,8 @@ void set_model_weights(Sequential<T>& model, const std::vector<WeightTensor>& te
 // layout ("tape_autodiff.layout": "torch" or "tape_autodiff") and, when set, the model
 // tag; loading refuses a file whose recorded layout or tag differs from `opt`'s.
 template <class T>
-void save_weights(const std::string& path, Sequential<T>& model, const WeightsOptions& opt = {});
+void save_weights(const std::string& path, Module<T>& model, const WeightsOptions& opt = {});
 template <class T>
-void load_weights(const std::string& path, Sequential<T>& model, const WeightsOptions& opt = {});
+void load_weights(const std::string& path, Module<T>& model, const WeightsOptions& opt = {});
 
 }  // namespace nn

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <numeric>
 #include <random>
+#include <span>
+#include <utility>
 
 #include "autodiff/ad.hpp"
 
@@ -115,6 +117,34 @@ template <class F>
       return ::testing::AssertionFailure() << (i == 0 ? std::string("output") : fmt::format("gradient of input {}", i - 1))
                                            << ", float against double: " << r.message();
   return ::testing::AssertionSuccess();
+}
+
+
+// Every op kind the library declares (each ops/ header's OpKind constants) with the name
+// the tape prints. Add a new op here. Naming them also links every op's file into a test
+// from the static library, so all of them are registered there.
+inline std::span<const std::pair<OpId, const char*>> all_op_kinds() {
+  static const std::pair<OpId, const char*> kinds[] = {
+      {OpKind::Input, "input"},           {OpKind::Parameter, "param"},     {OpKind::Custom, "custom"},
+      {OpKind::Conv2d, "conv2d"},         {OpKind::AvgPool2d, "avg_pool2d"}, {OpKind::MaxPool2d, "max_pool2d"},
+      {OpKind::Relu, "relu"},             {OpKind::LeakyRelu, "leaky_relu"}, {OpKind::Sigmoid, "sigmoid"},
+      {OpKind::Tanh, "tanh"},             {OpKind::Flatten, "flatten"},     {OpKind::Linear, "linear"},
+      {OpKind::Matmul, "matmul"},         {OpKind::Add, "add"},             {OpKind::BiasAdd, "bias_add"},
+      {OpKind::Mul, "mul"},               {OpKind::Scale, "scale"},         {OpKind::Sum, "sum"},
+      {OpKind::Mean, "mean"},             {OpKind::SoftmaxCrossEntropy, "softmax_cross_entropy"},
+      {OpKind::Mse, "mse"},
+      {OpKind::BatchNorm2d, "batch_norm2d"}, {OpKind::Dropout, "dropout"},
+      {OpKind::Softmax, "softmax"},       {OpKind::LogSoftmax, "log_softmax"}, {OpKind::NllLoss, "nll_loss"},
+      {OpKind::ConvTranspose2d, "conv_transpose2d"},
+      {OpKind::Sub, "sub"},               {OpKind::Div, "div"},
+      {OpKind::Neg, "neg"},               {OpKind::Exp, "exp"},             {OpKind::Log, "log"},
+      {OpKind::Sqrt, "sqrt"},             {OpKind::Pow, "pow"},             {OpKind::Abs, "abs"},
+      {OpKind::Clamp, "clamp"},
+      {OpKind::Reshape, "reshape"},       {OpKind::Permute, "permute"},     {OpKind::Transpose, "transpose"},
+      {OpKind::Concat, "concat"},         {OpKind::Narrow, "narrow"},
+      {OpKind::GlobalAvgPool2d, "global_avg_pool2d"},
+  };
+  return kinds;
 }
 
 }  // namespace ad::test

@@ -29,27 +29,7 @@ TEST(OpRegistry, EveryRegisteredOpHasANameAVjpAndAReplay) {
 // Every op kind the library declares (each ops/ header's OpKind constants) is in the
 // registry under the name the tape prints.
 TEST(OpRegistry, EveryOpKindIsRegisteredUnderItsName) {
-  const std::pair<OpId, const char*> kinds[] = {
-      {OpKind::Input, "input"},           {OpKind::Parameter, "param"},     {OpKind::Custom, "custom"},
-      {OpKind::Conv2d, "conv2d"},         {OpKind::AvgPool2d, "avg_pool2d"}, {OpKind::MaxPool2d, "max_pool2d"},
-      {OpKind::Relu, "relu"},             {OpKind::LeakyRelu, "leaky_relu"}, {OpKind::Sigmoid, "sigmoid"},
-      {OpKind::Tanh, "tanh"},             {OpKind::Flatten, "flatten"},     {OpKind::Linear, "linear"},
-      {OpKind::Matmul, "matmul"},         {OpKind::Add, "add"},             {OpKind::BiasAdd, "bias_add"},
-      {OpKind::Mul, "mul"},               {OpKind::Scale, "scale"},         {OpKind::Sum, "sum"},
-      {OpKind::Mean, "mean"},             {OpKind::SoftmaxCrossEntropy, "softmax_cross_entropy"},
-      {OpKind::Mse, "mse"},
-      {OpKind::BatchNorm2d, "batch_norm2d"}, {OpKind::Dropout, "dropout"},
-      {OpKind::Softmax, "softmax"},       {OpKind::LogSoftmax, "log_softmax"}, {OpKind::NllLoss, "nll_loss"},
-      {OpKind::ConvTranspose2d, "conv_transpose2d"},
-      {OpKind::Sub, "sub"},               {OpKind::Div, "div"},
-      {OpKind::Neg, "neg"},               {OpKind::Exp, "exp"},             {OpKind::Log, "log"},
-      {OpKind::Sqrt, "sqrt"},             {OpKind::Pow, "pow"},             {OpKind::Abs, "abs"},
-      {OpKind::Clamp, "clamp"},
-      {OpKind::Reshape, "reshape"},       {OpKind::Permute, "permute"},     {OpKind::Transpose, "transpose"},
-      {OpKind::Concat, "concat"},         {OpKind::Narrow, "narrow"},
-      {OpKind::GlobalAvgPool2d, "global_avg_pool2d"},
-  };
-  for (const auto& [op, name] : kinds) {
+  for (const auto& [op, name] : all_op_kinds()) {
     EXPECT_EQ(op_name(op), name);
     EXPECT_EQ(find_op(name), op) << name << " is declared but not registered (AD_REGISTER_OP missing?)";
   }

@@ -13,11 +13,14 @@
 #include <atomic>
 #include <filesystem>
 #include <functional>
+#include <random>
 #include <initializer_list>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "nn/data.hpp"
 
 namespace nn::test {
 
@@ -70,6 +73,25 @@ void expect_error(const std::function<void()>& fn, std::initializer_list<std::st
     return;
   }
   ADD_FAILURE() << "nothing was thrown";
+}
+
+// A small generated dataset: 12x12 images, class k has a bright 4x4 square in one
+// of 4 quadrants plus noise. Learnable in a few epochs by a tiny CNN.
+inline Dataset quadrant_fixture(std::size_t count, uint64_t seed) {
+  Dataset d;
+  d.count = count, d.rows = 12, d.cols = 12, d.num_classes = 4;
+  d.images.resize(count * 144);
+  d.labels.resize(count);
+  std::mt19937_64 rng(seed);
+  for (std::size_t n = 0; n < count; ++n) {
+    const int k = static_cast<int>(rng() % 4);
+    d.labels[n] = static_cast<uint8_t>(k);
+    for (std::size_t i = 0; i < 144; ++i) d.images[n * 144 + i] = static_cast<uint8_t>(rng() % 60);
+    const std::size_t r0 = (k / 2) * 6 + 1 + rng() % 2, c0 = (k % 2) * 6 + 1 + rng() % 2;
+    for (std::size_t r = r0; r < r0 + 4; ++r)
+      for (std::size_t c = c0; c < c0 + 4; ++c) d.images[n * 144 + r * 12 + c] = 220;
+  }
+  return d;
 }
 
 }  // namespace nn::test

@@ -716,3 +716,73 @@ TEST(BatchIterator, RejectsZeroBatchSizeAndInconsistentDataset) {
   broken.images.pop_back();
   EXPECT_THROW(nn::BatchIterator(broken, 2, false, 0), std::invalid_argument);
 }
+
+namespace {
+// One 5x5 image with a distinct value per pixel (1..25), augmented.
+std::vector<xt::xarray<float>> augmented_epochs(const nn::Augmentation& a, std::uint64_t seed, int epochs) {
+  nn::Dataset d;
+  d.count = 1, d.rows = 5, d.cols = 5, d.num_classes = 1;
+  for (int k = 1; k <= 25; ++k) d.images.push_back(static_cast<std::uint8_t>(k));
+  d.labels = {0};
+  nn::BatchIterator it(d, 1, false, seed);
+  it.set_augmentation(a);
+  std::vector<xt::xarray<float>> out;
+  xt::xarray<float> images;
+  std::vector<int> labels;
+  for (int e = 0; e < epochs; ++e) {
+    it.start_epoch(static_cast<std::uint64_t>(e));
+    EXPECT_TRUE(it.next(images, labels));
+    out.push_back(images * 255.0f);
+  }
+  return out;
+}
+}  // namespace
+
+TEST(BatchIterator, AugmentationShiftsWithZerosAndFlipsFreshEachEpoch) {
+  const auto shifted = augmented_epochs({.max_shift = 2}, 1, 40);
+  std::set<std::pair<long, long>> shifts;
+  for (const auto& img : shifted) {
+    // The image is the original moved by (dy, dx), |dy|, |dx| <= 2: find the move from
+    // any pixel that survived, then check every pixel against it.
+    long dy = 99, dx = 99;
+    for (long r = 0; r < 5 && dy == 99; ++r)
+      for (long c = 0; c < 5; ++c)
+        if (const long v = std::lround(img(0, 0, r, c)); v != 0) {
+          dy = (v - 1) / 5 - r, dx = (v - 1) % 5 - c;
+          break;
+        }
+    ASSERT_LE(std::abs(dy), 2);
+    ASSERT_LE(std::abs(dx), 2);
+    shifts.emplace(dy, dx);
+    for (long r = 0; r < 5; ++r)
+      for (long c = 0; c < 5; ++c) {
+        const long sr = r + dy, sc = c + dx;
+        const float want = sr >= 0 && sr < 5 && sc >= 0 && sc < 5 ? static_cast<float>(sr * 5 + sc + 1) : 0.0f;
+        EXPECT_NEAR(img(0, 0, r, c), want, 1e-4) << r << "," << c;
+      }
+  }
+  EXPECT_GT(shifts.size(), 10u) << "the shift hardly changes between epochs";
+
+  int flipped = 0;
+  for (const auto& img : augmented_epochs({.horizontal_flip = true}, 1, 40)) {
+    const bool flip = std::lround(img(0, 0, 0, 0)) == 5;
+    flipped += flip;
+    for (long r = 0; r < 5; ++r)
+      for (long c = 0; c < 5; ++c) EXPECT_NEAR(img(0, 0, r, c), static_cast<float>(r * 5 + (flip ? 4 - c : c) + 1), 1e-4);
+  }
+  EXPECT_GT(flipped, 10);
+  EXPECT_LT(flipped, 30);
+  // A pure function of (seed, epoch, position): the same again, another with another seed.
+  const auto again = augmented_epochs({.max_shift = 2, .horizontal_flip = true}, 7, 5);
+  const auto same = augmented_epochs({.max_shift = 2, .horizontal_flip = true}, 7, 5);
+  const auto other = augmented_epochs({.max_shift = 2, .horizontal_flip = true}, 8, 5);
+  int differ = 0;
+  for (int e = 0; e < 5; ++e) {
+    EXPECT_EQ(again[e], same[e]);
+    differ += again[e] != other[e];
+  }
+  EXPECT_GT(differ, 0);
+  const nn::Dataset d = make_dataset(2);
+  nn::BatchIterator it(d, 1, false, 0);
+  EXPECT_THROW(it.set_augmentation({.max_shift = -1}), std::invalid_argument);
+}

@@ -15,24 +15,7 @@
 namespace nn {
 namespace {
 
-// A small generated dataset: 12x12 images, class k has a bright 4x4 square in one
-// of 4 quadrants plus noise. Learnable in a few epochs by a tiny CNN.
-Dataset quadrant_fixture(std::size_t count, uint64_t seed) {
-  Dataset d;
-  d.count = count, d.rows = 12, d.cols = 12, d.num_classes = 4;
-  d.images.resize(count * 144);
-  d.labels.resize(count);
-  std::mt19937_64 rng(seed);
-  for (std::size_t n = 0; n < count; ++n) {
-    const int k = static_cast<int>(rng() % 4);
-    d.labels[n] = static_cast<uint8_t>(k);
-    for (std::size_t i = 0; i < 144; ++i) d.images[n * 144 + i] = static_cast<uint8_t>(rng() % 60);
-    const std::size_t r0 = (k / 2) * 6 + 1 + rng() % 2, c0 = (k % 2) * 6 + 1 + rng() % 2;
-    for (std::size_t r = r0; r < r0 + 4; ++r)
-      for (std::size_t c = c0; c < c0 + 4; ++c) d.images[n * 144 + r * 12 + c] = 220;
-  }
-  return d;
-}
+using nn::test::quadrant_fixture;
 
 CnnConfig tiny_cnn() {
   CnnConfig c;
@@ -319,6 +302,35 @@ TEST(Checkpoint, RefusesAnEpochCountThatIsNotAWholeNumberInRange) {
     nn::test::expect_error<CheckpointError>([&] { load_model(path + ".bad", n, on, tiny_cnn().tag()); },
                                             {"meta.epochs", "m.ckpt.bad"});
     EXPECT_EQ(n.parameters()[0]->value, before) << "the model changed although the load failed";
+  }
+}
+
+// A checkpoint written before models were modules, by train_cnn at commit 572cea8:
+//   train_cnn --data tests/fixtures/fashion-mnist-tiny --epochs 1 --batch 32 --threads 1
+//             --channels 2 3 --optimizer momentum --seed 5 --save <file>
+// It still loads: the same names, shapes and optimizer state.
+TEST(Checkpoint, ACheckpointFromBeforeModulesStillLoads) {
+  const std::string path = "tests/fixtures/checkpoints/ref_cnn_c2-3_momentum_572cea8.ckpt";
+  CnnConfig cfg;
+  cfg.channels = {2, 3};
+  cfg.torch_init = true;
+  Sequential<float> m = make_cnn<float>(cfg, 1);
+  Sgd<float> opt(m.parameters(), {.lr = 0.01, .momentum = 0.9, .nesterov = true});
+  EXPECT_EQ(load_model(path, m, opt, cfg.tag()), 1);
+  std::string tag;
+  const std::vector<NamedTensor> file = load_checkpoint(path, &tag);
+  EXPECT_EQ(tag, "cnn(1x28x28,c2-3,k5p2s1,max2/2,relu,10)");
+  const auto params = m.named_parameters();
+  ASSERT_EQ(params.size(), 6u);
+  for (const auto& [name, p] : params) {
+    const auto it = std::find_if(file.begin(), file.end(), [&](const NamedTensor& t) { return t.name == name; });
+    ASSERT_NE(it, file.end()) << name;
+    EXPECT_EQ(xt::cast<float>(p->value), it->value) << name;
+  }
+  for (const auto& [name, t] : opt.state_refs("optim.")) {
+    const auto it = std::find_if(file.begin(), file.end(), [&](const NamedTensor& f) { return f.name == name; });
+    ASSERT_NE(it, file.end()) << name;
+    EXPECT_EQ(*t, it->value) << name;
   }
 }
 

@@ -69,6 +69,9 @@ case "$case_" in
     tail -n 1 "$tmp/out" | grep -Eq '^test accuracy: 0\.[0-9]{4}$' || fail "last line is not 'test accuracy: 0.XXXX'"
     grep -q "epoch 2/2: train loss" "$tmp/out" || fail "no epoch summary"
     grep -q "<svg" "$tmp/curve.svg" && grep -q "polyline" "$tmp/curve.svg" || fail "no SVG curve"
+    for t in ">epoch<" ">running average (per batch)<" ">test loss (per epoch)<" "optimizer adam lr 0.003"; do
+      grep -qF -- "$t" "$tmp/curve.svg" || fail "the curve lacks \"$t\""
+    done
     # resume: the checkpoint holds 2 epochs, so a 3-epoch run trains exactly one more
     run 0 --data "$fixture" --epochs 3 --batch 32 --load "$tmp/m.ckpt"
     grep -q "loaded .*: 2 epochs done" "$tmp/out" || fail "did not resume"
@@ -81,6 +84,8 @@ case "$case_" in
     run 2 --optimizer rmsprop
     grep -q "rmsprop" "$tmp/out" || fail "message does not name the value"
     run 2 --epochs -1
+    run 2 --curve "$tmp/curve.png"
+    says "curve.png" "ending in .svg"
     run 0 --help
     grep -q -- "--optimizer" "$tmp/out" || fail "help lacks --optimizer"
     # valid values the range checks must let through (and read in decimal: 010 is 10)
@@ -320,9 +325,10 @@ case "$case_" in
     says "--save $tmp/fifo" "not a regular file"
     grep -q "epoch 1/1" "$tmp/out" && fail "trained before refusing --save onto a FIFO"
     [ -p "$tmp/fifo" ] || fail "--save replaced the FIFO"
-    run 1 --data "$fixture" --epochs 1 --limit 64 --channels 2 4 --curve "$tmp/fifo"
-    says "--curve $tmp/fifo" "not a regular file"
-    [ -p "$tmp/fifo" ] || fail "--curve replaced the FIFO"
+    mkfifo "$tmp/fifo.svg"
+    run 1 --data "$fixture" --epochs 1 --limit 64 --channels 2 4 --curve "$tmp/fifo.svg"
+    says "--curve $tmp/fifo.svg" "not a regular file"
+    [ -p "$tmp/fifo.svg" ] || fail "--curve replaced the FIFO"
     # --curve into a full disk (a 1 KB file size limit: write(2) fails with EFBIG): the
     # message gives the reason and no temp file is left behind
     ( ulimit -f 1; trap '' XFSZ; exec timeout -s KILL 600 "$bin" --data "$fixture" --epochs 1 --limit 64 \
