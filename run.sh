@@ -4,7 +4,7 @@
 #   ./run.sh test  [ctest flags...]        build (Release) and run the whole test suite
 #   ./run.sh train [train_cnn flags...]    train the 3-layer CNN on Fashion-MNIST
 #   ./run.sh train --model resnet [flags...]   train a small ResNet instead (examples/resnet_fmnist)
-#   ./run.sh bench [bench flags...]        benchmark against LibTorch (when installed)
+#   ./run.sh bench [bench flags...]        benchmark against LibTorch and oneDNN
 #   ./run.sh bench --mpi [bench_mpi flags] data-parallel training: 2 ranks x 1 thread against 1 x 1
 #   ./run.sh train-mpi P [train_cnn flags] train_cnn --distributed on P ranks of this machine (mpirun)
 #   ./run.sh test-asan [ctest flags...]    the tests under AddressSanitizer, LeakSanitizer and
@@ -133,9 +133,9 @@ case "$cmd" in
       build build/release Release bench_mpi >/dev/null
       exec bench/bench_mpi.sh build/release/bench/bench_mpi "$@"
     fi
-    # LibTorch and Google Benchmark are used here only; the library and tests never link them.
-    ensure_packages "${BASE_PACKAGES[@]}" dataset-fashion-mnist libtorch-dev libbenchmark-dev
-    echo "run.sh: building bench/ in build/bench (Release, with LibTorch: the first build takes a few minutes)" >&2
+    # LibTorch, oneDNN and Google Benchmark are used here only; the library and tests never link them.
+    ensure_packages "${BASE_PACKAGES[@]}" dataset-fashion-mnist libtorch-dev libdnnl-dev libbenchmark-dev
+    echo "run.sh: building bench/ in build/bench (Release, with LibTorch and oneDNN: the first build takes a few minutes)" >&2
     cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DAD_NATIVE=ON -DAD_BUILD_BENCH=ON -DAD_BUILD_TESTS=OFF \
       -DAD_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build build/bench -j2 >/dev/null

@@ -1,19 +1,33 @@
 // The benchmark driver behind `./run.sh bench`: ref-CNN in our engine against the
-// identical model in LibTorch, on this machine, in one run.
+// identical model in LibTorch and in oneDNN, on this machine, in one run.
 //
-// Every measurement runs in a child process of its own (bench_ours, bench_torch),
-// so the peak RSS that wait4() reports belongs to one engine in one configuration.
-// Repetitions alternate A/B (ours first on even repetitions, LibTorch first on odd
-// ones), both with the same thread count and OPENBLAS_NUM_THREADS=1. The table
-// gives medians over every timed block of every repetition, and ours/LibTorch per
-// row. Per-op times come from bench_ops (Google Benchmark, random interleaving).
+// Engines (a column each; one is left out when its child was not built):
+//   ours             bench_ours
+//   libtorch         bench_torch, glibc malloc as it comes
+//   libtorch+malloc  bench_torch with MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ and
+//                    MALLOC_TOP_PAD_ set (kMallocEnv): LibTorch allocates its activations
+//                    afresh every step, and with glibc's defaults these large blocks go
+//                    back to the kernel when freed, so every step page-faults them in
+//                    again (measured: 1,500 minor faults a step at inference, batch 64);
+//                    with the settings they stay in the heap. Its best case, as its own column.
+//   onednn           bench_onednn (libdnnl-dev): ref-CNN written directly against oneDNN
 //
-//   bench [--reps N] [--data DIR] [--ops-threads N] [--no-ops] [--quick] [--omp-passive]
+// Every measurement runs in a child process of its own, so the peak RSS that wait4()
+// reports belongs to one engine in one configuration. Repetitions rotate which engine
+// runs first; every engine gets the same thread count and OPENBLAS_NUM_THREADS=1. The
+// table gives medians over every timed block of every repetition and, per row, ours
+// divided by the best other engine. Per-op times come from bench_ops (Google
+// Benchmark, random interleaving; ours against the ATen kernels LibTorch calls).
 //
-// --omp-passive runs both engines with OMP_WAIT_POLICY=passive. On a machine whose
+//   bench [--reps N] [--threads 1,2,...] [--data DIR] [--ops-threads N] [--no-ops]
+//         [--quick] [--omp-passive] [--engines ours,libtorch,libtorch+malloc,onednn]
+//
+// --threads: the thread counts measured (default 1,2); train and inference at batch 64
+// and 1000 at each, then a scaling table. The last three lines compare at 2 threads.
+// --omp-passive runs every engine with OMP_WAIT_POLICY=passive. On a machine whose
 // cores are busy with other work, OpenMP's default spin-waiting at the end of every
 // parallel loop burns the time slice the other thread needs, and 2-thread figures
-// of both engines collapse (measured here: ours 4170 img/s passive, 595 spinning, with
+// of every engine collapse (measured here: ours 4170 img/s passive, 595 spinning, with
 // two compilers running); on a quiet machine keep the default.
 #include <fcntl.h>
 #include <spawn.h>
@@ -21,6 +35,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -39,9 +55,23 @@ struct ChildResult {
   std::vector<double> blocks;       // images per second, one per timed block
   std::vector<double> bookkeeping;  // fractions of a step, one per paired step
   std::vector<double> zeroing;      // fractions of a step, one per paired step
+  std::vector<std::string> checks;  // "check ..." lines (bench_onednn against ours)
   double loss = 0;
   double peak_rss_mb = 0;
 };
+
+// An engine: a column of the table.
+struct Engine {
+  std::string name;  // column label
+  std::string exe;   // child executable, next to this one
+  std::vector<std::string> env;  // added to the child's environment
+};
+
+// glibc keeps freed blocks up to 256 MiB in the heap instead of unmapping them, does not
+// trim the heap below that, and grows it 64 MiB at a time: LibTorch's per-step
+// activations then reuse the same pages.
+const std::vector<std::string> kMallocEnv = {"MALLOC_MMAP_THRESHOLD_=268435456", "MALLOC_TRIM_THRESHOLD_=268435456",
+                                             "MALLOC_TOP_PAD_=67108864"};
 
 std::string g_dir;  // where the sibling executables live
 bool g_passive = false;
@@ -82,11 +112,18 @@ bool exists(const std::string& path) { return access(path.c_str(), X_OK) == 0; }
 
 // Runs `argv` with OPENBLAS_NUM_THREADS=1 added to the environment; returns its
 // stdout and its peak RSS. Throws if it fails. quiet: its stderr goes to /dev/null.
-std::string run_child(const std::vector<std::string>& args, double& peak_rss_mb, bool quiet = false) {
+std::string run_child(const std::vector<std::string>& args, double& peak_rss_mb, bool quiet = false,
+                      const std::vector<std::string>& extra_env = {}) {
   std::vector<std::string> env_store;
+  auto overridden = [&](const char* e) {
+    if (std::strncmp(e, "OPENBLAS_NUM_THREADS=", 21) == 0 || std::strncmp(e, "OMP_WAIT_POLICY=", 16) == 0) return true;
+    for (const std::string& x : extra_env)
+      if (std::strncmp(e, x.c_str(), x.find('=') + 1) == 0) return true;
+    return false;
+  };
   for (char** e = environ; *e; ++e)
-    if (std::strncmp(*e, "OPENBLAS_NUM_THREADS=", 21) != 0 && std::strncmp(*e, "OMP_WAIT_POLICY=", 16) != 0)
-      env_store.emplace_back(*e);
+    if (!overridden(*e)) env_store.emplace_back(*e);
+  env_store.insert(env_store.end(), extra_env.begin(), extra_env.end());
   env_store.emplace_back("OPENBLAS_NUM_THREADS=1");
   if (g_passive) env_store.emplace_back("OMP_WAIT_POLICY=passive");
   std::vector<char*> envp, argv;
@@ -124,14 +161,21 @@ std::string run_child(const std::vector<std::string>& args, double& peak_rss_mb,
   return out;
 }
 
-ChildResult run_engine(const std::string& exe, const std::vector<std::string>& flags) {
-  std::vector<std::string> args{g_dir + "/" + exe};
+ChildResult run_engine(const Engine& e, const std::vector<std::string>& flags) {
+  std::vector<std::string> args{g_dir + "/" + e.exe};
   args.insert(args.end(), flags.begin(), flags.end());
   ChildResult r;
-  std::istringstream in(run_child(args, r.peak_rss_mb));
-  std::string key;
-  double v;
-  while (in >> key >> v) {
+  std::istringstream in(run_child(args, r.peak_rss_mb, false, e.env));
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ls(line);
+    std::string key;
+    double v = 0;
+    ls >> key;
+    if (key == "check") {
+      r.checks.push_back(line.substr(6));
+      continue;
+    }
+    if (!(ls >> v)) continue;
     if (key == "block") r.blocks.push_back(v);
     else if (key == "bookkeeping") r.bookkeeping.push_back(v);
     else if (key == "zeroing") r.zeroing.push_back(v);
@@ -144,6 +188,9 @@ struct Config {
   std::string name;  // row label
   std::vector<std::string> flags;
   std::vector<std::string> ours_extra;  // flags for bench_ours only
+  std::string mode;                     // train | infer
+  int threads = 1;
+  int batch = 64;
 };
 
 struct Collected {
@@ -187,67 +234,104 @@ std::string fmt_num(double v, int prec) {
 
 }  // namespace
 
+std::vector<int> parse_int_list(const std::string& v) {
+  std::vector<int> out;
+  std::stringstream ss(v);
+  for (std::string cell; std::getline(ss, cell, ',');) {
+    const int n = std::stoi(cell);
+    if (n < 1) throw std::invalid_argument("thread counts must be >= 1");
+    out.push_back(n);
+  }
+  if (out.empty()) throw std::invalid_argument("empty thread list");
+  return out;
+}
+
 int main(int argc, char** argv) {
   int reps = 5, ops_threads = 1;
   bool ops = true, quick = false;
-  std::string data = nn::kDefaultFashionMnistDir;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench: missing value after %s\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--reps") reps = std::stoi(value());
-    else if (a == "--data") data = value();
-    else if (a == "--ops-threads") ops_threads = std::stoi(value());
-    else if (a == "--no-ops") ops = false;
-    else if (a == "--quick") quick = true, reps = 1;
-    else if (a == "--omp-passive") g_passive = true;
-    else {
-      std::fprintf(stderr, "usage: bench [--reps N] [--data DIR] [--ops-threads N] [--no-ops] [--quick] [--omp-passive]\n");
-      return 2;
+  std::vector<int> threads{1, 2};
+  std::string data = nn::kDefaultFashionMnistDir, engine_list = "ours,libtorch,libtorch+malloc,onednn";
+  try {
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument("missing value after " + a);
+        return argv[++i];
+      };
+      if (a == "--reps") reps = std::stoi(value());
+      else if (a == "--threads") threads = parse_int_list(value());
+      else if (a == "--data") data = value();
+      else if (a == "--ops-threads") ops_threads = std::stoi(value());
+      else if (a == "--no-ops") ops = false;
+      else if (a == "--quick") quick = true, reps = 1;
+      else if (a == "--omp-passive") g_passive = true;
+      else if (a == "--engines") engine_list = value();
+      else throw std::invalid_argument("unknown flag " + a);
     }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr,
+                 "bench: %s\nusage: bench [--reps N] [--threads 1,2,...] [--data DIR] [--ops-threads N] [--no-ops] "
+                 "[--quick] [--omp-passive] [--engines ours,libtorch,libtorch+malloc,onednn]\n",
+                 e.what());
+    return 2;
   }
   g_dir = exe_dir();
   const double idle_before = idle_share(2.0);
-  const bool torch = exists(g_dir + "/bench_torch");
-  const std::string steps = quick ? "8" : "20";
 
-  const std::vector<Config> configs = {
-      {"train img/s, 1 thread", {"--mode", "train", "--threads", "1", "--batch", "64", "--steps", steps},
-       {"--bookkeeping-pairs", quick ? "4" : "60"}},
-      {"train img/s, 2 threads", {"--mode", "train", "--threads", "2", "--batch", "64", "--steps", steps},
-       {"--bookkeeping-pairs", quick ? "4" : "60"}},
-      {"inference img/s, batch 64, 2 threads",
-       {"--mode", "infer", "--threads", "2", "--batch", "64", "--steps", quick ? "16" : "40"}, {}},
-      {"inference img/s, batch 1000, 2 threads",
-       {"--mode", "infer", "--threads", "2", "--batch", "1000", "--steps", quick ? "2" : "5"}, {}},
-  };
-  std::vector<std::string> common{"--data", data};
+  std::vector<Engine> engines;
+  for (const Engine& e : {Engine{"ours", "bench_ours", {}}, Engine{"libtorch", "bench_torch", {}},
+                          Engine{"libtorch+malloc", "bench_torch", kMallocEnv}, Engine{"onednn", "bench_onednn", {}}}) {
+    if (("," + engine_list + ",").find("," + e.name + ",") == std::string::npos) continue;
+    if (!exists(g_dir + "/" + e.exe)) {
+      std::fprintf(stderr, "bench: %s not built (its library is not installed); no %s column\n", e.exe.c_str(),
+                   e.name.c_str());
+      continue;
+    }
+    engines.push_back(e);
+  }
+  if (engines.empty() || engines[0].name != "ours") {
+    std::fprintf(stderr, "bench: --engines must include ours\n");
+    return 2;
+  }
 
-  std::map<std::string, Collected> ours, theirs;
+  std::vector<Config> configs;
+  for (const int t : threads) {
+    const std::string ts = std::to_string(t), thr = t == 1 ? " thread" : " threads";
+    configs.push_back({"train img/s, " + ts + thr,
+                       {"--mode", "train", "--threads", ts, "--batch", "64", "--steps", quick ? "8" : "20"},
+                       {"--bookkeeping-pairs", t > 2 ? "0" : quick ? "4" : "60"},
+                       "train", t, 64});
+    configs.push_back({"inference img/s, batch 64, " + ts + thr,
+                       {"--mode", "infer", "--threads", ts, "--batch", "64", "--steps", quick ? "16" : "40"},
+                       {}, "infer", t, 64});
+    configs.push_back({"inference img/s, batch 1000, " + ts + thr,
+                       {"--mode", "infer", "--threads", ts, "--batch", "1000", "--steps", quick ? "2" : "4",
+                        "--blocks", "3"},
+                       {}, "infer", t, 1000});
+  }
+  const std::vector<std::string> common{"--data", data};
+
+  // results[engine][config]
+  std::map<std::string, std::map<std::string, Collected>> results;
+  std::vector<std::string> checks;
   try {
     for (int r = 0; r < reps; ++r)
       for (const Config& c : configs) {
         std::vector<std::string> f = c.flags;
         f.insert(f.end(), common.begin(), common.end());
-        std::vector<std::string> fo = f;
-        fo.insert(fo.end(), c.ours_extra.begin(), c.ours_extra.end());
-        for (int k = 0; k < 2; ++k) {
-          const bool ours_turn = (r + k) % 2 == 0;  // even reps: ours first
-          if (!ours_turn && !torch) continue;
-          const ChildResult res = ours_turn ? run_engine("bench_ours", fo) : run_engine("bench_torch", f);
-          Collected& col = (ours_turn ? ours : theirs)[c.name];
+        for (std::size_t k = 0; k < engines.size(); ++k) {
+          const Engine& e = engines[(k + static_cast<std::size_t>(r)) % engines.size()];  // rotate who goes first
+          std::vector<std::string> fe = f;
+          if (e.name == "ours") fe.insert(fe.end(), c.ours_extra.begin(), c.ours_extra.end());
+          const ChildResult res = run_engine(e, fe);
+          Collected& col = results[e.name][c.name];
           col.blocks.insert(col.blocks.end(), res.blocks.begin(), res.blocks.end());
           col.bookkeeping.insert(col.bookkeeping.end(), res.bookkeeping.begin(), res.bookkeeping.end());
           col.zeroing.insert(col.zeroing.end(), res.zeroing.begin(), res.zeroing.end());
           col.rss.push_back(res.peak_rss_mb);
-          std::fprintf(stderr, "rep %d/%d  %-40s %-9s %9.0f img/s  rss %6.1f MB  loss %.4f\n", r + 1, reps,
-                       c.name.c_str(), ours_turn ? "ours" : "libtorch", bench::median(res.blocks),
-                       res.peak_rss_mb, res.loss);
+          if (checks.empty() && !res.checks.empty()) checks = res.checks;
+          std::fprintf(stderr, "rep %d/%d  %-40s %-16s %9.0f img/s  rss %6.1f MB  loss %.4f\n", r + 1, reps,
+                       c.name.c_str(), e.name.c_str(), bench::median(res.blocks), res.peak_rss_mb, res.loss);
         }
       }
   } catch (const std::exception& e) {
@@ -255,7 +339,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::map<std::string, double> op_times;
-  if (ops) {
+  const bool have_ops = ops && exists(g_dir + "/bench_ops");
+  if (have_ops) {
     std::fprintf(stderr, "per-op benchmark (%d thread%s)...\n", ops_threads, ops_threads == 1 ? "" : "s");
     try {
       op_times = run_ops(ops_threads, quick ? 3 : 5, quick);
@@ -266,32 +351,54 @@ int main(int argc, char** argv) {
   }
 
   // ---- the table ----
-  auto row = [&](const std::string& name, double a, std::optional<double> b, int prec, const char* note) {
-    const std::string bs = b ? fmt_num(*b, prec) : "-";
-    const std::string ratio = b && *b > 0 ? fmt_num(a / *b, 2) : "-";
-    std::printf("| %-44s | %10s | %10s | %6s |%s\n", name.c_str(), fmt_num(a, prec).c_str(), bs.c_str(),
-                ratio.c_str(), note);
+  auto med = [](const std::vector<double>& v) { return bench::median(v); };
+  auto cell = [&](const std::string& engine, const std::string& config, bool rss) -> std::optional<double> {
+    const auto e = results.find(engine);
+    if (e == results.end()) return std::nullopt;
+    const auto c = e->second.find(config);
+    if (c == e->second.end()) return std::nullopt;
+    return med(rss ? c->second.rss : c->second.blocks);
   };
-  std::printf("\nref-CNN, float32, batch 64, SGD, Fashion-MNIST; %d repetition%s, A/B alternating; medians\n", reps,
+  // ours / the best other engine (highest img/s, or lowest when lower_better), and its name
+  auto vs_best = [&](const std::vector<std::optional<double>>& v, bool lower_better) -> std::string {
+    std::optional<double> best;
+    std::size_t who = 0;
+    for (std::size_t k = 1; k < v.size(); ++k)
+      if (v[k] && *v[k] > 0 && (!best || (lower_better ? *v[k] < *best : *v[k] > *best))) best = v[k], who = k;
+    if (!v[0] || !best) return "-";
+    return fmt_num(*v[0] / *best, 2) + " " + engines[who].name;
+  };
+  auto print_row = [&](const std::string& name, const std::vector<std::optional<double>>& v, int prec,
+                       bool lower_better) {
+    std::printf("| %-40s |", name.c_str());
+    for (const auto& x : v) std::printf(" %15s |", x ? fmt_num(*x, prec).c_str() : "-");
+    std::printf(" %-22s |%s\n", vs_best(v, lower_better).c_str(), lower_better ? " lower is better" : "");
+  };
+  std::printf("\nref-CNN, float32, SGD, Fashion-MNIST; %d repetition%s, engine order rotated; medians\n", reps,
               reps == 1 ? "" : "s");
   std::printf("CPUs %.0f%% idle in the 2 s before the run%s%s\n", 100.0 * idle_before,
               g_passive ? "; OMP_WAIT_POLICY=passive" : "",
-              idle_before >= 0 && idle_before < 0.9 ? "; WARNING: other work is running, 2-thread figures are unreliable"
+              idle_before >= 0 && idle_before < 0.9 ? "; WARNING: other work is running, figures above 1 thread are unreliable"
                                                     : "");
-  std::printf("| %-44s | %10s | %10s | %6s |\n", "", "ours", "libtorch", "ratio");
-  std::printf("|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(12, '-').c_str(),
-              std::string(12, '-').c_str(), std::string(8, '-').c_str());
-  auto med = [](const std::vector<double>& v) { return bench::median(v); };
-  auto theirs_med = [&](const std::string& n, bool rss) -> std::optional<double> {
-    if (!torch) return std::nullopt;
-    return med(rss ? theirs[n].rss : theirs[n].blocks);
+  std::printf("libtorch+malloc: LibTorch with");
+  for (const std::string& m : kMallocEnv) std::printf(" %s", m.c_str());
+  std::printf("\n| %-40s |", "");
+  for (const Engine& e : engines) std::printf(" %15s |", e.name.c_str());
+  std::printf(" %-22s |\n|%s|", "ours / best other", std::string(42, '-').c_str());
+  for (std::size_t k = 0; k < engines.size(); ++k) std::printf("%s|", std::string(17, '-').c_str());
+  std::printf("%s|\n", std::string(24, '-').c_str());
+  auto row_of = [&](const std::string& config, bool rss) {
+    std::vector<std::optional<double>> v;
+    for (const Engine& e : engines) v.push_back(cell(e.name, config, rss));
+    return v;
   };
-  for (const Config& c : configs) row(c.name, med(ours[c.name].blocks), theirs_med(c.name, false), 0, "");
-  row("peak RSS MB, train 2 threads", med(ours[configs[1].name].rss), theirs_med(configs[1].name, true), 1,
-      " lower is better");
-  row("peak RSS MB, inference batch 1000", med(ours[configs[3].name].rss), theirs_med(configs[3].name, true), 1,
-      " lower is better");
-  if (ops) {
+  for (const Config& c : configs) print_row(c.name, row_of(c.name, false), 0, false);
+  for (const Config& c : configs)
+    if (c.threads == threads.back() && (c.mode == "train" || c.batch == 1000))
+      print_row("peak RSS MB, " + std::string(c.mode == "train" ? "train" : "inference b1000") + ", " +
+                    std::to_string(c.threads) + " thr",
+                row_of(c.name, true), 1, true);
+  if (have_ops) {
     static const char* kOps[] = {"conv1_forward", "conv1_vjp",  "relu1_forward", "relu1_vjp",
                                  "pool1_forward", "pool1_vjp",  "conv2_forward", "conv2_vjp",
                                  "relu2_forward", "relu2_vjp",  "pool2_forward", "pool2_vjp",
@@ -300,20 +407,71 @@ int main(int argc, char** argv) {
       const auto a = op_times.find(std::string(op) + "/ours");
       const auto b = op_times.find(std::string(op) + "/libtorch");
       if (a == op_times.end()) continue;
-      row(std::string(op) + " us (" + std::to_string(ops_threads) + " thr)", a->second,
-          b == op_times.end() ? std::nullopt : std::optional<double>(b->second), 1, " lower is better");
+      std::vector<std::optional<double>> v(engines.size());
+      v[0] = a->second;
+      for (std::size_t k = 1; k < engines.size(); ++k)
+        if (engines[k].name == "libtorch" && b != op_times.end()) v[k] = b->second;
+      print_row(std::string(op) + " us (" + std::to_string(ops_threads) + " thr)", v, 1, true);
     }
   }
+
+  // Scaling: img/s at each thread count over the same engine at the first count.
+  if (threads.size() > 1) {
+    for (const char* what : {"train", "inference img/s, batch 64"}) {
+      std::printf("\nscaling, %s (img/s, and x over %d thread%s):\n| %-16s |", what, threads[0],
+                  threads[0] == 1 ? "" : "s", "engine");
+      for (const int t : threads) std::printf(" %8d thr |", t);
+      std::printf("\n");
+      for (const Engine& e : engines) {
+        std::printf("| %-16s |", e.name.c_str());
+        std::optional<double> base;
+        for (const Config& c : configs) {
+          if (c.name.rfind(what, 0) != 0 || c.batch != 64) continue;
+          const auto v = cell(e.name, c.name, false);
+          if (!base) base = v;
+          if (v && base && *base > 0) std::printf(" %6.0f %4.2fx |", *v, *v / *base);
+          else std::printf(" %13s |", "-");
+        }
+        std::printf("\n");
+      }
+    }
+  }
+
+  if (!checks.empty()) {
+    std::printf("\nonednn against ours, first training batch, same initial parameters (max |diff| / max |ours|):\n ");
+    bool ok = true;
+    for (const std::string& c : checks) {
+      std::istringstream in(c);
+      std::string name;
+      double a = 0, b = 0;
+      in >> name >> a >> b;
+      const double rel = name == "loss" ? std::fabs(a - b) / std::max(std::fabs(a), 1e-30) : a / std::max(b, 1e-30);
+      ok = ok && rel <= 1e-4;
+      if (name == "loss") std::printf(" loss %.6f vs %.6f (%.1e)", a, b, rel);
+      else std::printf(", %s %.1e", name.c_str(), rel);
+    }
+    std::printf("\n  %s\n", ok ? "all within 1e-4: the engines compute the same step"
+                              : "WARNING: above 1e-4, the oneDNN engine does not compute our step");
+  }
+
+  const std::string train2 = "train img/s, 2 threads", infer2 = "inference img/s, batch 64, 2 threads";
   std::printf("\nbookkeeping (tape recording + backward dispatch) share of a train step: %.1f%% at 1 thread, "
               "%.1f%% at 2 threads\n",
-              100.0 * med(ours[configs[0].name].bookkeeping), 100.0 * med(ours[configs[1].name].bookkeeping));
+              100.0 * med(results["ours"]["train img/s, 1 thread"].bookkeeping),
+              100.0 * med(results["ours"][train2].bookkeeping));
   std::printf("gradient zeroing (the tape zeroes each gradient buffer, VJPs add into it) share of a train step: "
               "%.1f%% at 1 thread, %.1f%% at 2 threads\n",
-              100.0 * med(ours[configs[0].name].zeroing), 100.0 * med(ours[configs[1].name].zeroing));
-  if (torch)
-    std::printf("train ratio vs libtorch (2 threads): %.2f\n",
-                med(ours[configs[1].name].blocks) / med(theirs[configs[1].name].blocks));
-  else
-    std::printf("train ratio vs libtorch (2 threads): n/a (LibTorch not installed)\n");
+              100.0 * med(results["ours"]["train img/s, 1 thread"].zeroing), 100.0 * med(results["ours"][train2].zeroing));
+  auto ratio_line = [&](const char* label, const std::string& config, std::vector<std::string> others) {
+    const auto ours = cell("ours", config, false);
+    std::optional<double> best;
+    for (const std::string& o : others)
+      if (const auto v = cell(o, config, false); v && (!best || *v > *best)) best = v;
+    if (ours && best && *best > 0) std::printf("%s: %.2f\n", label, *ours / *best);
+    else std::printf("%s: n/a (not measured)\n", label);
+  };
+  ratio_line("train ratio vs libtorch (2 threads)", train2, {"libtorch", "libtorch+malloc"});
+  ratio_line("train ratio vs onednn (2 threads)", train2, {"onednn"});
+  ratio_line("inference ratio vs onednn (batch 64, 2 threads)", infer2, {"onednn"});
   return 0;
 }

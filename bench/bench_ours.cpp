@@ -16,61 +16,16 @@
 // (ReLU is monotone, so relu(max(window)) = max(relu(window)), with the same winner
 // whenever it is positive and a zero gradient otherwise), with ReLU on 4x fewer values.
 #include <cmath>
-#include <random>
 
 #include "autodiff/ad.hpp"
 #include "bench_util.hpp"
 #include "ops/blas.hpp"
+#include "ref_cnn.hpp"
 
 namespace {
 
 using ad::Parameter, ad::Tensor, ad::Value;
-
-Tensor<float> he_normal(std::vector<std::size_t> shape, std::size_t fan_in, std::mt19937& rng) {
-  Tensor<float> t(shape);
-  std::normal_distribution<float> d(0.0f, std::sqrt(2.0f / static_cast<float>(fan_in)));
-  for (float& v : t) v = d(rng);
-  return t;
-}
-
-struct RefCnn {
-  Parameter<float> k1, b1, k2, b2, w3, b3;
-  explicit RefCnn(unsigned seed) {
-    std::mt19937 rng(seed);
-    k1 = Parameter<float>("k1", he_normal({16, 1, 5, 5}, 25, rng));
-    b1 = Parameter<float>("b1", xt::zeros<float>({16}));
-    k2 = Parameter<float>("k2", he_normal({32, 16, 5, 5}, 400, rng));
-    b2 = Parameter<float>("b2", xt::zeros<float>({32}));
-    w3 = Parameter<float>("w3", he_normal({1568, 10}, 1568, rng));  // (D_in, D_out)
-    b3 = Parameter<float>("b3", xt::zeros<float>({10}));
-  }
-  std::array<Parameter<float>*, 6> params() { return {&k1, &b1, &k2, &b2, &w3, &b3}; }
-
-  bool pool_first = false;  // --variant pool-relu
-
-  // The logits (N, 10), recorded on the tape.
-  Value forward(ad::Tape<float>& tape, const Tensor<float>& images) {
-    const ad::Conv2dOptions conv{.padding = {2, 2}};
-    auto act_pool = [&](Value z) {
-      return pool_first ? ad::relu(tape, ad::max_pool2d(tape, z)) : ad::max_pool2d(tape, ad::relu(tape, z));
-    };
-    const Value x = tape.input(images);
-    const Value a1 = act_pool(ad::conv2d(tape, x, tape.param(k1), tape.param(b1), conv));
-    const Value a2 = act_pool(ad::conv2d(tape, a1, tape.param(k2), tape.param(b2), conv));
-    return ad::linear(tape, ad::flatten(tape, a2), tape.param(w3), tape.param(b3));
-  }
-
-  void sgd(float lr) {
-    for (Parameter<float>* p : params()) {  // value -= lr * grad; zero_grad
-      float* v = p->value.data();
-      float* g = p->grad.data();
-      for (std::size_t i = 0; i < p->value.size(); ++i) v[i] -= lr * g[i];
-      p->zero_grad();
-    }
-  }
-};
-
-constexpr float kLr = 0.05f;
+using bench::RefCnn, bench::kLr;
 
 // One SGD step through the tape. Returns the loss.
 [[gnu::noinline]] float train_step(ad::Tape<float>& tape, RefCnn& m, const Tensor<float>& images, const std::vector<int>& labels) {

@@ -1,11 +1,12 @@
-// Shared by the benchmark children (bench_ours, bench_torch): flags, a clock, the
+// Shared by the benchmark children (bench_ours, bench_torch, bench_onednn): flags, a clock, the
 // batch source, and the line protocol the driver (bench.cpp) reads.
 //
 // A child measures one engine in one configuration and prints lines of the form
 //   block <images per second>          one timed block of steps
 //   bookkeeping <fraction>             (ours, train only) one paired tape/raw step
 //   zeroing <fraction>                 (ours, train only) gradient zeroing in that step
-//   loss <value>                       last loss, to show both engines really train
+//   loss <value>                       last loss, to show the engines really train
+//   check <name> <a> <b>               (bench_onednn) its first-batch loss / gradients against ours
 // The driver collects them, and the child's peak RSS from wait4().
 #pragma once
 

@@ -13,8 +13,11 @@
 // OpenBLAS pinned to one thread); no im2col buffer. Window taps that fall into the
 // padding are skipped (rows always, columns where a group of pixels shares them), which
 // at ref-CNN's shapes saves 8-16% of the multiply-adds of an im2col GEMM.
-//   The kernel is repacked once per call as w[(c,p,q)][o]; a register tile of 6 output
-//     pixels x 16 output channels (float; 8 for double) runs over the taps; the
+//   The plan of a geometry (ops/conv2d_direct.hpp) is shared; the per-image kernels
+//     (ops/conv2d_simd.inc) are compiled per instruction set with the vector width as a
+//     parameter and chosen at run time (ops/isa.hpp): AVX-512, AVX2 or the baseline.
+//   The kernel is repacked once per call as w[(c,p,q)][o]; a register tile of up to 12
+//     output pixels x 1-2 vectors of output channels runs over the taps; the
 //     pixel-major result is transposed into y (8x8 blocks in registers).
 //   dJ/dx (stride 1, padding < kernel) is the direct convolution of grad_out with the
 //     flipped kernel, dx[n,c,h,w] += sum_{o,p,q} k[o,c,KH-1-p,KW-1-q] g[n,o,h+p-(KH-1-ph),w+q-(KW-1-pw)];
@@ -28,14 +31,18 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "autodiff/higher_order.hpp"
 #include "ops/blas.hpp"
+#include "ops/conv2d_direct.hpp"
 #include "ops/conv2d_general.hpp"
 #include "ops/conv_transpose2d.hpp"
 #include "ops/elementwise.hpp"
@@ -69,362 +76,63 @@ ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a) {
 // A growing per-thread scratch buffer, kept across calls (no malloc churn per step).
 template <class T>
 T* scratch(std::size_t n, int which) {
-  thread_local std::vector<T> buf[5];
+  thread_local std::vector<T> buf[7];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which].data();
 }
-
-// ---- SIMD: 32-byte vectors through GCC/Clang vector extensions (AVX with -march=native) ----
-
-template <class T>
-struct Simd {
-  typedef T V __attribute__((vector_size(32)));
-  // The same vector at any address of a T (unaligned loads and stores).
-  typedef T VU __attribute__((vector_size(32), aligned(alignof(T)), may_alias));
-  static constexpr std::size_t L = 32 / sizeof(T);  // lanes
-};
-// at(p): the vector of L elements at p, to read or assign. Vectors pass by reference
-// only: a by-value AVX vector in a signature changes the ABI when some target of the
-// build compiles this file without AVX (GCC warns, -Wpsabi).
-template <class T>
-inline const typename Simd<T>::VU& at(const T* p) {
-  return *reinterpret_cast<const typename Simd<T>::VU*>(p);
-}
-template <class T>
-inline typename Simd<T>::VU& at(T* p) {
-  return *reinterpret_cast<typename Simd<T>::VU*>(p);
-}
-
-// ---- transposes between (channels, pixels) and (pixels, channels) ---------------------
-//
-// 8x8 blocks of float in registers (three rounds of shuffles), scalar elsewhere.
-inline void transpose8x8(typename Simd<float>::V r[8]) {
-  using V = typename Simd<float>::V;
-  using I = int32_t __attribute__((vector_size(32)));
-  const I lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-  const I lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const I lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  V t[8], u[8];
-  for (int k = 0; k < 8; k += 2) t[k] = __builtin_shuffle(r[k], r[k + 1], lo), t[k + 1] = __builtin_shuffle(r[k], r[k + 1], hi);
-  for (int k = 0; k < 8; k += 4) {
-    u[k] = __builtin_shuffle(t[k], t[k + 2], lo2), u[k + 1] = __builtin_shuffle(t[k], t[k + 2], hi2);
-    u[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], lo2), u[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], hi2);
-  }
-  for (int k = 0; k < 4; ++k) r[k] = __builtin_shuffle(u[k], u[k + 4], lo4), r[k + 4] = __builtin_shuffle(u[k], u[k + 4], hi4);
-}
-
-// out[o, s] = (accumulate ? out[o, s] : bias[o] or 0) + yt[s, o] for o < O, s < P;
-// yt is (P, Opad).
-template <class T>
-void pixels_to_planes(const T* yt, std::size_t P, std::size_t Opad, std::size_t O, const T* bias, bool accumulate,
-                      T* out) {
-  std::size_t o0 = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    using V = typename Simd<float>::V;
-    for (; o0 + 8 <= O; o0 += 8) {
-      std::size_t s = 0;
-      for (; s + 8 <= P; s += 8) {
-        V r[8];
-        for (int k = 0; k < 8; ++k) r[k] = at(yt + (s + k) * Opad + o0);
-        transpose8x8(r);  // r[k] = channel o0 + k, pixels s .. s+7
-        for (int k = 0; k < 8; ++k) {
-          T* dst = out + (o0 + k) * P + s;
-          if (accumulate) at(dst) += r[k];
-          else at(dst) = r[k] + (bias ? bias[o0 + k] : T(0));
-        }
-      }
-      for (std::size_t o = o0; o < o0 + 8; ++o)
-        for (std::size_t t = s; t < P; ++t)
-          out[o * P + t] = (accumulate ? out[o * P + t] : bias ? bias[o] : T(0)) + yt[t * Opad + o];
-    }
-  }
-  for (std::size_t o = o0; o < O; ++o)
-    for (std::size_t s = 0; s < P; ++s) out[o * P + s] = (accumulate ? out[o * P + s] : bias ? bias[o] : T(0)) + yt[s * Opad + o];
-}
-
-// gt[s, o] = g[o, s] for o < O, 0 for the padding channels O <= o < Opad; g is (O, P).
-template <class T>
-void planes_to_pixels(const T* g, std::size_t O, std::size_t P, std::size_t Opad, T* gt) {
-  for (std::size_t s = 0; s < P; ++s) std::fill(gt + s * Opad + O, gt + (s + 1) * Opad, T(0));
-  std::size_t o0 = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    using V = typename Simd<float>::V;
-    for (; o0 + 8 <= O; o0 += 8) {
-      std::size_t s = 0;
-      for (; s + 8 <= P; s += 8) {
-        V r[8];
-        for (int k = 0; k < 8; ++k) r[k] = at(g + (o0 + k) * P + s);
-        transpose8x8(r);  // r[k] = pixel s + k, channels o0 .. o0+7
-        for (int k = 0; k < 8; ++k) at(gt + (s + k) * Opad + o0) = r[k];
-      }
-      for (std::size_t o = o0; o < o0 + 8; ++o)
-        for (std::size_t t = s; t < P; ++t) gt[t * Opad + o] = g[o * P + t];
-    }
-  }
-  for (std::size_t o = o0; o < O; ++o)
-    for (std::size_t s = 0; s < P; ++s) gt[s * Opad + o] = g[o * P + s];
-}
-
-constexpr std::size_t kTile = 6;   // output pixels per register tile
-constexpr std::size_t kBlock = 2;  // channel vectors per register tile
-template <class T>
-constexpr std::size_t kChan = kBlock * Simd<T>::L;  // channels per register tile
-
-inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
 // Worth a parallel region: below this many multiply-adds the team's start-up and
 // barrier cost more than the work (and a lot more when the cores are busy).
 inline bool worth_threads(const ConvGeom& g) { return g.N > 1 && g.N * g.O * g.p() * g.ckk() >= (1u << 18); }
 
-// ---- the direct convolution of one image ------------------------------------------
-//
-// in (C, H, W) -> out (O, OH, OW): out[o, i, j] = sum_{c,p,q} w[(c*KH+p)*KW+q][o] *
-// in[c, i*sh+p-ph, j*sw+q-pw] over the taps inside the image. Input rows in the
-// padding are skipped by grouping output rows into classes with the same valid window
-// rows; input columns in the padding by grouping, inside a class of at least
-// kMinRowsForColumns rows, the output columns with the same valid window columns.
-// Each group lists its taps, so a register tile runs one flat loop over them.
-// Taps are read from a zero-padded copy of the input, (C, H, Wp) with input column w
-// at column w + L (L = pw), so a group may also keep a padding column (as a zero).
-//   A padding of at least the kernel width (pw >= KW) would make that copy grow with
-// the padding, not with the input (pw = 2^26 is 512 MB a row): there every row class is
-// grouped by columns, no group reads a padding column, and the copy has no padding
-// (L = 0, Wp = W), so the memory stays that of the input and the output.
-struct DirectPlan {
-  std::size_t C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
-  bool unpadded;     // pw >= KW: columns always grouped, the copy holds no padding
-  std::size_t L;     // the copy's left zero margin: input column w is at w + L
-  std::size_t Wp;    // the copy's row width
-  std::size_t Opad;  // O rounded up to whole register tiles; w is (C*KH*KW, Opad)
-  // One tap (c, p, q): its offset in the copy from a pixel's first valid input row
-  // (p = p0) and its group's first column (q = q0), and the offset of w's row (c, p, q).
-  struct Tap {
-    std::size_t x, w;
-  };
-  // Output columns [j0, j1) whose windows have the columns q in [q0, q1) inside the
-  // image, with the taps (c, p, q) of its row class and those columns.
-  struct ColClass {
-    std::size_t j0, j1, q0, q1;
-    std::vector<Tap> taps;
-  };
-  // Output rows [i0, i1) whose windows have the rows p in [p0, p1) inside the image,
-  // and the column groups its pixels are tiled by.
-  struct RowClass {
-    std::size_t i0, i1, p0;
-    std::vector<ColClass> cols;
-  };
-  std::vector<RowClass> classes;
-  std::vector<ColClass> col_classes;  // the column groups, without taps
-  static constexpr std::size_t kMinRowsForColumns = 4;  // so that column groups fill a tile
+using conv::DirectPlan;
+using conv::WinogradPlan;
 
-  template <class T>
-  DirectPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t KH_, std::size_t KW_,
-             std::size_t sh_, std::size_t sw_, std::size_t ph_, std::size_t pw_, T*)
-      : C(C_), H(H_), W(W_), O(O_), KH(KH_), KW(KW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_) {
-    OH = (H + 2 * ph - KH) / sh + 1;
-    OW = (W + 2 * pw - KW) / sw + 1;
-    unpadded = pw >= KW;
-    L = unpadded ? 0 : pw;
-    Wp = unpadded ? W : std::max(W + pw, (OW - 1) * sw + KW);
-    Opad = round_up(O, kChan<T>);
-    for (std::size_t j = 0; j < OW;) {
-      const auto q = valid_range(j, sw, pw, W, KW);
-      std::size_t j1 = j + 1;
-      while (j1 < OW && valid_range(j1, sw, pw, W, KW) == q) ++j1;
-      col_classes.push_back({j, j1, q.first, q.second, {}});
-      j = j1;
-    }
-    for (std::size_t i = 0; i < OH;) {
-      const auto p = valid_range(i, sh, ph, H, KH);
-      std::size_t i1 = i + 1;
-      while (i1 < OH && valid_range(i1, sh, ph, H, KH) == p) ++i1;
-      RowClass rc{i, i1, p.first, {}};
-      if (unpadded || (i1 - i >= kMinRowsForColumns && col_classes.size() > 1))
-        rc.cols = col_classes;
-      else
-        rc.cols = {{0, OW, 0, KW, {}}};
-      for (ColClass& cc : rc.cols)
-        for (std::size_t c = 0; c < C; ++c)
-          for (std::size_t r = p.first; r < p.second; ++r)
-            for (std::size_t q = cc.q0; q < cc.q1; ++q)
-              cc.taps.push_back({(c * H + r - p.first) * Wp + (q - cc.q0), ((c * KH + r) * KW + q) * Opad});
-      classes.push_back(std::move(rc));
-      i = i1;
-    }
-  }
-  // Window offsets k in [k0, k1) of output index i lie inside the image along one axis:
-  // 0 <= i*s + k - pad < n.
-  static std::pair<std::size_t, std::size_t> valid_range(std::size_t i, std::size_t s, std::size_t pad,
-                                                         std::size_t n, std::size_t kn) {
-    const std::size_t top = i * s;  // padded index of k = 0
-    const std::size_t k0 = top >= pad ? 0 : pad - top;
-    const std::size_t k1 = n + pad > top ? std::min(kn, n + pad - top) : 0;
-    return {std::min(k0, k1), k1};
-  }
-  std::size_t padded_size() const { return C * H * Wp; }
-  // Offset in the copy of window column q0 of output column j, on its row: padded
-  // column j*sw + q0 is input column j*sw + q0 - pw (>= 0 whenever the group has taps
-  // and the copy has no padding).
-  std::size_t column(std::size_t j, std::size_t q0) const { return j * sw + q0 + L - pw; }
-};
+// Winograd F(2x2, 5x5) (ops/conv2d_direct.hpp) replaces the direct convolution for a 5x5
+// kernel at stride 1 with kWinogradMinC..kWinogradMaxC input channels (the channels its
+// 36 small GEMMs sum over), in float only: the double path stays the direct sum, exact
+// to rounding. Below 4 input channels (conv1 of ref-CNN: 1) the transforms cost more
+// than they save. Its float error grows with the channels summed: against double, on
+// inputs and kernels uniform in [-1, 1] at ref-CNN's shapes (12 seeds), the worst element
+// used 0.75 of the float path's tolerance (1e-4 absolute + 1e-4 relative) at 32
+// channels and 0.46 at 16, where the direct sum uses 0.06-0.16; at 64 it reaches the
+// limit, so wider layers stay direct. Whether it is used: WinogradMode (ops/conv2d.hpp).
+constexpr std::size_t kWinogradMinC = 4, kWinogradMaxC = 32;
+std::atomic<int> g_winograd{-1};  // a WinogradMode; -1: not read yet from AD_WINOGRAD
 
-// Zero-padded copy: xp[c, h, w + L] = x[c, h, w], zeros elsewhere in each row.
-// (One fill of the buffer, then a plain loop per row: rows are a few dozen elements,
-// too short for a memmove or memset call each.)
+bool winograd_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW, std::size_t sh,
+                  std::size_t sw) {
+  const WinogradMode m = conv2d_winograd();
+  const bool wanted = m == WinogradMode::On || (m == WinogradMode::Auto && kn.wino_preferred);
+  return wanted && kn.wino_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C >= kWinogradMinC &&
+         C <= kWinogradMaxC;
+}
 template <class T>
-void pad_columns(const T* x, const DirectPlan& pl, T* xp) {
-  const std::size_t W = pl.W, Wp = pl.Wp, L = pl.L;
-  if (Wp > W) std::fill(xp, xp + pl.padded_size(), T(0));
-  for (std::size_t r = 0; r < pl.C * pl.H; ++r) {
-    T* dst = xp + r * Wp + L;
-    const T* src = x + r * W;
-    for (std::size_t w = 0; w < W; ++w) dst[w] = src[w];
-  }
+bool winograd_for(const conv::Kernels<T>&, std::size_t, std::size_t, std::size_t, std::size_t, std::size_t) {
+  return false;
 }
 
-// One register tile: NT pixels x kChan channels from w's first column.
-// acc[b][t] = sum_{(c,p) in rows, q in [q0,q1)} w[(c,p,q)][b*L ...] * xt[t][tap (c,p,q)],
-// where xt[t] points at pixel t's first valid input row in the padded input; the
-// result goes to yt[t][...], pixel t's row of the pixel-major result.
-template <class T, std::size_t NT>
-void direct_tile(const T* const* xt, T* const* yt, const DirectPlan::Tap* taps, std::size_t ntaps, const T* w) {
-  using V = typename Simd<T>::V;
-  constexpr std::size_t L = Simd<T>::L;
-  V acc[kBlock][NT];
-  for (std::size_t b = 0; b < kBlock; ++b)
-    for (std::size_t t = 0; t < NT; ++t) acc[b][t] = V{};
-  for (std::size_t k = 0; k < ntaps; ++k) {
-    const DirectPlan::Tap tap = taps[k];
-    V wv[kBlock];
-    for (std::size_t b = 0; b < kBlock; ++b) wv[b] = at(w + tap.w + b * L);
-    for (std::size_t t = 0; t < NT; ++t) {
-      const T xv = xt[t][tap.x];
-      for (std::size_t b = 0; b < kBlock; ++b) acc[b][t] += wv[b] * xv;
+WinogradPlan winograd_plan(const conv::Kernels<float>& kn, std::size_t C, std::size_t H, std::size_t W,
+                           std::size_t O, std::size_t ph, std::size_t pw) {
+  const std::size_t chan = kn.chan_block(O);
+  return WinogradPlan(C, H, W, O, ph, pw, kn.lanes, chan, kn.wino_block(chan));
+}
+
+// U for the 5x5 kernels k (O, C, 5, 5) (ops/conv2d_simd.inc), zero in the padding
+// channels: call from every thread of a team (an omp for over the output channels).
+void winograd_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan& pl, const float* k, float* U) {
+#pragma omp for schedule(static)
+  for (std::size_t o = 0; o < pl.Opad; ++o) {
+    if (o < pl.O) {
+      kn.wino_kernel(k, pl.C, pl.Opad, o, o + 1, U);
+    } else {
+      for (std::size_t i = 0; i < 36 * pl.C; ++i) U[i * pl.Opad + o] = 0.0f;
     }
   }
-  for (std::size_t t = 0; t < NT; ++t)
-    for (std::size_t b = 0; b < kBlock; ++b) at(yt[t] + b * L) = acc[b][t];
 }
 
-template <class T>
-void direct_tile_n(std::size_t nt, const T* const* xt, T* const* yt, const DirectPlan::Tap* taps, std::size_t ntaps,
-                   const T* w) {
-  switch (nt) {
-    case 6: return direct_tile<T, 6>(xt, yt, taps, ntaps, w);
-    case 5: return direct_tile<T, 5>(xt, yt, taps, ntaps, w);
-    case 4: return direct_tile<T, 4>(xt, yt, taps, ntaps, w);
-    case 3: return direct_tile<T, 3>(xt, yt, taps, ntaps, w);
-    case 2: return direct_tile<T, 2>(xt, yt, taps, ntaps, w);
-    default: return direct_tile<T, 1>(xt, yt, taps, ntaps, w);
-  }
-}
-
-// out (O, OH*OW) = [accumulate ? out : bias] + conv(in, w). xp: C*H*Wp scratch,
-// yt: OH*OW*Opad scratch (pixel-major result, transposed into `out` at the end).
-template <class T>
-void direct_conv_image(const DirectPlan& pl, const T* in, const T* w, const T* bias, bool accumulate, T* out,
-                       T* xp, T* yt) {
-  pad_columns(in, pl, xp);
-  const std::size_t P = pl.OH * pl.OW;
-  for (const DirectPlan::RowClass& rc : pl.classes)
-    for (const DirectPlan::ColClass& cc : rc.cols) {
-      // The group's pixels (i, j), row-major, in ceil(n/6) tiles of near-equal size
-      // (>= 4 when n >= 4): small tiles leave the FMAs waiting on their own latency.
-      const std::size_t n = (rc.i1 - rc.i0) * (cc.j1 - cc.j0);
-      const std::size_t tiles = (n + kTile - 1) / kTile;
-      const bool in_padding = cc.taps.empty();  // no tap inside the image
-      for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
-        for (std::size_t k = 0, i = rc.i0, j = cc.j0; k < tiles; ++k) {
-          const std::size_t nt = n / tiles + (k < n % tiles ? 1 : 0);
-          const T* xt[kTile] = {};
-          T* yts[kTile] = {};
-          for (std::size_t t = 0; t < nt; ++t) {  // the next nt pixels (i, j) of the group
-            yts[t] = yt + (i * pl.OW + j) * pl.Opad + o0;
-            if (in_padding) std::fill(yts[t], yts[t] + kChan<T>, T(0));
-            else xt[t] = xp + (i * pl.sh + rc.p0 - pl.ph) * pl.Wp + pl.column(j, cc.q0);  // first valid tap
-            if (++j == cc.j1) j = cc.j0, ++i;
-          }
-          if (!in_padding)
-            direct_tile_n<T>(nt, xt, yts, cc.taps.data(), cc.taps.size(), w + o0);
-        }
-    }
-  pixels_to_planes(yt, P, pl.Opad, pl.O, bias, accumulate, out);  // out[o, s] (+)= yt[s, o]
-}
-
-// ---- dJ/dK of one image, added into gk (C*KH*KW, Opad) -----------------------------
-//
-// gk[(c,p,q), o] += sum_{i,j} gt[i*OW+j, o] * xp[c, i*sh+p-ph, j*sw+q] for the rows i
-// whose tap row i*sh+p-ph lies inside the image; gt is grad_out transposed, (P, Opad).
-// Over `rows` rows of the output and its columns [j0, j0 + nj) (gt0 and xr0 point at
-// column j0 of the first row; a row of gt holds OW pixels).
-template <class T, std::size_t QW>
-void dk_taps(const T* xr0, std::size_t x_row_step, const T* gt0, std::size_t rows, std::size_t nj, std::size_t OW,
-             std::size_t sw, std::size_t Opad, T* gk) {
-  using V = typename Simd<T>::V;
-  constexpr std::size_t L = Simd<T>::L;
-  V acc[kBlock][QW];
-  for (std::size_t b = 0; b < kBlock; ++b)
-    for (std::size_t q = 0; q < QW; ++q) acc[b][q] = V{};
-  for (std::size_t r = 0; r < rows; ++r) {
-    const T* xr = xr0 + r * x_row_step;
-    const T* gr = gt0 + r * OW * Opad;
-    for (std::size_t j = 0; j < nj; ++j) {
-      V gv[kBlock];
-      for (std::size_t b = 0; b < kBlock; ++b) gv[b] = at(gr + j * Opad + b * L);
-      for (std::size_t q = 0; q < QW; ++q) {
-        const T xv = xr[j * sw + q];
-        for (std::size_t b = 0; b < kBlock; ++b) acc[b][q] += gv[b] * xv;
-      }
-    }
-  }
-  for (std::size_t q = 0; q < QW; ++q)
-    for (std::size_t b = 0; b < kBlock; ++b) {
-      T* dst = gk + q * Opad + b * L;
-      at(dst) += acc[b][q];
-    }
-}
-
-// dK over output columns [j0, j1) and window columns [q0, q1) of row (c, p): xr0 is the
-// copy's row of output row i0 at column j0's window column q0, gt0 grad_out's (i0, j0).
-template <class T>
-void dk_columns(const DirectPlan& pl, const T* xr0, const T* gt0, std::size_t rows, std::size_t j0, std::size_t j1,
-                std::size_t q0, std::size_t q1, T* gk_row) {
-  const std::size_t step = pl.sh * pl.Wp, nj = j1 - j0;
-  for (std::size_t o0 = 0; o0 < pl.Opad; o0 += kChan<T>)
-    for (std::size_t qs = q0; qs < q1; qs += 5) {
-      const T* xr = xr0 + (qs - q0);
-      const T* gt = gt0 + o0;
-      T* dst = gk_row + qs * pl.Opad + o0;
-      switch (std::min<std::size_t>(5, q1 - qs)) {
-        case 5: dk_taps<T, 5>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
-        case 4: dk_taps<T, 4>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
-        case 3: dk_taps<T, 3>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
-        case 2: dk_taps<T, 2>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
-        default: dk_taps<T, 1>(xr, step, gt, rows, nj, pl.OW, pl.sw, pl.Opad, dst); break;
-      }
-    }
-}
-
-template <class T>
-void dk_image(const DirectPlan& pl, const T* xp, const T* gt, T* gk) {
-  for (std::size_t c = 0; c < pl.C; ++c)
-    for (std::size_t p = 0; p < pl.KH; ++p) {
-      // rows i with 0 <= i*sh + p - ph < H
-      const std::size_t i0 = p >= pl.ph ? 0 : (pl.ph - p + pl.sh - 1) / pl.sh;
-      const std::size_t i1 = pl.H + pl.ph > p ? std::min(pl.OH, (pl.H + pl.ph - p - 1) / pl.sh + 1) : 0;
-      if (i0 >= i1) continue;
-      const T* xrow = xp + (c * pl.H + i0 * pl.sh + p - pl.ph) * pl.Wp;  // input row of output row i0
-      const T* gt0 = gt + i0 * pl.OW * pl.Opad;
-      T* gk_row = gk + (c * pl.KH + p) * pl.KW * pl.Opad;
-      if (!pl.unpadded) {  // every column, padding zeros included
-        dk_columns(pl, xrow + pl.column(0, 0), gt0, i1 - i0, 0, pl.OW, 0, pl.KW, gk_row);
-        continue;
-      }
-      for (const DirectPlan::ColClass& cc : pl.col_classes)  // only the taps inside the image
-        if (cc.q0 < cc.q1)
-          dk_columns(pl, xrow + pl.column(cc.j0, cc.q0), gt0 + cc.j0 * pl.Opad, i1 - i0, cc.j0, cc.j1, cc.q0, cc.q1,
-                     gk_row);
-    }
+DirectPlan direct_plan(const ConvGeom& g, std::size_t chan) {
+  return DirectPlan(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, chan);
 }
 
 // The adjoint of im2col: grad_x[c, i*sh+p-ph, j*sw+q-pw] += dcol[(c,p,q), (i,j)].
@@ -448,6 +156,19 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
 }
 
 }  // namespace
+
+WinogradMode conv2d_winograd() {
+  int v = g_winograd.load(std::memory_order_acquire);
+  if (v < 0) {
+    const char* env = std::getenv("AD_WINOGRAD");
+    const std::string e = env ? env : "";
+    v = static_cast<int>(e == "0" ? WinogradMode::Off : e == "1" ? WinogradMode::On : WinogradMode::Auto);
+    g_winograd.store(v, std::memory_order_release);
+  }
+  return static_cast<WinogradMode>(v);
+}
+
+void set_conv2d_winograd(WinogradMode m) { g_winograd.store(static_cast<int>(m), std::memory_order_release); }
 
 Shape conv2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& a) {
   if (!is_plain(a)) return conv2d_general_output_shape(x, k, b, a);  // dilation, groups: conv2d_general.cpp
@@ -487,7 +208,24 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
     }
     return;
   }
-  const DirectPlan pl(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, static_cast<T*>(nullptr));
+  const conv::Kernels<T>& kn = conv::kernels<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {
+      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw);
+      float* U = scratch<float>(36 * g.C * pl.Opad, 4);
+#pragma omp parallel if (worth_threads(g))
+      {
+        winograd_kernels_in_team(kn, pl, kp, U);
+#pragma omp for schedule(static)
+        for (std::size_t n = 0; n < g.N; ++n)
+          kn.wino_image(pl, x.data() + n * g.C * g.H * g.W, U, bp, false, y.data() + n * g.O * P,
+                        scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5),
+                        scratch<float>(P * pl.Opad, 1));
+      }
+      return;
+    }
+  }
+  const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
   // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
   for (std::size_t t = 0; t < CKK; ++t)
@@ -496,7 +234,7 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
   for (std::size_t n = 0; n < g.N; ++n) {
     T* xp = scratch<T>(pl.padded_size(), 0);
     T* yt = scratch<T>(P * pl.Opad, 1);
-    direct_conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt);
+    kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt);
   }
 }
 
@@ -512,14 +250,26 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
   const bool one = g.one_by_one();
 
   // dJ/dK through the direct plan of the forward (its padded input and taps).
-  const DirectPlan pl(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, static_cast<T*>(nullptr));
+  const conv::Kernels<T>& kn = conv::kernels<T>();
+  const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
   // dJ/dx as the direct convolution of grad_out with the flipped kernel (stride 1,
   // padding < kernel): input (C_out, OH, OW), output (C_in, H, W), padding KH-1-ph.
   const bool dx_direct = grad_x && !one && g.sh == 1 && g.sw == 1 && g.ph < g.KH && g.pw < g.KW;
   std::optional<DirectPlan> plx;
   T* wflip = nullptr;
-  if (dx_direct) {
-    plx.emplace(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, static_cast<T*>(nullptr));
+  // ... by Winograd where it applies: the flipped kernel kflip[c, o, p, q] = k[o, c, KH-1-p, KW-1-q]
+  // (C_in, C_out, 5, 5), transformed in the parallel region below.
+  std::optional<WinogradPlan> plw;
+  T* kflip = nullptr;
+  if (dx_direct && winograd_for(kn, g.O, g.KH, g.KW, 1, 1)) {
+    if constexpr (std::is_same_v<T, float>) plw.emplace(winograd_plan(kn, g.O, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw));
+    kflip = scratch<T>(g.C * g.O * 25, 6);
+    for (std::size_t c = 0; c < g.C; ++c)
+      for (std::size_t o = 0; o < g.O; ++o)
+        for (std::size_t t = 0; t < 25; ++t) kflip[(c * g.O + o) * 25 + t] = kp[(o * g.C + c) * 25 + 24 - t];
+    wflip = scratch<T>(36 * g.O * plw->Opad, 4);  // U of kflip
+  } else if (dx_direct) {
+    plx.emplace(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, kn.chan_block(g.C));
     // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q]
     wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);
     for (std::size_t o = 0; o < g.O; ++o)
@@ -532,18 +282,21 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
   }
 
   // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
-  // partials are added in thread order afterwards, so the result does not depend on
-  // timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C_in) for
+  // partials are added in thread order at the end of the same parallel region, so the
+  // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C_in) for
   // a 1x1 kernel; dJ/db partials have Opad entries.
   const std::size_t kpart = one ? g.O * CKK : CKK * pl.Opad;
   const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();
   T* partial = scratch<T>(static_cast<std::size_t>(nt) * part, 3);
-  std::fill(partial, partial + static_cast<std::size_t>(nt) * part, T(0));
 #pragma omp parallel num_threads(nt) if (worth_threads(g))
   {
+    const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
     T* gk = partial + static_cast<std::size_t>(omp_get_thread_num()) * part;
     T* gb = gk + kpart;
+    std::fill(gk, gk + part, T(0));  // each thread its own partials
+    if constexpr (std::is_same_v<T, float>)
+      if (plw) winograd_kernels_in_team(kn, *plw, kflip, wflip);
 #pragma omp for schedule(static)
     for (std::size_t n = 0; n < g.N; ++n) {
       const T* xn = x.data() + n * g.C * HW;
@@ -556,20 +309,13 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
             for (std::size_t i = 0; i < P; ++i) gb[o] += gn[o * P + i];
         if (grad_k) gemm<T>(false, true, g.O, CKK, P, T(1), gn, xn, T(1), gk);  // (C_out, C_in) += g_n x_n^T
       } else if (grad_k || grad_b) {
-        using V = typename Simd<T>::V;
-        constexpr std::size_t L = Simd<T>::L;
         T* gt = scratch<T>(P * pl.Opad, 2);
-        planes_to_pixels(gn, g.O, P, pl.Opad, gt);
-        if (grad_b)
-          for (std::size_t o = 0; o < pl.Opad; o += L) {
-            V acc = at(gb + o);
-            for (std::size_t s = 0; s < P; ++s) acc += at(gt + s * pl.Opad + o);
-            at(gb + o) = acc;
-          }
+        kn.planes_to_pixels(gn, g.O, P, pl.Opad, gt);
+        if (grad_b) kn.bias_sum(gt, P, pl.Opad, gb);
         if (grad_k) {
           T* xp = scratch<T>(pl.padded_size(), 0);
-          pad_columns(xn, pl, xp);
-          dk_image(pl, xp, gt, gk);
+          kn.pad_columns(xn, pl, xp);
+          kn.dk_image(pl, xp, gt, gk);
         }
       }
       if (grad_x) {
@@ -577,10 +323,14 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         T* gxn = grad_x->data() + n * g.C * HW;
         if (one) {
           gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, T(1), gxn);
+        } else if (plw) {
+          if constexpr (std::is_same_v<T, float>)
+            kn.wino_image(*plw, gn, wflip, nullptr, true, gxn, scratch<float>(plw->grid_size(), 0),
+                          scratch<float>(plw->block_scratch(), 5), scratch<float>(HW * plw->Opad, 1));
         } else if (dx_direct) {
           T* gpad = scratch<T>(plx->padded_size(), 0);
           T* yt = scratch<T>(HW * plx->Opad, 1);
-          direct_conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt);
+          kn.conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt);
         } else {
           // dcol (CKK, P) = K^T (CKK, C_out) x g_n (C_out, P), then col2im adds it up.
           T* dcol = scratch<T>(CKK * P, 1);
@@ -589,19 +339,22 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         }
       }
     }
-  }
-  for (int t = 0; t < nt; ++t) {
-    const T* gk = partial + static_cast<std::size_t>(t) * part;
-    if (grad_k) {
-      T* dst = grad_k->data();
-      if (one)
-        for (std::size_t i = 0; i < g.O * CKK; ++i) dst[i] += gk[i];
-      else
-        for (std::size_t o = 0; o < g.O; ++o)
-          for (std::size_t tap = 0; tap < CKK; ++tap) dst[o * CKK + tap] += gk[tap * pl.Opad + o];
-    }
-    if (grad_b)
-      for (std::size_t o = 0; o < g.O; ++o) grad_b->data()[o] += gk[kpart + o];
+    // The partials summed in thread order (deterministic for a given thread count),
+    // each thread for its share of the output channels (after the loop's barrier).
+    // dK is (C_out, C_in, KH, KW); the direct path's partials are (C*KH*KW, Opad).
+#pragma omp for schedule(static)
+    for (std::size_t o = 0; o < g.O; ++o)
+      for (std::size_t t = 0; t < team; ++t) {
+        const T* pk = partial + t * part;
+        if (grad_k) {
+          T* dst = grad_k->data() + o * CKK;
+          if (one)
+            for (std::size_t i = 0; i < CKK; ++i) dst[i] += pk[o * CKK + i];
+          else
+            for (std::size_t tap = 0; tap < CKK; ++tap) dst[tap] += pk[tap * pl.Opad + o];
+        }
+        if (grad_b) grad_b->data()[o] += pk[kpart + o];
+      }
   }
 }
 
@@ -696,6 +449,21 @@ Value conv2d_backward_kernel_replay(Tape<double>& t, const ReplayArgs& r) {
 }
 
 }  // namespace
+
+namespace conv {
+template <class T>
+const Kernels<T>& kernels() {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::Avx512: return kernels_avx512<T>();
+    case Isa::Avx2: return kernels_avx2<T>();
+#endif
+    default: return kernels_baseline<T>();
+  }
+}
+template const Kernels<float>& kernels<float>();
+template const Kernels<double>& kernels<double>();
+}  // namespace conv
 
 // ---- the registry entry (autodiff/op.hpp) ----
 

@@ -61,6 +61,15 @@ Value record_conv(Tape<T>& tape, OpId op, Value x, Value k, Value b, const Optio
   return y;
 }
 
+// Winograd F(2x2, 5x5) for float convolutions with a 5x5 kernel at stride 1 and 4..32
+// input channels (forward and dJ/dx; ops/conv2d.cpp). Auto (the default): where the
+// instruction set in use gains by it, AVX2 and the baseline (with AVX-512 the direct
+// kernel measured faster: bench/README.md); On: wherever it applies; Off: never. The
+// environment variable AD_WINOGRAD (0 = Off, 1 = On, else Auto) sets the start value.
+enum class WinogradMode { Auto, On, Off };
+WinogradMode conv2d_winograd();
+void set_conv2d_winograd(WinogradMode m);
+
 // Records conv2d on the tape. Pass Value{} as b for no bias.
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt = {},

@@ -7,6 +7,11 @@
 //   grad_b = sum_n g[n,:],  grad_x = g W^T.
 #include "ops/matmul.hpp"
 
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
 #include "autodiff/higher_order.hpp"
 #include "ops/blas.hpp"
 #include "ops/elementwise.hpp"
@@ -40,6 +45,57 @@ Shape matmul_output_shape(const Shape& a, const Shape& b) {
   return {a[0], b[1]};
 }
 
+namespace {
+
+// Calls f(r0, r1) for row blocks [r0, r1) of `rows`, one per OpenMP thread when the
+// product is worth a parallel region (OpenBLAS itself runs on one thread, ops/blas.cpp),
+// else once for all rows. Row blocks of a product are independent: each thread runs the
+// same GEMM on its rows.
+template <class F>
+void by_row_blocks(std::size_t rows, std::size_t work, F f) {
+  if (rows < 2 || work < (1u << 19)) return f(std::size_t{0}, rows);
+#pragma omp parallel
+  {
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+    const std::size_t nt = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    if (r1 > r0) f(r0, r1);
+  }
+}
+
+// c (K, N) += a^T (K, M) g (M, N), a sum over the M rows of a and g. When it is worth a
+// parallel region and the partials stay small, each thread sums its block of rows
+// [m0, m1) into a partial of its own, p_t = a[m0:m1]^T g[m0:m1], and the partials are
+// then added in thread order, each thread for its share of c's rows (deterministic for
+// a given thread count; conv2d sums dJ/dK the same way). Else one GEMM.
+template <class T>
+void add_at_b(std::size_t M, std::size_t K, std::size_t N, const T* a, const T* g, T* c) {
+  const std::size_t nt = static_cast<std::size_t>(omp_get_max_threads());
+  constexpr std::size_t kMaxPartials = std::size_t{1} << 21;  // elements: 8 MB of float
+  if (nt < 2 || M < 2 || M * K * N < (1u << 19) || nt * K * N > kMaxPartials)
+    return gemm<T>(true, false, K, N, M, T(1), a, g, T(1), c);
+  thread_local std::vector<T> buf;
+  if (buf.size() < nt * K * N) buf.resize(nt * K * N);
+  T* partial = buf.data();
+#pragma omp parallel num_threads(static_cast<int>(nt))
+  {
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+    const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t m0 = M * t / team, m1 = M * (t + 1) / team;
+    // p_t (K, N) = a[m0:m1]^T (K, m1-m0) g[m0:m1] (m1-m0, N); zero for an empty block
+    gemm<T>(true, false, K, N, m1 - m0, T(1), a + m0 * K, g + m0 * N, T(0), partial + t * K * N);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (std::size_t k = 0; k < K; ++k)
+      for (std::size_t s = 0; s < team; ++s) {
+        const T* p = partial + (s * K + k) * N;
+        for (std::size_t n = 0; n < N; ++n) c[k * N + n] += p[n];
+      }
+  }
+}
+
+}  // namespace
+
 template <class T>
 void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, Tensor<T>& y) {
   const std::size_t N = x.shape()[0], Din = x.shape()[1], Dout = w.shape()[1];
@@ -47,17 +103,22 @@ void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, 
   // y (N, D_out) = x (N, D_in) W (D_in, D_out) [+ 1 b^T]
   if (b)
     for (std::size_t n = 0; n < N; ++n) std::copy(b->data(), b->data() + Dout, yp + n * Dout);
-  gemm<T>(false, false, N, Dout, Din, T(1), x.data(), w.data(), b ? T(1) : T(0), yp);
+  by_row_blocks(N, N * Din * Dout, [&](std::size_t n0, std::size_t n1) {
+    gemm<T>(false, false, n1 - n0, Dout, Din, T(1), x.data() + n0 * Din, w.data(), b ? T(1) : T(0), yp + n0 * Dout);
+  });
 }
 
 template <class T>
 void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a,
                 Tensor<T>* grad_b) {
   const std::size_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
-  // grad_a (M, K) += g (M, N) b^T (N, K)
-  if (grad_a) gemm<T>(false, true, M, K, N, T(1), grad_out.data(), b.data(), T(1), grad_a->data());
-  // grad_b (K, N) += a^T (K, M) g (M, N)
-  if (grad_b) gemm<T>(true, false, K, N, M, T(1), a.data(), grad_out.data(), T(1), grad_b->data());
+  // grad_a (M, K) += g (M, N) b^T (N, K), rows in parallel
+  if (grad_a)
+    by_row_blocks(M, M * K * N, [&](std::size_t m0, std::size_t m1) {
+      gemm<T>(false, true, m1 - m0, K, N, T(1), grad_out.data() + m0 * N, b.data(), T(1), grad_a->data() + m0 * K);
+    });
+  // grad_b (K, N) += a^T (K, M) g (M, N), summed over row blocks of a and g in parallel
+  if (grad_b) add_at_b(M, K, N, a.data(), grad_out.data(), grad_b->data());
 }
 
 template <class T>

@@ -121,9 +121,12 @@ inline bool takes_over(T b, T a) {
 // x_end: the end of the input tensor; a short row's last 8 outputs may read up to 16
 // columns past the row (into the next rows, lanes that are dropped) while they stay
 // inside the tensor.
+// room: outputs from y to the end of its plane. A short last group of 8 outputs is
+// stored whole when the extra lanes land in the plane's next rows (which the same
+// thread writes afterwards, correctly), instead of lane by lane.
 template <class T>
 void max_pool2x2_row(const T* r0, const T* r1, std::size_t OW, int32_t top, int32_t w, T* y, int32_t* am,
-                     const T* x_end) {
+                     const T* x_end, std::size_t room) {
   std::size_t j = 0;
   if constexpr (std::is_same_v<T, float>) {
     typedef float V __attribute__((vector_size(32)));
@@ -146,7 +149,7 @@ void max_pool2x2_row(const T* r0, const T* r1, std::size_t OW, int32_t top, int3
         best = u ? x[k] : best;
         where = u ? offset[k] : where;
       }
-      if (n == 8) {
+      if (n == 8 || j0 + 8 <= room) {
         std::memcpy(y + j0, &best, sizeof best);
         if (am) std::memcpy(am + j0, &where, sizeof where);
         return;
@@ -193,7 +196,8 @@ void max_pool2x2_forward(const T* x, const PoolGeom& g, T* y, int32_t* argmax) {
     for (std::size_t i = 0; i < g.OH; ++i) {
       const T* r0 = x + pl * in_plane + 2 * i * g.W;
       max_pool2x2_row(r0, r0 + g.W, g.OW, static_cast<int32_t>(2 * i * g.W), static_cast<int32_t>(g.W),
-                      y + pl * out_plane + i * g.OW, argmax ? argmax + pl * out_plane + i * g.OW : nullptr, x_end);
+                      y + pl * out_plane + i * g.OW, argmax ? argmax + pl * out_plane + i * g.OW : nullptr, x_end,
+                      out_plane - i * g.OW);
     }
 }
 

@@ -81,6 +81,17 @@ check_gdb_entry() {
   return 0
 }
 
+# conv2d's vector kernels are in the library for every instruction set (ops/isa/), chosen
+# at run time: a portable build (no -march=native) still holds the AVX2 and AVX-512 ones.
+check_isa_variants() {
+  local lib=$1 symbols isa
+  symbols=$(nm -C "$lib" 2>/dev/null)
+  for isa in baseline avx2 avx512; do
+    grep -qF "ad::conv::isa_$isa::" <<<"$symbols" || fail "$lib lacks conv2d's $isa kernels (ad::conv::isa_$isa)"
+  done
+  return 0
+}
+
 case "$way" in
   install)
     rm -rf "$prefix"
@@ -106,6 +117,7 @@ case "$way" in
     lib=$(find "$prefix" -name 'libtape_autodiff.a' -o -name 'libtape_autodiff.so.*.*.*' | head -n1)
     [ -n "$lib" ] || fail "libtape_autodiff was not installed"
     check_gdb_entry "$lib"
+    check_isa_variants "$lib"
     echo "PASS"
     ;;
   find_package)
@@ -156,6 +168,7 @@ case "$way" in
     contents=$(dpkg-deb -c "$deb")
     grep -q '/usr/include/tape_autodiff/autodiff/ad.hpp$' <<<"$contents" || fail "the package lacks the headers"
     dpkg-deb -x "$deb" "$work/debroot"
+    check_isa_variants "$(find "$work/debroot" -name 'libtape_autodiff.a' -o -name 'libtape_autodiff.so.*.*.*' | head -n1)"
     configure_build_run "$work/deb_consumer" -DAD_CONSUME=find_package -DCMAKE_PREFIX_PATH="$work/debroot/usr"
     echo "PASS"
     ;;

@@ -114,6 +114,25 @@ TEST(Threads, Conv2dAgreesWithOneThread) {
   }
 }
 
+// linear: the forward and dJ/dx by row blocks, dJ/dW as per-thread partial sums over
+// row blocks of the batch (ref-CNN's last layer: 64 x 1568 by 1568 x 10).
+TEST(Threads, LinearAgreesWithOneThread) {
+  const std::vector<T64> in = {uniform({64, 1568}, 1), uniform({1568, 10}, 2), uniform({10}, 3)};
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) { return linear(t, v[0], v[1], v[2]); }, in);
+  const T64 g = uniform({64, 10}, 4);
+  T64 y = xt::zeros<double>({64, 10}), gx = xt::zeros<double>({64, 1568}), gw = xt::zeros<double>({1568, 10});
+  EXPECT_GE(team_size_during([&] { linear_forward(in[0], in[1], &in[2], y); }), 2);
+  EXPECT_GE(team_size_during([&] { linear_vjp(g, in[0], in[1], static_cast<T64*>(nullptr), &gw, static_cast<T64*>(nullptr)); }), 2);
+  EXPECT_GE(team_size_during([&] { linear_vjp(g, in[0], in[1], &gx, static_cast<T64*>(nullptr), static_cast<T64*>(nullptr)); }), 2);
+  // dJ/dW[k, d] = sum_n x[n, k] g[n, d] (section 3.1.1), by the definition
+  T64 want = xt::zeros<double>({1568, 10});
+  for (std::size_t n = 0; n < 64; ++n)
+    for (std::size_t k = 0; k < 1568; ++k)
+      for (std::size_t d = 0; d < 10; ++d) want(k, d) += in[0](n, k) * g(n, d);
+  EXPECT_TRUE(all_close(gw, want, 1e-12, 1e-12));
+}
+
 TEST(Threads, PoolingAgreesWithOneThread) {
   const std::vector<T64> in = {distinct({8, 8, 64, 64}, 1)};
   const Pool2dOptions two{}, three{.window = {3, 3}, .stride = {1, 1}, .padding = {1, 1}},

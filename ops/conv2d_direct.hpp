@@ -1,0 +1,191 @@
+// The direct convolution behind conv2d (ops/conv2d.cpp): the plan of one geometry, which
+// every instruction set shares, and the table of per-image kernels that each instruction
+// set compiles for itself (ops/conv2d_simd.inc, built by ops/isa/conv2d_*.cpp).
+//
+// Layouts (one image): input (C, H, W); a zero-padded copy xp (C, H, Wp); the kernel
+// repacked as w[(c,p,q)][o], (C*KH*KW, Opad); the pixel-major result yt (OH*OW, Opad),
+// transposed into the output (O, OH*OW). Opad is O rounded up to the register tile's
+// channel block, which depends on the vector width: `chan` below.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+#include "ops/isa.hpp"
+
+namespace ad::conv {
+
+inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
+
+// out[o, i, j] = sum_{c,p,q} w[(c*KH+p)*KW+q][o] * in[c, i*sh+p-ph, j*sw+q-pw] over the
+// taps inside the image. Input rows in the padding are skipped by grouping output rows
+// into classes with the same valid window rows; input columns in the padding by
+// grouping, inside a class of at least kMinRowsForColumns rows, the output columns with
+// the same valid window columns. Each group lists its taps, so a register tile runs one
+// flat loop over them. Taps are read from the zero-padded copy xp, (C, H, Wp) with input
+// column w at column w + L (L = pw), so a group may also keep a padding column (as a zero).
+//   A padding of at least the kernel width (pw >= KW) would make that copy grow with
+// the padding, not with the input (pw = 2^26 is 512 MB a row): there every row class is
+// grouped by columns, no group reads a padding column, and the copy has no padding
+// (L = 0, Wp = W), so the memory stays that of the input and the output.
+struct DirectPlan {
+  std::size_t C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
+  bool unpadded;     // pw >= KW: columns always grouped, the copy holds no padding
+  std::size_t L;     // the copy's left zero margin: input column w is at w + L
+  std::size_t Wp;    // the copy's row width
+  std::size_t chan;  // output channels per register tile (a multiple of the vector lanes)
+  std::size_t Opad;  // O rounded up to whole register tiles; w is (C*KH*KW, Opad)
+  // One tap (c, p, q): its offset in the copy from a pixel's first valid input row
+  // (p = p0) and its group's first column (q = q0), and the offset of w's row (c, p, q).
+  struct Tap {
+    std::size_t x, w;
+  };
+  // Output columns [j0, j1) whose windows have the columns q in [q0, q1) inside the
+  // image, with the taps (c, p, q) of its row class and those columns.
+  struct ColClass {
+    std::size_t j0, j1, q0, q1;
+    std::vector<Tap> taps;
+  };
+  // Output rows [i0, i1) whose windows have the rows p in [p0, p1) inside the image,
+  // and the column groups its pixels are tiled by.
+  struct RowClass {
+    std::size_t i0, i1, p0;
+    std::vector<ColClass> cols;
+  };
+  std::vector<RowClass> classes;
+  std::vector<ColClass> col_classes;  // the column groups, without taps
+  static constexpr std::size_t kMinRowsForColumns = 4;  // so that column groups fill a tile
+
+  DirectPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t KH_, std::size_t KW_,
+             std::size_t sh_, std::size_t sw_, std::size_t ph_, std::size_t pw_, std::size_t chan_)
+      : C(C_), H(H_), W(W_), O(O_), KH(KH_), KW(KW_), sh(sh_), sw(sw_), ph(ph_), pw(pw_), chan(chan_) {
+    OH = (H + 2 * ph - KH) / sh + 1;
+    OW = (W + 2 * pw - KW) / sw + 1;
+    unpadded = pw >= KW;
+    L = unpadded ? 0 : pw;
+    Wp = unpadded ? W : std::max(W + pw, (OW - 1) * sw + KW);
+    Opad = round_up(O, chan);
+    for (std::size_t j = 0; j < OW;) {
+      const auto q = valid_range(j, sw, pw, W, KW);
+      std::size_t j1 = j + 1;
+      while (j1 < OW && valid_range(j1, sw, pw, W, KW) == q) ++j1;
+      col_classes.push_back({j, j1, q.first, q.second, {}});
+      j = j1;
+    }
+    for (std::size_t i = 0; i < OH;) {
+      const auto p = valid_range(i, sh, ph, H, KH);
+      std::size_t i1 = i + 1;
+      while (i1 < OH && valid_range(i1, sh, ph, H, KH) == p) ++i1;
+      RowClass rc{i, i1, p.first, {}};
+      if (unpadded || (i1 - i >= kMinRowsForColumns && col_classes.size() > 1))
+        rc.cols = col_classes;
+      else
+        rc.cols = {{0, OW, 0, KW, {}}};
+      for (ColClass& cc : rc.cols)
+        for (std::size_t c = 0; c < C; ++c)
+          for (std::size_t r = p.first; r < p.second; ++r)
+            for (std::size_t q = cc.q0; q < cc.q1; ++q)
+              cc.taps.push_back({(c * H + r - p.first) * Wp + (q - cc.q0), ((c * KH + r) * KW + q) * Opad});
+      classes.push_back(std::move(rc));
+      i = i1;
+    }
+  }
+  // Window offsets k in [k0, k1) of output index i lie inside the image along one axis:
+  // 0 <= i*s + k - pad < n.
+  static std::pair<std::size_t, std::size_t> valid_range(std::size_t i, std::size_t s, std::size_t pad,
+                                                         std::size_t n, std::size_t kn) {
+    const std::size_t top = i * s;  // padded index of k = 0
+    const std::size_t k0 = top >= pad ? 0 : pad - top;
+    const std::size_t k1 = n + pad > top ? std::min(kn, n + pad - top) : 0;
+    return {std::min(k0, k1), k1};
+  }
+  std::size_t padded_size() const { return C * H * Wp; }
+  // Offset in the copy of window column q0 of output column j, on its row: padded
+  // column j*sw + q0 is input column j*sw + q0 - pw (>= 0 whenever the group has taps
+  // and the copy has no padding).
+  std::size_t column(std::size_t j, std::size_t q0) const { return j * sw + q0 + L - pw; }
+};
+
+// Winograd F(2x2, 5x5) for a 5x5 kernel at stride 1 (float only; see ops/conv2d.cpp):
+// the output in 2x2 tiles, each from a 6x6 window of the zero-padded input,
+//   Y = A^T [ (G K G^T) (.) (B^T D B) ] A      ((.) elementwise, 36 products per
+// channel pair for 4 outputs instead of 100). Images are done in blocks of `block`
+// tiles: transform the block's input windows, 36 small GEMMs over the input channels,
+// transform back.
+struct WinogradPlan {
+  std::size_t C, H, W, O, ph, pw, OH, OW;
+  std::size_t TH, TW;  // tiles down and across: ceil(OH / 2), ceil(OW / 2)
+  std::size_t GH, GW;  // the padded input grid the tiles read: 2*TH + 4, 2*TW + 4
+  std::size_t Cpad;    // C rounded up to whole vectors (the grid is pixel-major, (GH, GW, Cpad))
+  std::size_t chan;    // output channels per register tile
+  std::size_t Opad;    // O rounded up to chan
+  std::size_t block;   // tiles per block (the register tile's pixel count)
+
+  WinogradPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t ph_, std::size_t pw_,
+               std::size_t lanes, std::size_t chan_, std::size_t block_)
+      : C(C_), H(H_), W(W_), O(O_), ph(ph_), pw(pw_), chan(chan_), block(block_) {
+    OH = H + 2 * ph - 4;
+    OW = W + 2 * pw - 4;
+    TH = (OH + 1) / 2, TW = (OW + 1) / 2;
+    GH = 2 * TH + 4, GW = 2 * TW + 4;
+    Cpad = round_up(C, lanes);
+    Opad = round_up(O, chan);
+  }
+  std::size_t tiles() const { return TH * TW; }
+  // the padded input grid (GH, GW, Cpad), then its column transforms per tile row
+  // (TH, 6, GW, Cpad): B^T applied down each column of the tile row's 6 input rows
+  std::size_t grid_elems() const { return GH * GW * Cpad; }
+  std::size_t grid_size() const { return grid_elems() + TH * 6 * GW * Cpad; }
+  // transformed input and products of one block: 36 x block x Cpad and 36 x block x Opad
+  std::size_t block_scratch() const { return 36 * block * (Cpad + Opad); }
+};
+
+// The per-image kernels of one instruction set (ops/conv2d_simd.inc). The caller owns
+// the threads: every function works on one image and its own scratch buffers.
+template <class T>
+struct Kernels {
+  Isa isa;
+  std::size_t lanes;  // elements per vector
+  // Output channels per register tile for a convolution with `O` of them (DirectPlan::chan).
+  std::size_t (*chan_block)(std::size_t O);
+  // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, w); in (C, H, W).
+  // xp: padded_size() scratch, yt: OH*OW*Opad scratch.
+  void (*conv_image)(const DirectPlan& pl, const T* in, const T* w, const T* bias, bool accumulate, T* out, T* xp,
+                     T* yt);
+  // xp (C, H, Wp) = the zero-padded copy of x (C, H, W): xp[c, h, w + L] = x[c, h, w].
+  void (*pad_columns)(const T* x, const DirectPlan& pl, T* xp);
+  // gt (P, Opad) = g (O, P) transposed, zero in the padding channels.
+  void (*planes_to_pixels)(const T* g, std::size_t O, std::size_t P, std::size_t Opad, T* gt);
+  // gk[(c,p,q), o] += sum_{i,j} gt[i*OW+j, o] * xp[c, i*sh+p-ph, j*sw+q] (dJ/dK of one image).
+  void (*dk_image)(const DirectPlan& pl, const T* xp, const T* gt, T* gk);
+  // gb[o] += sum_s gt[s, o] for o < Opad (dJ/db of one image).
+  void (*bias_sum)(const T* gt, std::size_t P, std::size_t Opad, T* gb);
+
+  // Winograd F(2x2, 5x5); null where not compiled (double). wino_preferred: used by
+  // default (WinogradMode::Auto) with this instruction set.
+  bool wino_preferred;
+  // Pixels per register tile = tiles per block, for `chan` channels a tile.
+  std::size_t (*wino_block)(std::size_t chan);
+  // U[xi][c][o] = (G k[o,c] G^T)[xi] for output channels [o0, o1); k (O, C, 5, 5), U (36, C, Opad).
+  void (*wino_kernel)(const T* k, std::size_t C, std::size_t Opad, std::size_t o0, std::size_t o1, T* U);
+  // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, k) by Winograd.
+  // grid: grid_size() scratch, blk: block_scratch() scratch, yt: OH*OW*Opad scratch.
+  void (*wino_image)(const WinogradPlan& pl, const T* in, const T* U, const T* bias, bool accumulate, T* out,
+                     T* grid, T* blk, T* yt);
+};
+
+// The kernels of the instruction set in use (ad::active_isa()).
+template <class T>
+const Kernels<T>& kernels();
+
+// Each instruction set's table (defined in ops/isa/conv2d_<isa>.cpp).
+template <class T>
+const Kernels<T>& kernels_baseline();
+template <class T>
+const Kernels<T>& kernels_avx2();
+template <class T>
+const Kernels<T>& kernels_avx512();
+
+}  // namespace ad::conv

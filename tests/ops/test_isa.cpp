@@ -1,0 +1,165 @@
+// The run-time choice of instruction set (ops/isa.hpp): every variant of the vector
+// kernels that this processor can run is checked, in double against the convolution's
+// definition and its VJP written as plain loops (to 1e-12), and in float against double
+// at ref-CNN's shapes (the float path's 1e-4). A variant compiled in but not runnable
+// here is reported in the test log (and fails the suite when AD_TEST_REQUIRE_ISAS
+// names it, for a CI machine that is meant to have it).
+#include <cstdlib>
+#include <sstream>
+
+#include "ops/isa.hpp"
+#include "test_util.hpp"
+
+namespace ad::test {
+namespace {
+
+const Isa kAll[] = {Isa::Baseline, Isa::Avx2, Isa::Avx512};
+
+// Restores the instruction set in use when a test ends.
+struct IsaGuard {
+  Isa before = active_isa();
+  ~IsaGuard() { set_isa(before); }
+};
+
+struct Geometry {
+  const char* name;
+  Shape x, k;
+  std::array<int, 2> padding, stride;
+};
+
+// ref-CNN's convolutions, channel counts that leave partial register tiles (and 8x8
+// transpose blocks), strides, and a kernel wider than the padded input.
+const Geometry kGeometries[] = {
+    {"conv1", {2, 1, 28, 28}, {16, 1, 5, 5}, {2, 2}, {1, 1}},
+    {"conv2", {2, 16, 14, 14}, {32, 16, 5, 5}, {2, 2}, {1, 1}},
+    {"odd_channels", {2, 3, 13, 11}, {17, 3, 5, 5}, {2, 2}, {1, 1}},
+    {"twenty_channels", {1, 16, 9, 10}, {20, 16, 3, 3}, {1, 1}, {1, 1}},
+    {"strided", {2, 5, 9, 8}, {7, 5, 3, 2}, {1, 0}, {2, 3}},
+    {"kernel_covers_padded_input", {2, 2, 3, 4}, {3, 2, 5, 6}, {1, 1}, {1, 1}},
+    // padding at least the kernel (the copy without padding columns, every row class
+    // grouped by columns): whole rows and columns of outputs in the padding
+    {"padding_wider_than_kernel", {2, 3, 4, 5}, {5, 3, 2, 3}, {3, 4}, {1, 1}},
+    {"padding_wider_than_kernel_strided", {2, 3, 6, 7}, {4, 3, 3, 2}, {4, 3}, {2, 3}},
+    // Winograd F(2x2, 5x5) in float (5x5, stride 1, 4..32 input channels): odd output
+    // sizes (a partial last tile row and column), padding 0 and 1, 32 input channels
+    {"winograd_odd", {2, 8, 13, 11}, {7, 8, 5, 5}, {2, 2}, {1, 1}},
+    {"winograd_pad0_pad1", {1, 5, 12, 9}, {9, 5, 5, 5}, {0, 1}, {1, 1}},
+    {"winograd_32_in", {1, 32, 10, 10}, {12, 32, 5, 5}, {2, 2}, {1, 1}},
+};
+
+// y, dJ/dx, dJ/dk, dJ/db by the definitions (design document, section 3.1.5), for the
+// cotangent g: y[n,o,i,j] = b[o] + sum_{c,p,q} k[o,c,p,q] x[n,c,i*sh+p-ph,j*sw+q-pw];
+// dx and dk collect g[n,o,i,j] times the other factor of each product; db[o] = sum g[n,o,..].
+struct Reference {
+  T64 y, dx, dk, db;
+};
+Reference reference(const T64& x, const T64& k, const T64& b, const T64& g, std::array<int, 2> pad,
+                    std::array<int, 2> st) {
+  const long N = x.shape()[0], C = x.shape()[1], H = x.shape()[2], W = x.shape()[3];
+  const long O = k.shape()[0], KH = k.shape()[2], KW = k.shape()[3];
+  const long OH = g.shape()[2], OW = g.shape()[3];
+  Reference r{xt::zeros<double>({N, O, OH, OW}), xt::zeros<double>(x.shape()), xt::zeros<double>(k.shape()),
+              xt::zeros<double>({static_cast<std::size_t>(O)})};
+  for (long n = 0; n < N; ++n)
+    for (long o = 0; o < O; ++o)
+      for (long i = 0; i < OH; ++i)
+        for (long j = 0; j < OW; ++j) {
+          double s = b(o);
+          const double go = g(n, o, i, j);
+          r.db(o) += go;
+          for (long c = 0; c < C; ++c)
+            for (long p = 0; p < KH; ++p)
+              for (long q = 0; q < KW; ++q) {
+                const long ih = i * st[0] + p - pad[0], iw = j * st[1] + q - pad[1];
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                s += k(o, c, p, q) * x(n, c, ih, iw);
+                r.dx(n, c, ih, iw) += go * k(o, c, p, q);
+                r.dk(o, c, p, q) += go * x(n, c, ih, iw);
+              }
+          r.y(n, o, i, j) = s;
+        }
+  return r;
+}
+
+template <class T>
+Reference run_conv(const T64& x, const T64& k, const T64& b, const T64& g, const Conv2dOptions& opt) {
+  Tape<T> t;
+  Parameter<T> xp("x", xt::cast<T>(x)), kp("k", xt::cast<T>(k)), bp("b", xt::cast<T>(b));
+  const Value y = conv2d(t, t.param(xp), t.param(kp), t.param(bp), opt);
+  t.backward(y, xt::cast<T>(g));
+  return {xt::cast<double>(t.value(y)), xt::cast<double>(xp.grad), xt::cast<double>(kp.grad),
+          xt::cast<double>(bp.grad)};
+}
+
+void expect_close(const Reference& got, const Reference& want, double rtol, double atol_y, double atol_g) {
+  EXPECT_TRUE(all_close(got.y, want.y, rtol, atol_y)) << "y";
+  EXPECT_TRUE(all_close(got.dx, want.dx, rtol, atol_g)) << "dJ/dx";
+  EXPECT_TRUE(all_close(got.dk, want.dk, rtol, atol_g)) << "dJ/dk";
+  EXPECT_TRUE(all_close(got.db, want.db, rtol, atol_g)) << "dJ/db";
+}
+
+TEST(Isa, EveryRunnableVariantMatchesTheDefinitionInDoubleAndDoubleInFloat) {
+  const IsaGuard guard;
+  ASSERT_FALSE(supported_isas().empty());
+  for (Isa isa : supported_isas()) {
+    set_isa(isa);
+    SCOPED_TRACE(isa_name(isa));
+    uint64_t seed = 500;
+    for (const Geometry& geo : kGeometries) {
+      SCOPED_TRACE(geo.name);
+      const Conv2dOptions opt{.padding = geo.padding, .stride = geo.stride};
+      const T64 x = uniform(geo.x, seed++), k = uniform(geo.k, seed++), b = uniform({geo.k[0]}, seed++);
+      const Shape ys = conv2d_output_shape(geo.x, geo.k, nullptr, opt);
+      const T64 g = uniform(ys, seed++);
+      const Reference want = reference(x, k, b, g, geo.padding, geo.stride);
+      expect_close(run_conv<double>(x, k, b, g, opt), want, 1e-12, 1e-12, 1e-12);
+      // float, direct and (where it applies) Winograd: the float path's 1e-4
+      for (const bool winograd : {true, false}) {
+        SCOPED_TRACE(winograd ? "winograd on" : "winograd off");
+        set_conv2d_winograd(winograd ? WinogradMode::On : WinogradMode::Off);
+        expect_close(run_conv<float>(x, k, b, g, opt), want, 1e-4, 1e-4, 1e-3);
+      }
+      set_conv2d_winograd(WinogradMode::Auto);
+    }
+  }
+}
+
+TEST(Isa, SetIsaRefusesWhatThisProcessorCannotRun) {
+  const IsaGuard guard;
+  for (Isa isa : kAll) {
+    if (isa_supported(isa)) {
+      set_isa(isa);
+      EXPECT_EQ(active_isa(), isa);
+    } else {
+      EXPECT_THROW(set_isa(isa), std::runtime_error) << isa_name(isa);
+    }
+  }
+  EXPECT_TRUE(isa_supported(Isa::Baseline));
+}
+
+// Which variants this run checked. A variant this processor cannot run is shipped
+// untested by this run: say so, and fail where AD_TEST_REQUIRE_ISAS (e.g. "avx2,avx512")
+// says this machine must check it.
+TEST(Isa, ReportsWhichVariantsThisMachineChecks) {
+  std::ostringstream tested, untested;
+  for (Isa isa : kAll) (isa_supported(isa) ? tested : untested) << isa_name(isa) << " ";
+  std::printf("[ isa      ] checked here: %s; NOT checked here (this processor cannot run them): %s\n",
+              tested.str().c_str(), untested.str().empty() ? "none" : untested.str().c_str());
+  RecordProperty("isa_checked", tested.str());
+  RecordProperty("isa_not_checked", untested.str());
+  if (const char* req = std::getenv("AD_TEST_REQUIRE_ISAS"); req && *req) {
+    std::stringstream ss(req);
+    for (std::string name; std::getline(ss, name, ',');) {
+      bool found = false;
+      for (Isa isa : kAll)
+        if (name == isa_name(isa)) {
+          found = true;
+          EXPECT_TRUE(isa_supported(isa)) << "AD_TEST_REQUIRE_ISAS names " << name << ", which this processor cannot run";
+        }
+      EXPECT_TRUE(found) << "AD_TEST_REQUIRE_ISAS: unknown variant " << name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ad::test
