@@ -68,9 +68,9 @@ class Module {
   template <class M>
   M& register_module(const std::string& name, std::unique_ptr<M> child) {
     static_assert(std::is_base_of_v<Module<T>, M>, "register_module: M must derive from nn::Module<T>");
-    M& ref = *child;
+    M* ref = child.get();  // (not *child: a null child is refused by adopt, not dereferenced)
     adopt(name, std::unique_ptr<Module<T>>(std::move(child)));
-    return ref;
+    return *ref;
   }
   // Constructs the child M(args...) in place: register_module<Conv2d<float>>("conv1", 1, 16, ...).
   template <class M, class... Args>

@@ -131,8 +131,11 @@ TEST(EveryOp, PassesGradcheckNodesInDouble) {
   for (const NodeGradcheck& n : r.nodes) if (!n.result.ok) { std::fprintf(stderr, "BAD %s\n", format_node(e.tape, n.index).c_str()); for (int32_t in : e.tape.nodes()[n.index].inputs) if (in >= 0) std::fprintf(stderr, "  IN %s\n", format_node(e.tape, std::size_t(in)).c_str()); }
   std::set<std::string> checked;
   for (const NodeGradcheck& n : r.nodes) checked.insert(std::string(op_name(e.tape.nodes()[n.index].op)));
-  for (OpId op : registered_ops())
-    if (!kElsewhere.count(op->name)) EXPECT_TRUE(checked.count(op->name)) << op->name << " was not checked";
+  for (OpId op : registered_ops()) {
+    if (!kElsewhere.count(op->name)) {
+      EXPECT_TRUE(checked.count(op->name)) << op->name << " was not checked";
+    }
+  }
 }
 
 }  // namespace
