@@ -26,7 +26,9 @@ constexpr std::size_t kEvalBatch = 500;
 
 struct Options {
   std::string data = nn::kDefaultFashionMnistDir;
-  int epochs = 12;
+  // The defaults are the recipe measured in README "A ResNet" (0.9313 in 8 min 56 s on
+  // the project's 2-core machine).
+  int epochs = 9;
   std::size_t batch = 128;
   std::string optimizer = "momentum";
   double lr = 0;  // 0: 0.1 for momentum, 0.002 for adam
@@ -34,10 +36,10 @@ struct Options {
   int threads = 0;
   uint64_t seed = 1;
   std::size_t limit = 0;
-  std::vector<int> widths{16, 32, 64};
+  std::vector<int> widths{32, 64, 128};
   int blocks = 1;
-  int first_stride = 1;
-  int shift = 2;
+  int first_stride = 2;
+  int shift = 1;
   bool flip = true;
   std::string save, load, curve;
   double max_memory_mb = 0;

@@ -32,7 +32,7 @@ first=$(train_loss 1)
 last=$(train_loss 4)
 [ -n "$first" ] && [ -n "$last" ] || fail "no epoch summaries"
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.9 * a) }' || fail "the training loss did not fall: $first -> $last"
-grep -q "resnet(1x28x28,w8-16,b1,10)" "$tmp/out" || fail "the model line lacks the tag"
+grep -q "resnet(1x28x28,w8-16,b1,s2,10)" "$tmp/out" || fail "the model line lacks the tag"
 grep -q ">running average (per batch)<" "$tmp/r.svg" || fail "no training curve"
 # resume: the checkpoint holds 4 epochs (and the running statistics), one more is trained
 run 0 --data "$fixture" --epochs 5 --batch 32 --widths 8 16 --threads 2 --optimizer adam --lr 0.01 --load "$tmp/r.ckpt"
