@@ -241,7 +241,9 @@ void write_npy_dir(const std::string& dir, const std::vector<WeightTensor>& tens
   for (const WeightTensor& t : tensors) {
     const std::string bytes =
         t.dtype == DType::F32 ? xt::dump_npy(xt::xarray<float>(xt::cast<float>(t.value))) : xt::dump_npy(t.value);
-    detail::write_file_atomically((fs::path(dir) / (t.name + ".npy")).string(), bytes.data(), bytes.size(), "write_npy_dir");
+    detail::write_file_atomically<WeightsError>((fs::path(dir) / (t.name + ".npy")).string(),
+                                                std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()),
+                                                "write_npy_dir");
   }
 }
 

@@ -257,7 +257,7 @@ void write_safetensors(const std::string& path, const std::vector<WeightTensor>&
       encode_le<double>(t.value.data(), t.value.size(), p);
     p += t.value.size() * dtype_size(t.dtype);
   }
-  detail::write_file_atomically(path, file.data(), file.size(), "write_safetensors");
+  detail::write_file_atomically<WeightsError>(path, file, "write_safetensors");
 }
 
 }  // namespace nn
