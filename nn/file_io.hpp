@@ -20,7 +20,7 @@ template <class Error>
 std::vector<std::uint8_t> read_regular_file(const std::string& path, const std::string& what, const char* noun = "file");
 
 // Told the name of the temporary file a write_file_atomically is about to create
-// (hook(tmp)), then, however the write ends, that the file is renamed or removed
+// (hook(tmp)), then that the write is over, whether it succeeded or failed
 // (hook(nullptr)). nn/checkpoint.cpp publishes the name for remove_partial_file, which a
 // SIGINT/SIGTERM handler calls to remove a save the signal cut short.
 using TempFileHook = void (*)(const char* tmp) noexcept;
