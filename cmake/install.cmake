@@ -20,6 +20,7 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/autodiff ${PROJECT_SOURCE_DIR}/ops ${PRO
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tape_autodiff
   FILES_MATCHING PATTERN "*.hpp"
   PATTERN "file_io.hpp" EXCLUDE  # internal to nn/
+  PATTERN "shape_checks.hpp" EXCLUDE  # internal to nn/
   PATTERN "distributed.hpp" EXCLUDE)  # nn/distributed (AD_WITH_MPI) is not installed yet
 install(EXPORT tape_autodiffTargets NAMESPACE tape_autodiff:: DESTINATION ${AD_CMAKE_DIR})
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/tape_autodiffConfig.cmake.in

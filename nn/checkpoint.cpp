@@ -3,7 +3,6 @@
 // that remain in the file, and verifies the CRC32 before returning anything.
 #include "nn/checkpoint.hpp"
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -11,13 +10,10 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
-#include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <map>
 #include <set>
-#include <system_error>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -28,8 +24,6 @@ namespace nn {
 namespace {
 
 constexpr char kMagic[8] = {'A', 'D', 'C', 'K', 'P', 'T', '0', '1'};
-
-std::string errno_text(int err) { return std::generic_category().message(err); }
 
 std::uint32_t crc32_of(const std::uint8_t* data, std::size_t n) {
   return static_cast<std::uint32_t>(::crc32_z(::crc32_z(0, nullptr, 0), data, n));
@@ -193,18 +187,18 @@ char g_partial_path[4096 + 64];
 std::atomic<bool> g_partial_set{false};
 static_assert(std::atomic<bool>::is_always_lock_free, "a signal handler reads g_partial_set");
 
-// Publishes `tmp` as the write in progress for the lifetime of the object.
-class PartialFile {
- public:
-  explicit PartialFile(const std::string& tmp) {
-    if (tmp.size() >= sizeof g_partial_path) return;  // too long to publish: not removed on a signal
-    std::memcpy(g_partial_path, tmp.c_str(), tmp.size() + 1);
-    g_partial_set.store(true, std::memory_order_release);
+// The write_file_atomically hook (nn/file_io.hpp): publishes `tmp` as the write in
+// progress, or, given nullptr, withdraws it.
+void publish_partial_file(const char* tmp) noexcept {
+  if (tmp == nullptr) {
+    g_partial_set.store(false, std::memory_order_release);
+    return;
   }
-  ~PartialFile() { g_partial_set.store(false, std::memory_order_release); }
-  PartialFile(const PartialFile&) = delete;
-  PartialFile& operator=(const PartialFile&) = delete;
-};
+  const std::size_t size = std::strlen(tmp);
+  if (size >= sizeof g_partial_path) return;  // too long to publish: not removed on a signal
+  std::memcpy(g_partial_path, tmp, size + 1);
+  g_partial_set.store(true, std::memory_order_release);
+}
 
 // "a character device", "a FIFO", ... for an st_mode that is not a regular file.
 const char* file_kind(mode_t mode) {
@@ -232,51 +226,7 @@ void write_file_atomically(const std::string& path, std::span<const std::uint8_t
     throw WriteError(fmt::format("{}: {}: is {}, not a regular file; refusing to rename a file "
                                  "over it", who, path, file_kind(st.st_mode)));
   }
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  const PartialFile partial(tmp);
-
-  // O_NOFOLLOW: never write through a symlink planted at the temp name.
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (fd < 0) {
-    throw WriteError(fmt::format("{}: {}: cannot create temporary file {}: {}", who, path, tmp,
-                                 errno_text(errno)));
-  }
-  // On any failure from here on, the temp file is ours to remove; `path` is
-  // untouched until the rename.
-  const auto abandon = [&](const char* step, int err, bool close_fd) {
-    if (close_fd) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw WriteError(fmt::format("{}: {}: {} {} failed: {}", who, path, step, tmp, errno_text(err)));
-  };
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) abandon("writing", errno, true);
-    if (n == 0) abandon("writing", EIO, true);
-    done += static_cast<std::size_t>(n);
-  }
-  // No stdio buffer to fflush: write(2) went straight to the kernel.
-  if (::fsync(fd) != 0) abandon("fsync of", errno, true);
-  if (::close(fd) != 0) abandon("closing", errno, false);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw WriteError(fmt::format("{}: {}: cannot rename {} over it: {}", who, path, tmp,
-                                 errno_text(err)));
-  }
-
-  // Make the rename itself durable.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0 || (::fsync(dir_fd) != 0 && errno != EINVAL)) {
-    const int err = errno;
-    if (dir_fd >= 0) ::close(dir_fd);
-    throw WriteError(fmt::format("{}: {}: written, but fsync of directory {} failed, so it may "
-                                 "not survive a crash: {}", who, path, dir, errno_text(err)));
-  }
-  ::close(dir_fd);
+  detail::write_file_atomically<WriteError>(path, bytes, who, publish_partial_file);
 }
 
 void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& tensors,

@@ -1,4 +1,5 @@
-// File helpers of the weights readers and writers and the checkpoint reader (nn/file_io.hpp).
+// File helpers of the weights readers and writers and the checkpoint reader and writer
+// (nn/file_io.hpp).
 #include "nn/file_io.hpp"
 
 #include <fcntl.h>
@@ -60,32 +61,45 @@ template std::vector<std::uint8_t> read_regular_file<WeightsError>(const std::st
 template std::vector<std::uint8_t> read_regular_file<CheckpointError>(const std::string&, const std::string&,
                                                                       const char*);
 
-void write_file_atomically(const std::string& path, const void* bytes, std::size_t size, const std::string& what) {
+template <class Error>
+void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes, std::string_view what,
+                           TempFileHook on_temp_file) {
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  if (on_temp_file != nullptr) on_temp_file(tmp.c_str());
+  // Tells the hook that the write is over, however this function ends.
+  struct WriteOver {
+    TempFileHook hook;
+    ~WriteOver() {
+      if (hook != nullptr) hook(nullptr);
+    }
+  } const write_over{on_temp_file};
+
   // O_NOFOLLOW: never write through a symlink planted at the temp name.
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0)
-    throw WeightsError(fmt::format("{}: {}: cannot create temporary file {}: {}", what, path, tmp, errno_text(errno)));
+    throw Error(fmt::format("{}: {}: cannot create temporary file {}: {}", what, path, tmp, errno_text(errno)));
+  // On any failure from here on, the temp file is ours to remove; `path` is untouched
+  // until the rename.
   const auto abandon = [&](const char* step, int err, bool close_fd) {
     if (close_fd) ::close(fd);
     ::unlink(tmp.c_str());
-    throw WeightsError(fmt::format("{}: {}: {} {} failed: {}", what, path, step, tmp, errno_text(err)));
+    throw Error(fmt::format("{}: {}: {} {} failed: {}", what, path, step, tmp, errno_text(err)));
   };
-  const auto* p = static_cast<const std::uint8_t*>(bytes);
   std::size_t done = 0;
-  while (done < size) {
-    const ssize_t n = ::write(fd, p + done, size - done);
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) abandon("writing", errno, true);
     if (n == 0) abandon("writing", EIO, true);
     done += static_cast<std::size_t>(n);
   }
+  // No stdio buffer to fflush: write(2) went straight to the kernel.
   if (::fsync(fd) != 0) abandon("fsync of", errno, true);
   if (::close(fd) != 0) abandon("closing", errno, false);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    throw WeightsError(fmt::format("{}: {}: cannot rename {} over it: {}", what, path, tmp, errno_text(err)));
+    throw Error(fmt::format("{}: {}: cannot rename {} over it: {}", what, path, tmp, errno_text(err)));
   }
   // Make the rename itself durable.
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
@@ -94,10 +108,15 @@ void write_file_atomically(const std::string& path, const void* bytes, std::size
   if (dir_fd < 0 || (::fsync(dir_fd) != 0 && errno != EINVAL)) {
     const int err = errno;
     if (dir_fd >= 0) ::close(dir_fd);
-    throw WeightsError(fmt::format("{}: {}: written, but fsync of directory {} failed, so it may not survive a crash: {}",
-                                   what, path, dir, errno_text(err)));
+    throw Error(fmt::format("{}: {}: written, but fsync of directory {} failed, so it may not survive a crash: {}",
+                            what, path, dir, errno_text(err)));
   }
   ::close(dir_fd);
 }
+
+template void write_file_atomically<WeightsError>(const std::string&, std::span<const std::uint8_t>, std::string_view,
+                                                  TempFileHook);
+template void write_file_atomically<WriteError>(const std::string&, std::span<const std::uint8_t>, std::string_view,
+                                                TempFileHook);
 
 }  // namespace nn::detail

@@ -14,7 +14,6 @@
 #include <charconv>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 #include <set>
 
 #include <fmt/format.h>
@@ -22,6 +21,7 @@
 #include <xtensor/xnpy.hpp>
 
 #include "nn/file_io.hpp"
+#include "nn/shape_checks.hpp"
 #include "nn/tensor_files.hpp"
 
 namespace nn {
@@ -185,23 +185,9 @@ WeightTensor read_npy(const std::string& path, const std::string& name) {
   const std::string_view text(reinterpret_cast<const char*>(file.data() + 8 + len_bytes), header_len);
   const NpyHeader h = HeaderParser(text, path).parse();
 
-  // Element count, factor by factor so that neither it nor its size in bytes can
-  // overflow (xtensor's strides are signed); then exactly the bytes it needs.
+  // The element count (checked against overflow), then exactly the bytes it needs.
   const std::size_t data_size = file.size() - data_start;
-  constexpr auto kMaxIndex = static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max());
-  const std::uint64_t max_elems = kMaxIndex / h.itemsize;
-  std::uint64_t product = 1;  // of the non-zero dims: a zero dim still leaves the strides to compute
-  bool empty = false;
-  for (const std::size_t d : h.shape) {
-    if (d == 0) {
-      empty = true;
-      continue;
-    }
-    if (d > max_elems / product)
-      throw fail(fmt::format("shape ({}) has too many elements (more than 2^63 bytes)", fmt::join(h.shape, ",")));
-    product *= d;
-  }
-  const std::uint64_t elems = empty ? 0 : product;
+  const std::uint64_t elems = detail::checked_element_count(h.shape, h.itemsize, fail);
   if (elems * h.itemsize != data_size)
     throw fail(fmt::format("shape ({}) of {}-byte values needs {} bytes of data, the file has {} ({})", fmt::join(h.shape, ","),
                            h.itemsize, elems * h.itemsize, data_size, data_size < elems * h.itemsize ? "truncated" : "trailing bytes"));
@@ -255,7 +241,9 @@ void write_npy_dir(const std::string& dir, const std::vector<WeightTensor>& tens
   for (const WeightTensor& t : tensors) {
     const std::string bytes =
         t.dtype == DType::F32 ? xt::dump_npy(xt::xarray<float>(xt::cast<float>(t.value))) : xt::dump_npy(t.value);
-    detail::write_file_atomically((fs::path(dir) / (t.name + ".npy")).string(), bytes.data(), bytes.size(), "write_npy_dir");
+    detail::write_file_atomically<WeightsError>((fs::path(dir) / (t.name + ".npy")).string(),
+                                                std::span(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()),
+                                                "write_npy_dir");
   }
 }
 

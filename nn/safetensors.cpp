@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
-#include <limits>
 #include <numeric>
 #include <set>
 
@@ -15,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "nn/file_io.hpp"
+#include "nn/shape_checks.hpp"
 #include "nn/tensor_files.hpp"
 
 namespace nn {
@@ -30,8 +30,6 @@ std::size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 8; }
 
 // The JSON nests at most three deep: {"name": {"shape": [1]}}.
 constexpr int kMaxJsonDepth = 3;
-// Largest element index xtensor's signed strides hold.
-constexpr auto kMaxIndex = static_cast<std::uint64_t>(std::numeric_limits<std::ptrdiff_t>::max());
 
 // Thrown by the parse callback; carries the reason out of nlohmann's parser.
 struct HeaderReject {
@@ -157,21 +155,8 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::uint8_t> file, c
       if (!dim.is_number_unsigned()) throw bad(fmt::format("shape {} holds {}, not a whole number >= 0", shape.dump(), dim.dump()));
       e.shape.push_back(dim.get<std::size_t>());
     }
-    // Element count, factor by factor so that neither it nor its size in bytes can
-    // overflow (xtensor's strides are signed); the byte range is compared below.
-    const std::uint64_t max_elems = kMaxIndex / dtype_size(e.dtype);
-    std::uint64_t product = 1;  // of the non-zero dims: a zero dim still leaves the strides to compute
-    bool empty = false;
-    for (const std::size_t dim : e.shape) {
-      if (dim == 0) {
-        empty = true;
-        continue;
-      }
-      if (dim > max_elems / product)
-        throw bad(fmt::format("shape {} has too many elements (more than 2^63 bytes)", shape_str(e.shape)));
-      product *= dim;
-    }
-    const std::uint64_t elems = empty ? 0 : product;
+    // The element count (checked against overflow); the byte range is compared below.
+    const std::uint64_t elems = detail::checked_element_count(e.shape, dtype_size(e.dtype), bad);
 
     const Json& offsets = info["data_offsets"];
     if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
@@ -272,7 +257,7 @@ void write_safetensors(const std::string& path, const std::vector<WeightTensor>&
       encode_le<double>(t.value.data(), t.value.size(), p);
     p += t.value.size() * dtype_size(t.dtype);
   }
-  detail::write_file_atomically(path, file.data(), file.size(), "write_safetensors");
+  detail::write_file_atomically<WeightsError>(path, file, "write_safetensors");
 }
 
 }  // namespace nn

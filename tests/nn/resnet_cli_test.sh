@@ -7,19 +7,7 @@
 set -u
 bin=$1
 fixture=tests/fixtures/fashion-mnist-tiny
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-
-run() {  # run <expected exit code> args...; output in $tmp/out
-  local want=$1
-  shift
-  timeout -s KILL 600 "$bin" "$@" >"$tmp/out" 2>&1
-  local got=$?
-  cat "$tmp/out"
-  [ "$got" -gt 128 ] && fail "killed by signal $((got - 128)) for: $*"
-  [ "$got" -eq "$want" ] || fail "exit code $got, expected $want for: $*"
-}
+. "$(dirname "$0")/cli_lib.sh"
 
 train_loss() {  # train_loss <epoch>: the training loss the summary line of that epoch gives
   sed -n "s/^epoch $1\/[0-9]*: train loss \([0-9.]*\) .*/\1/p" "$tmp/out"

@@ -476,6 +476,26 @@ TEST(CheckpointSave, RefusesAFifoOrADeviceAndLeavesItAsItWas) {
   for (const std::string& e : dir.entries()) EXPECT_EQ(e.find(".tmp."), std::string::npos) << e;
 }
 
+// remove_partial_file (for a signal handler) removes the temp file of a save in
+// progress only: once a save is over, succeeded or failed, nothing is published, and
+// a file that now has the temp file's name is not touched.
+TEST(CheckpointSave, NoTempFileIsLeftForRemovePartialFileOnceASaveIsOver) {
+  TempDir dir;
+  const std::string path = dir.file("model.ckpt");
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  nn::save_checkpoint(path, small_model(), "x");
+  write_raw(tmp, Bytes{1, 2, 3});
+  EXPECT_FALSE(nn::remove_partial_file());
+  EXPECT_TRUE(fs::exists(tmp));
+
+  // A failed save: a symlink at the temp name (O_NOFOLLOW refuses to write through it).
+  fs::remove(tmp);
+  fs::create_symlink(dir.file("elsewhere"), tmp);
+  expect_checkpoint_error([&] { nn::save_checkpoint(path, small_model(), "x"); }, {"cannot create temporary file"});
+  EXPECT_FALSE(nn::remove_partial_file());
+  EXPECT_TRUE(fs::is_symlink(tmp));
+}
+
 TEST(CheckpointSave, FailureToCreateTempFileLeavesOldCheckpointIntact) {
   TempDir dir;
   const std::string path = dir.file("model.ckpt");

@@ -216,6 +216,23 @@ TEST(Safetensors, WriterRefusesDuplicateAndReservedNames) {
   EXPECT_FALSE(fs::exists(dir.file("x.safetensors")));
 }
 
+// The writers go through the atomic writer of nn/file_io.hpp: a failed step is a
+// WeightsError naming the writer, the file and the step, and leaves no temp file.
+TEST(Safetensors, AFailedWriteIsAWeightsErrorAndLeavesNoTempFile) {
+  TempDir dir;
+  const std::vector<WeightTensor> ts = {{"a", DType::F32, xt::xarray<double>({1.0, 2.0})}};
+  const std::string missing = dir.file("no/such/dir/w.safetensors");
+  expect_error<WeightsError>([&] { nn::write_safetensors(missing, ts); },
+                             {"write_safetensors: " + missing + ": ", "cannot create temporary file"});
+  // A directory at the path: the temp file is written, the rename fails, the temp file goes.
+  const std::string occupied = dir.file("w.safetensors");
+  fs::create_directory(occupied);
+  expect_error<WeightsError>([&] { nn::write_safetensors(occupied, ts); },
+                             {"write_safetensors: " + occupied + ": ", "cannot rename", "over it"});
+  EXPECT_TRUE(fs::is_directory(occupied));
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"w.safetensors"}));
+}
+
 // ---------------------------------------------------------------- .npy
 
 TEST(Npy, ReadsWhatDumpNpyWritesInBothPrecisions) {
@@ -316,6 +333,16 @@ TEST(Npy, DirectoryRoundTripAndWhatItRefuses) {
   write_raw(d + "/stray.npy", read_raw(d + "/fc.bias.npy"));
   expect_error<WeightsError>([&] { nn::write_npy_dir(d, ts); }, {"stray.npy", "not one of these tensors"});
   expect_error<WeightsError>([&] { nn::read_npy_dir(dir.file("none")); }, {"does not exist"});
+}
+
+TEST(Npy, AFailedWriteIsAWeightsErrorAndLeavesNoTempFile) {
+  TempDir dir;
+  const std::string d = dir.file("w");
+  fs::create_directories(d + "/a.npy");  // a directory where the tensor's file goes
+  expect_error<WeightsError>([&] { nn::write_npy_dir(d, {{"a", DType::F64, xt::xarray<double>({1.0})}}); },
+                             {"write_npy_dir: " + d + "/a.npy: ", "cannot rename", "over it"});
+  EXPECT_TRUE(fs::is_directory(d + "/a.npy"));
+  for (const fs::directory_entry& e : fs::directory_iterator(d)) EXPECT_EQ(e.path().filename(), "a.npy");
 }
 
 // ---------------------------------------------------------------- models

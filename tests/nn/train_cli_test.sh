@@ -10,25 +10,7 @@ set -u
 bin=$1
 case_=$2
 fixture=tests/fixtures/fashion-mnist-tiny
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-
-run() {  # run <expected exit code> args...; output in $tmp/out
-  local want=$1
-  shift
-  # A hang is a failure too: SIGKILL after 10 minutes (exit code 137).
-  timeout -s KILL 600 "$bin" "$@" >"$tmp/out" 2>&1
-  local got=$?
-  cat "$tmp/out"
-  [ "$got" -gt 128 ] && fail "killed by signal $((got - 128)) for: $*"
-  [ "$got" -eq "$want" ] || fail "exit code $got, expected $want for: $*"
-}
-
-says() {  # says <text>...: the last run's output contains every text
-  local t
-  for t in "$@"; do grep -qF -- "$t" "$tmp/out" || fail "the message does not say \"$t\""; done
-}
+. "$(dirname "$0")/cli_lib.sh"
 
 # A copy of the fixture in $tmp/<name> to damage.
 data_copy() {

@@ -8,24 +8,8 @@ set -u
 bin=$1
 fixture=tests/fixtures/fashion-mnist-tiny
 torch=tests/golden/torch_interop/ref_cnn_c4_8.safetensors
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-
-run() {  # run <expected exit code> args...; output in $tmp/out
-  local want=$1
-  shift
-  timeout -s KILL 600 "$bin" --data "$fixture" --epochs 1 --batch 32 --limit 64 --threads 2 "$@" >"$tmp/out" 2>&1
-  local got=$?
-  cat "$tmp/out"
-  [ "$got" -gt 128 ] && fail "killed by signal $((got - 128)) for: $*"
-  [ "$got" -eq "$want" ] || fail "exit code $got, expected $want for: $*"
-}
-
-says() {  # says <text>...: the last run's output contains every text
-  local t
-  for t in "$@"; do grep -qF -- "$t" "$tmp/out" || fail "the message does not say \"$t\""; done
-}
+run_flags=(--data "$fixture" --epochs 1 --batch 32 --limit 64 --threads 2)
+. "$(dirname "$0")/cli_lib.sh"
 
 # Out as safetensors and as .npy files; the last line is still the accuracy.
 run 0 --channels 4 8 --export "$tmp/w.safetensors"
