@@ -3,7 +3,6 @@
 // that remain in the file, and verifies the CRC32 before returning anything.
 #include "nn/checkpoint.hpp"
 
-#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -200,16 +199,6 @@ void publish_partial_file(const char* tmp) noexcept {
   g_partial_set.store(true, std::memory_order_release);
 }
 
-// "a character device", "a FIFO", ... for an st_mode that is not a regular file.
-const char* file_kind(mode_t mode) {
-  if (S_ISDIR(mode)) return "a directory";
-  if (S_ISCHR(mode)) return "a character device";
-  if (S_ISBLK(mode)) return "a block device";
-  if (S_ISFIFO(mode)) return "a FIFO";
-  if (S_ISSOCK(mode)) return "a socket";
-  return "not a regular file";
-}
-
 }  // namespace
 
 bool remove_partial_file() noexcept {
@@ -219,13 +208,6 @@ bool remove_partial_file() noexcept {
 
 void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes,
                            std::string_view who) {
-  // Renaming over a device or a FIFO would replace it with a regular file (as root,
-  // --save /dev/null would delete the device): refuse anything but a regular file.
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
-    throw WriteError(fmt::format("{}: {}: is {}, not a regular file; refusing to rename a file "
-                                 "over it", who, path, file_kind(st.st_mode)));
-  }
   detail::write_file_atomically<WriteError>(path, bytes, who, publish_partial_file);
 }
 

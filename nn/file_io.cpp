@@ -61,9 +61,27 @@ template std::vector<std::uint8_t> read_regular_file<WeightsError>(const std::st
 template std::vector<std::uint8_t> read_regular_file<CheckpointError>(const std::string&, const std::string&,
                                                                       const char*);
 
+namespace {
+// "a character device", "a FIFO", ... for an st_mode that is not a regular file.
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+}  // namespace
+
 template <class Error>
 void write_file_atomically(const std::string& path, std::span<const std::uint8_t> bytes, std::string_view what,
                            TempFileHook on_temp_file) {
+  // Renaming over a device or a FIFO would replace it with a regular file (as root, a
+  // save to /dev/null would delete the device): refuse anything but a regular file.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw Error(fmt::format("{}: {}: is {}, not a regular file; refusing to rename a file over it", what, path,
+                            file_kind(st.st_mode)));
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
   if (on_temp_file != nullptr) on_temp_file(tmp.c_str());
   // Tells the hook that the write is over, however this function ends.

@@ -3,6 +3,7 @@
 // defect, models loaded all or nothing, PyTorch's state_dict names and layouts, and a
 // PyTorch-trained ref-CNN (tests/golden/torch_interop, tools/torch_interop.py) whose
 // logits we reproduce.
+#include <sys/stat.h>
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -224,12 +225,25 @@ TEST(Safetensors, AFailedWriteIsAWeightsErrorAndLeavesNoTempFile) {
   const std::string missing = dir.file("no/such/dir/w.safetensors");
   expect_error<WeightsError>([&] { nn::write_safetensors(missing, ts); },
                              {"write_safetensors: " + missing + ": ", "cannot create temporary file"});
-  // A directory at the path: the temp file is written, the rename fails, the temp file goes.
+  // A directory at the path is refused before anything is written (a rename would fail).
   const std::string occupied = dir.file("w.safetensors");
   fs::create_directory(occupied);
   expect_error<WeightsError>([&] { nn::write_safetensors(occupied, ts); },
-                             {"write_safetensors: " + occupied + ": ", "cannot rename", "over it"});
+                             {"write_safetensors: " + occupied + ": ", "is a directory, not a regular file"});
   EXPECT_TRUE(fs::is_directory(occupied));
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"w.safetensors"}));
+}
+
+// A rename over a FIFO or a device would replace it with a regular file (as root,
+// writing weights to /dev/null would delete the device): refused, as for checkpoints.
+TEST(Safetensors, RefusesToReplaceAFifo) {
+  TempDir dir;
+  const std::vector<WeightTensor> ts = {{"a", DType::F32, xt::xarray<double>({1.0, 2.0})}};
+  const std::string fifo = dir.file("w.safetensors");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  expect_error<WeightsError>([&] { nn::write_safetensors(fifo, ts); },
+                             {"write_safetensors: " + fifo + ": ", "is a FIFO, not a regular file"});
+  EXPECT_EQ(fs::status(fifo).type(), fs::file_type::fifo) << "the FIFO was replaced";
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"w.safetensors"}));
 }
 
@@ -340,7 +354,7 @@ TEST(Npy, AFailedWriteIsAWeightsErrorAndLeavesNoTempFile) {
   const std::string d = dir.file("w");
   fs::create_directories(d + "/a.npy");  // a directory where the tensor's file goes
   expect_error<WeightsError>([&] { nn::write_npy_dir(d, {{"a", DType::F64, xt::xarray<double>({1.0})}}); },
-                             {"write_npy_dir: " + d + "/a.npy: ", "cannot rename", "over it"});
+                             {"write_npy_dir: " + d + "/a.npy: ", "is a directory, not a regular file"});
   EXPECT_TRUE(fs::is_directory(d + "/a.npy"));
   for (const fs::directory_entry& e : fs::directory_iterator(d)) EXPECT_EQ(e.path().filename(), "a.npy");
 }
