@@ -163,8 +163,7 @@ class DataParallel {
                   double correct);
   // After backward (or without one, for an empty shard): every parameter's grad is the
   // average over the global batch, the same on every rank, and every buffer is rank 0's.
-  // Returns the global batch's
-  // (loss summed over its images, correct predictions, images).
+  // Returns the global batch's (loss summed over its images, correct predictions, images).
   std::array<double, 3> end_step();
 
   // train_epoch (nn/train.hpp) over this rank's shard of each batch: `batches` must be
