@@ -3,8 +3,11 @@
 # is the top-level project). Layout under the prefix:
 #   include/tape_autodiff/{autodiff,ops,nn}/*.hpp   (the targets add include/tape_autodiff)
 #   lib/libtape_autodiff.a, lib/libtape_autodiff_nn.a   (.so.0.1.0 with BUILD_SHARED_LIBS)
+#   lib/libtape_autodiff_distributed.a, include/tape_autodiff/nn/distributed.hpp   (AD_WITH_MPI)
 #   lib/cmake/tape_autodiff/   tape_autodiffConfig.cmake, ...ConfigVersion.cmake,
-#                              ...Targets.cmake, FindOpenBLAS.cmake
+#                              ...Targets.cmake, FindOpenBLAS.cmake,
+#                              ...DistributedTargets.cmake (AD_WITH_MPI: the component
+#                              "distributed", loaded only when a consumer asks for it)
 #   lib/pkgconfig/tape_autodiff.pc
 #   share/tape_autodiff/tools/gdb/ad_printers.py   (gdb: `directory <prefix>/share/tape_autodiff`)
 #   share/doc/tape_autodiff/LICENSE
@@ -21,8 +24,19 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/autodiff ${PROJECT_SOURCE_DIR}/ops ${PRO
   FILES_MATCHING PATTERN "*.hpp"
   PATTERN "file_io.hpp" EXCLUDE  # internal to nn/
   PATTERN "shape_checks.hpp" EXCLUDE  # internal to nn/
-  PATTERN "distributed.hpp" EXCLUDE)  # nn/distributed (AD_WITH_MPI) is not installed yet
+  PATTERN "distributed.hpp" EXCLUDE)  # with its library, below
 install(EXPORT tape_autodiffTargets NAMESPACE tape_autodiff:: DESTINATION ${AD_CMAKE_DIR})
+# nn/distributed (AD_WITH_MPI) in an export set of its own: its imported target links
+# MPI::MPI_CXX, so the package config includes it (and finds MPI) only for a consumer
+# that asks for the component: find_package(tape_autodiff COMPONENTS distributed).
+if(TARGET tape_autodiff_distributed)
+  install(TARGETS tape_autodiff_distributed EXPORT tape_autodiffDistributedTargets
+    ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+    LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+    RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  install(FILES ${PROJECT_SOURCE_DIR}/nn/distributed.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/tape_autodiff/nn)
+  install(EXPORT tape_autodiffDistributedTargets NAMESPACE tape_autodiff:: DESTINATION ${AD_CMAKE_DIR})
+endif()
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/tape_autodiffConfig.cmake.in
   ${PROJECT_BINARY_DIR}/tape_autodiffConfig.cmake INSTALL_DESTINATION ${AD_CMAKE_DIR})
 # 0.x: only the same minor version is compatible (find_package(tape_autodiff 0.1)).
@@ -94,6 +108,11 @@ set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION libdevel)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS
     "${AD_DEP_XTENSOR}, ${AD_DEP_XTENSOR_BLAS}, ${AD_DEP_FMT}, libopenblas-dev, zlib1g-dev, libgomp1")
+if(TARGET tape_autodiff_distributed)
+  # A package of a build with AD_WITH_MPI holds nn/distributed too (./run.sh package
+  # builds without it).
+  string(APPEND CPACK_DEBIAN_PACKAGE_DEPENDS ", libopenmpi-dev")
+endif()
 if(BUILD_SHARED_LIBS)
   set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)  # adds the runtime libraries' packages
 endif()

@@ -166,7 +166,7 @@ Dataset shard_of(const Dataset& data, int rank, int ranks) {
 
 template <class T>
 DataParallel<T>::DataParallel(Module<T>& model, MPI_Comm comm, DataParallelOptions opt)
-    : model_(&model), params_(model.parameters()), opt_(opt) {
+    : model_(&model), params_(model.parameters()), buffers_(model.named_buffers()), opt_(opt) {
   MPI_Comm_dup(comm, &comm_);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
@@ -195,6 +195,11 @@ DataParallel<T>::DataParallel(Module<T>& model, MPI_Comm comm, DataParallelOptio
   for (std::size_t k = 0; k < n; ++k) index_.emplace(params_[k], k);
   stats_.buckets = buckets_.size();
   stats_.bytes_per_step = total * sizeof(T);
+  std::size_t buffer_values = 0;
+  for (const auto& [name, b] : buffers_) buffer_values += b->size();
+  buffer_flat_.assign(buffer_values, T(0));
+  mpi_count(buffer_values, "DataParallel: the model's buffers");
+  stats_.buffer_bytes_per_step = buffer_values * sizeof(T);
 }
 
 template <class T>
@@ -206,9 +211,10 @@ DataParallel<T>::~DataParallel() {
 
 template <class T>
 void DataParallel<T>::reset_stats() {
-  const std::size_t buckets = stats_.buckets, bytes = stats_.bytes_per_step;
+  const CommStats kept = stats_;
   stats_ = {};
-  stats_.buckets = buckets, stats_.bytes_per_step = bytes;
+  stats_.buckets = kept.buckets, stats_.bytes_per_step = kept.bytes_per_step;
+  stats_.buffer_bytes_per_step = kept.buffer_bytes_per_step;
 }
 
 template <class T>
@@ -292,6 +298,12 @@ void DataParallel<T>::begin_step(ad::Tape<T>* tape, std::size_t local_images, st
   scale_ = global_images ? static_cast<T>(static_cast<double>(local_images) / static_cast<double>(global_images)) : T(0);
   step_stats_ = {loss_sum, correct, static_cast<double>(local_images)};
   MPI_Iallreduce(MPI_IN_PLACE, step_stats_.data(), 3, MPI_DOUBLE, MPI_SUM, comm_, &stats_request_);
+  // Rank 0's buffers as its forward left them, on their way to every rank while backward
+  // runs (backward never touches buffers); end_step waits and copies them in.
+  if (!buffer_flat_.empty()) {
+    if (rank_ == 0) pack_buffers();
+    MPI_Ibcast(buffer_flat_.data(), static_cast<int>(buffer_flat_.size()), mpi_type<T>(), 0, comm_, &buffers_request_);
+  }
   std::fill(packed_.begin(), packed_.end(), false);
   std::fill(uses_left_.begin(), uses_left_.end(), std::size_t{0});
   for (std::size_t k = 0; k < params_.size(); ++k) ++buckets_[bucket_of_[k]].pending;
@@ -354,6 +366,34 @@ void DataParallel<T>::pack(std::size_t k) {
   --buckets_[bucket_of_[k]].pending;
 }
 
+// Every buffer in registration order, one after the other in buffer_flat_. A buffer
+// whose size changed since construction (the model changed under the wrapper) is refused.
+template <class T>
+void DataParallel<T>::pack_buffers() {
+  std::size_t at = 0;
+  for (const auto& [name, b] : buffers_) {
+    if (at + b->size() <= buffer_flat_.size()) std::copy_n(b->data(), b->size(), buffer_flat_.data() + at);
+    at += b->size();
+  }
+  if (at != buffer_flat_.size())
+    throw std::logic_error(fmt::format("DataParallel: the model's buffers hold {} values, {} when the wrapper was made",
+                                       at, buffer_flat_.size()));
+}
+
+template <class T>
+void DataParallel<T>::unpack_buffers() {
+  std::size_t at = 0;
+  for (const auto& [name, b] : buffers_) at += b->size();
+  if (at != buffer_flat_.size())
+    throw std::logic_error(fmt::format("DataParallel: the model's buffers hold {} values, {} when the wrapper was made",
+                                       at, buffer_flat_.size()));
+  at = 0;
+  for (const auto& [name, b] : buffers_) {
+    std::copy_n(buffer_flat_.data() + at, b->size(), b->data());
+    at += b->size();
+  }
+}
+
 template <class T>
 void DataParallel<T>::launch_ready_buckets() {
   // In bucket order only, so that every rank issues the same collectives in the same order.
@@ -391,7 +431,9 @@ std::array<double, 3> DataParallel<T>::end_step() {
     MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
   }
   MPI_Wait(&stats_request_, MPI_STATUS_IGNORE);
+  MPI_Wait(&buffers_request_, MPI_STATUS_IGNORE);  // null (returns at once) without buffers
   stats_.wait_seconds += seconds_since(t0);
+  if (rank_ != 0 && !buffer_flat_.empty()) unpack_buffers();
   for (std::size_t k = 0; k < params_.size(); ++k)
     std::copy_n(flat_.data() + offset_[k], params_[k]->grad.size(), params_[k]->grad.data());
   for (Bucket& b : buckets_) b.pending = 0;
@@ -440,10 +482,6 @@ EpochStats DataParallel<T>::train_epoch(Optimizer<T>& opt, BatchIterator& batche
     stats_.step_seconds += seconds_since(t_step);
     if (progress) progress(s.images, loss_sum / static_cast<double>(s.images));
   }
-  // Buffers (batch-norm running statistics) followed each rank's own shards during the
-  // epoch; rank 0's are kept, so that evaluation and checkpoints agree on every rank.
-  for (auto& [name, b] : model_->named_buffers())
-    MPI_Bcast(b->data(), mpi_count(b->size(), "DataParallel: a buffer"), mpi_type<T>(), 0, comm_);
   s.loss = s.images ? loss_sum / static_cast<double>(s.images) : 0.0;
   s.accuracy = s.images ? correct / static_cast<double>(s.images) : 0.0;
   s.seconds = seconds_since(t0);
@@ -474,8 +512,8 @@ void DataParallel<T>::check_in_sync() {
   unsigned long long v[2] = {h.h, ~h.h};
   MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UNSIGNED_LONG_LONG, MPI_MIN, comm_);
   if (v[0] != ~v[1])
-    throw CollectiveError(fmt::format("the {} ranks' parameters are no longer identical (hashes from {:016x} to {:016x}): "
-                                      "the gradient averaging went wrong",
+    throw CollectiveError(fmt::format("the {} ranks' parameters or buffers are no longer identical (hashes from {:016x} "
+                                      "to {:016x}): the gradient averaging or the buffers' broadcast went wrong",
                                       size_, v[0], ~v[1]));
 }
 

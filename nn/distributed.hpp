@@ -28,6 +28,15 @@
 // end_step waits for all of them. Buckets are launched in a fixed order (bucket k after
 // buckets 0..k-1) so that every rank issues the same collectives in the same order.
 //
+// Buffers (batch-norm running statistics, a dropout layer's call count). In training
+// mode each rank normalises with its own shard's batch statistics (as DDP without
+// SyncBatchNorm; no SyncBatchNorm here), and its forward updates its own buffers. As DDP
+// with broadcast_buffers=True, rank 0's buffers are then given to every rank: all of them
+// packed in one message, one MPI_Ibcast per step launched in begin_step (after the
+// forward) and overlapped with backward, waited for in end_step. After every step every
+// rank holds rank 0's buffers bit for bit (DDP broadcasts before the next forward
+// instead: rank 0's values are the same, the other ranks' differ until then).
+//
 // Failures. A rank that throws should call abort_job, which prints the rank and the
 // cause and calls MPI_Abort: mpirun then stops every rank and exits non-zero instead of
 // leaving them blocked in a collective. CollectiveError is thrown on every rank alike
@@ -107,6 +116,7 @@ struct CommStats {
   std::size_t steps = 0;
   std::size_t buckets = 0;          // reductions of gradients per step (1 without buckets)
   std::size_t bytes_per_step = 0;   // gradient bytes this rank reduces per step (the payload)
+  std::size_t buffer_bytes_per_step = 0;  // buffer bytes rank 0 broadcasts per step (0: no buffers)
   double step_seconds = 0;          // whole steps: data, forward, backward, waits, update
   double backward_seconds = 0;      // in Tape::backward, hooks included (packing, launches, polls)
   double wait_seconds = 0;          // after backward, until the averaged gradients are there:
@@ -147,12 +157,13 @@ class DataParallel {
   // global batch's `global_images`, and its loss summed over them is `loss_sum` (the
   // loss times local_images) with `correct` right predictions. Starts their reduction
   // and puts gradient hooks on `tape` (nullptr when this rank's shard was empty and
-  // nothing was recorded). Call opt.zero_grad() before backward as usual.
+  // nothing was recorded). Call opt.zero_grad() before backward as usual. Also starts
+  // the broadcast of rank 0's buffers, as its forward left them.
   void begin_step(ad::Tape<T>* tape, std::size_t local_images, std::size_t global_images, double loss_sum,
                   double correct);
   // After backward (or without one, for an empty shard): every parameter's grad is the
-  // average over the global batch, the same on every rank. Returns the global batch's
-  // (loss summed over its images, correct predictions, images).
+  // average over the global batch, the same on every rank, and every buffer is rank 0's.
+  // Returns the global batch's (loss summed over its images, correct predictions, images).
   std::array<double, 3> end_step();
 
   // train_epoch (nn/train.hpp) over this rank's shard of each batch: `batches` must be
@@ -184,8 +195,15 @@ class DataParallel {
   void launch_ready_buckets();
   void poll();
 
+  void pack_buffers();
+  void unpack_buffers();
+
   Module<T>* model_;
   std::vector<Parameter<T>*> params_;
+  // The model's buffers, and all of them packed for one broadcast per step.
+  std::vector<std::pair<std::string, ad::Tensor<T>*>> buffers_;
+  std::vector<T> buffer_flat_;
+  MPI_Request buffers_request_ = MPI_REQUEST_NULL;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   DataParallelOptions opt_;

@@ -6,6 +6,8 @@
 # exposes tests/, no build type written into the consumer's cache, no tests or examples
 # built as a subproject, a SONAME for shared builds, PIC static libraries (the consumer's
 # model is a shared library), and an installed gdb script named by a relative path.
+# With AD_WITH_MPI, install and find_package also check the component "distributed"
+# (only configured: tests/consumer/distributed).
 #
 # usage: consumer_test.sh <way> <source dir> <build dir> <work dir> <cmake> <cpack> <c++ compiler>
 #   way: install | find_package | pkg_config | deb | add_subdirectory | fetch_content
@@ -40,6 +42,15 @@ check_consumer_flags() {
   done
   [ "$found" = 1 ] || fail "no include directory holds autodiff/ad.hpp: $cmd"
   return 0
+}
+
+# Was the library under test built with nn/distributed (AD_WITH_MPI)?
+with_mpi() { grep -q '^AD_WITH_MPI:BOOL=ON$' "$build/CMakeCache.txt"; }
+
+# Configure (only) tests/consumer/distributed in <dir> against the prefix <prefix>.
+configure_distributed() {
+  step "configure $1 (find_package(tape_autodiff COMPONENTS distributed), prefix $2)"
+  "$cmake" -S "$consumer/distributed" -B "$1" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_PREFIX_PATH="$2" >"$1.configure.log" 2>&1
 }
 
 # Configure, build and run the consumer in <dir>, with further cmake arguments.
@@ -101,7 +112,9 @@ case "$way" in
              share/tape_autodiff/tools/gdb/ad_printers.py share/doc/tape_autodiff/LICENSE; do
       [ -f "$prefix/$f" ] || fail "not installed: $f"
     done
-    [ ! -e "$prefix/include/tape_autodiff/nn/file_io.hpp" ] || fail "an internal header was installed"
+    for f in file_io.hpp shape_checks.hpp; do
+      [ ! -e "$prefix/include/tape_autodiff/nn/$f" ] || fail "an internal header was installed: nn/$f"
+    done
     [ ! -e "$prefix/include/tape_autodiff/tests" ] && [ ! -e "$prefix/include/tests" ] || fail "tests/ was installed"
     cmakedir=$(dirname "$(find "$prefix" -name tape_autodiffConfig.cmake)")
     for f in tape_autodiffConfig.cmake tape_autodiffConfigVersion.cmake tape_autodiffTargets.cmake FindOpenBLAS.cmake; do
@@ -109,6 +122,18 @@ case "$way" in
     done
     grep -q 'tape_autodiff::autodiff' "$cmakedir/tape_autodiffTargets.cmake" || fail "no tape_autodiff::autodiff target"
     grep -q 'tape_autodiff::nn' "$cmakedir/tape_autodiffTargets.cmake" || fail "no tape_autodiff::nn target"
+    # nn/distributed: its own export set, so that a consumer without MPI never needs it.
+    grep -q 'MPI::' "$cmakedir/tape_autodiffTargets.cmake" && fail "tape_autodiffTargets.cmake refers to MPI"
+    if with_mpi; then
+      [ -f "$prefix/include/tape_autodiff/nn/distributed.hpp" ] || fail "not installed: nn/distributed.hpp (AD_WITH_MPI)"
+      [ -n "$(find "$prefix" -name 'libtape_autodiff_distributed.a' -o -name 'libtape_autodiff_distributed.so.*.*.*')" ] ||
+        fail "libtape_autodiff_distributed was not installed (AD_WITH_MPI)"
+      grep -q 'tape_autodiff::distributed' "$cmakedir/tape_autodiffDistributedTargets.cmake" ||
+        fail "no tape_autodiff::distributed target in $cmakedir/tape_autodiffDistributedTargets.cmake"
+    else
+      [ ! -e "$prefix/include/tape_autodiff/nn/distributed.hpp" ] && [ ! -e "$cmakedir/tape_autodiffDistributedTargets.cmake" ] ||
+        fail "nn/distributed was installed by a build without MPI"
+    fi
     pc=$(find "$prefix" -name tape_autodiff.pc)
     [ -n "$pc" ] || fail "no pkg-config file"
     if grep -rlE -- '-march|-Wall|-Wextra|-Wpedantic|fsanitize' "$cmakedir" "$pc"; then
@@ -130,6 +155,31 @@ case "$way" in
       grep -qE "^Yes +tools/gdb/ad_printers.py" <<<"$scripts" && grep -qF "full name: $share/tools/gdb/ad_printers.py" <<<"$scripts" ||
         { echo "$scripts"; fail "gdb did not load the installed printers"; }
     fi
+    # COMPONENTS distributed: found (with MPI, through the package config) in a build with
+    # AD_WITH_MPI, refused with the package's message in one without. A build with MPI
+    # also checks the refusal, on a copy of its package config without the component (the
+    # rest of the prefix linked).
+    refused_message="this tape_autodiff was built without MPI"
+    nompi=$prefix
+    if with_mpi; then
+      configure_distributed "$work/distributed" "$prefix" ||
+        { cat "$work/distributed.configure.log"; fail "find_package(tape_autodiff COMPONENTS distributed) failed"; }
+      grep -h "consumer_distributed:" "$work/distributed.configure.log"
+      nompi=$work/prefix_without_mpi
+      cmakedir=$(dirname "$(find "$prefix" -name tape_autodiffConfig.cmake)")
+      cmakerel=${cmakedir#"$prefix"/}
+      rm -rf "$nompi"
+      cp -as "$prefix" "$nompi"
+      rm -rf "${nompi:?}/$cmakerel"
+      cp -r "$cmakedir" "$nompi/$cmakerel"
+      rm -f "$nompi/$cmakerel"/tape_autodiffDistributedTargets*.cmake
+    fi
+    if configure_distributed "$work/distributed_without_mpi" "$nompi"; then
+      fail "find_package(tape_autodiff COMPONENTS distributed) succeeded on an install without it ($nompi)"
+    fi
+    grep -qF "$refused_message" "$work/distributed_without_mpi.configure.log" ||
+      { cat "$work/distributed_without_mpi.configure.log"; fail "the refusal does not say '$refused_message'"; }
+    echo "COMPONENTS distributed without it: refused ($refused_message ...)"
     echo "PASS"
     ;;
   pkg_config)
