@@ -93,17 +93,6 @@ std::string describe_tensors(const Named& named) {
   return fmt::format("{} tensors, {} values, names and shapes hash {:016x}", named.size(), values, h.h);
 }
 
-template <class T>
-std::size_t count_correct(const ad::Tensor<T>& logits, const std::vector<int>& labels) {
-  const std::size_t N = logits.shape()[0], K = logits.shape()[1];
-  std::size_t correct = 0;
-  for (std::size_t n = 0; n < N; ++n) {
-    const T* row = logits.data() + n * K;
-    correct += static_cast<int>(std::max_element(row, row + K) - row) == labels[n];
-  }
-  return correct;
-}
-
 }  // namespace
 
 // ---- the environment -------------------------------------------------------------

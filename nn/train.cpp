@@ -11,9 +11,6 @@
 
 namespace nn {
 
-namespace {
-
-// Correct predictions in logits (N, K) against labels.
 template <class T>
 std::size_t count_correct(const ad::Tensor<T>& logits, const std::vector<int>& labels) {
   const std::size_t N = logits.shape()[0], K = logits.shape()[1];
@@ -25,8 +22,6 @@ std::size_t count_correct(const ad::Tensor<T>& logits, const std::vector<int>& l
   }
   return correct;
 }
-
-}  // namespace
 
 NonFiniteLossError::NonFiniteLossError(std::size_t step_, std::size_t first_image, std::size_t images, double loss_)
     : std::runtime_error(fmt::format("the loss is {} at step {} of the epoch (images {} to {} of the epoch): the "
@@ -268,7 +263,8 @@ void check_memory(std::size_t bytes, std::size_t budget, const std::string& what
   template EpochStats evaluate<T>(Module<T>&, const Dataset&, std::size_t, ad::Tape<T>&);                     \
   template void save_model<T>(const std::string&, Module<T>&, Optimizer<T>&, int, const std::string&);        \
   template int load_model<T>(const std::string&, Module<T>&, Optimizer<T>&, const std::string&);               \
-  template std::size_t step_bytes_per_example<T>(Module<T>&, const ad::Shape&);
+  template std::size_t step_bytes_per_example<T>(Module<T>&, const ad::Shape&);                             \
+  template std::size_t count_correct<T>(const ad::Tensor<T>&, const std::vector<int>&);
 NN_INSTANTIATE(float)
 NN_INSTANTIATE(double)
 #undef NN_INSTANTIATE

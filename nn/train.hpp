@@ -45,6 +45,11 @@ EpochStats train_epoch(Module<T>& model, Optimizer<T>& opt, BatchIterator& batch
                        const ProgressFn& progress = {}, const std::function<double(double)>& lr_at = {},
                        std::source_location loc = std::source_location::current());
 
+// The rows of logits (N, K) whose largest entry (the first, on a tie) is at the label's
+// index: the correct predictions of a batch.
+template <class T>
+std::size_t count_correct(const ad::Tensor<T>& logits, const std::vector<int>& labels);
+
 // Accuracy and mean loss on a whole dataset, in batches, recording nothing. The model
 // runs in evaluation mode (batch norm uses its running statistics, dropout is off);
 // every module's mode is restored afterwards.
