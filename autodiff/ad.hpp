@@ -12,6 +12,7 @@
 #include "ops/activation.hpp"
 #include "ops/blas.hpp"
 #include "ops/conv2d.hpp"
+#include "ops/conv2d_relu_pool.hpp"
 #include "ops/conv_transpose2d.hpp"
 #include "ops/dropout.hpp"
 #include "ops/elementwise.hpp"

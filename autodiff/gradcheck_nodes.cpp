@@ -42,10 +42,19 @@ Value replay(Tape<double>& t, const Tape<T>& tape, const Node<T>& node, std::spa
 
 // Flat indices of x (input k of the node) where the op is not differentiable, within
 // `margin`: the op's own kinks function (ReLU at 0, max-pool ties), none by default.
+// x: every input of the node (empty where absent).
 template <class T>
-std::vector<bool> kinks(const Node<T>& node, std::size_t k, const Tensor<double>& x, double margin) {
-  std::vector<bool> at(x.size(), false);
-  if (node.op->kinks) node.op->kinks(node.attrs, k, x, margin, at);
+std::vector<bool> kinks(const Node<T>& node, std::size_t k, const std::vector<Tensor<double>>& x,
+                        const std::vector<char>& present, double margin) {
+  std::vector<bool> at(x[k].size(), false);
+  if (node.op->kinks_of_inputs) {
+    std::vector<const Tensor<double>*> all(x.size(), nullptr);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      if (present[i]) all[i] = &x[i];
+    node.op->kinks_of_inputs(node.attrs, k, std::span<const Tensor<double>* const>(all), margin, at);
+  } else if (node.op->kinks) {
+    node.op->kinks(node.attrs, k, x[k], margin, at);
+  }
   return at;
 }
 
@@ -81,11 +90,11 @@ NodeGradcheckResult gradcheck_nodes(const Tape<T>& tape, const NodeGradcheckOpti
     std::vector<std::string> names;
     std::vector<Tensor<double>> inputs;
     std::vector<std::vector<bool>> skip;
+    for (std::size_t k = 0; k < arity; ++k)
+      if (node.inputs[k] >= 0) present[k] = true, x[k] = xt::cast<double>(tape.value(Value{node.inputs[k]}));
     for (std::size_t k = 0; k < arity; ++k) {
       const int32_t id = node.inputs[k];
       if (id < 0) continue;
-      present[k] = true;
-      x[k] = xt::cast<double>(tape.value(Value{id}));
       if (!tape.requires_grad(Value{id})) continue;
       checked[k] = true;
       names.emplace_back(node.op->input_name(k));
@@ -93,7 +102,7 @@ NodeGradcheckResult gradcheck_nodes(const Tape<T>& tape, const NodeGradcheckOpti
       nc.inputs.push_back(fmt::format("{} (#{}{})", names.back(), tape.slot(Value{id}).producer,
                                       from && !from->label.empty() ? fmt::format(" \"{}\"", from->label) : std::string()));
       inputs.push_back(x[k]);
-      skip.push_back(kinks(node, k, x[k], opt.kink_margin * opt.check.eps));
+      skip.push_back(kinks(node, k, x, present, opt.kink_margin * opt.check.eps));
     }
     auto f = [&](Tape<double>& t, const std::vector<Value>& v) {
       std::vector<Value> in(arity);

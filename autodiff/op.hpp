@@ -65,7 +65,7 @@ class CustomOp;
 //     struct ScaleAttrs { static constexpr const char* kType = "ad::ScaleAttrs"; double factor; };
 // Store with Attrs::of(a), read with get<A>() (attrs_as<A>(attrs) in templates).
 struct Attrs {
-  static constexpr std::size_t kCapacity = 48;
+  static constexpr std::size_t kCapacity = 64;
   const char* type = nullptr;  // A::kType of the stored struct; null: no attributes
   alignas(8) std::array<unsigned char, kCapacity> bytes{};
 
@@ -131,6 +131,11 @@ struct OpDef {
   // value x) within `margin` of a kink or tie, which gradcheck then skips. Null = nowhere.
   void (*kinks)(const Attrs& attrs, std::size_t k, const Tensor<double>& x, double margin,
                 std::vector<bool>& at) = nullptr;
+  // The same where the kinks depend on several inputs (a fused op whose ReLU and pool
+  // act on a convolution of two of them): `inputs` holds every input of the node (null
+  // where absent). Used instead of `kinks` when set.
+  void (*kinks_of_inputs)(const Attrs& attrs, std::size_t k, std::span<const Tensor<double>* const> inputs,
+                          double margin, std::vector<bool>& at) = nullptr;
   // Higher-order gradients (autodiff/higher_order.hpp): records on `tape`, as ordinary
   // differentiable ops, dJ/d(input k) of node `node` given its output's gradient
   // `grad_out` (a Value on the same tape), into grads_in[k] for each k whose bit is set

@@ -63,13 +63,19 @@ struct RawStep {
   double zeroing_seconds = 0;  // of the last run()
 
   [[gnu::noinline]] float run(RefCnn& m, const Tensor<float>& images, const std::vector<int>& labels) {
+    const bool fused = m.layers == RefCnn::Layers::Fused;
     std::copy(images.begin(), images.end(), x.begin());
-    ad::conv2d_forward(x, m.k1.value, &m.b1.value, conv, z1);
-    ad::relu_forward(z1, r1);
-    ad::max_pool2d_forward(r1, pool, p1, sw1.data());
-    ad::conv2d_forward(p1, m.k2.value, &m.b2.value, conv, z2);
-    ad::relu_forward(z2, r2);
-    ad::max_pool2d_forward(r2, pool, p2, sw2.data());
+    if (fused) {
+      ad::conv2d_relu_max_pool2d_forward(x, m.k1.value, &m.b1.value, conv, pool, p1, sw1.data());
+      ad::conv2d_relu_max_pool2d_forward(p1, m.k2.value, &m.b2.value, conv, pool, p2, sw2.data());
+    } else {
+      ad::conv2d_forward(x, m.k1.value, &m.b1.value, conv, z1);
+      ad::relu_forward(z1, r1);
+      ad::max_pool2d_forward(r1, pool, p1, sw1.data());
+      ad::conv2d_forward(p1, m.k2.value, &m.b2.value, conv, z2);
+      ad::relu_forward(z2, r2);
+      ad::max_pool2d_forward(r2, pool, p2, sw2.data());
+    }
     ad::flatten_forward(p2, f);
     ad::linear_forward(f, m.w3.value, &m.b3.value, z3);
     // softmax cross-entropy, as in ops/loss.cpp
@@ -87,11 +93,21 @@ struct RawStep {
       lab[n] = labels[n];
     }
     const auto t0 = bench::Clock::now();
-    for (Tensor<float>* g : {&gz3, &gf, &gp2, &gr2, &gz2, &gp1, &gr1, &gz1}) ad::zero_fill(*g);  // as the tape does
+    if (fused) {
+      for (Tensor<float>* g : {&gz3, &gf, &gp2, &gp1}) ad::zero_fill(*g);  // as the tape does
+    } else {
+      for (Tensor<float>* g : {&gz3, &gf, &gp2, &gr2, &gz2, &gp1, &gr1, &gz1}) ad::zero_fill(*g);
+    }
     zeroing_seconds = bench::seconds_since(t0);
     ad::softmax_cross_entropy_vjp(seed, probs, lab, &gz3);
     ad::linear_vjp(gz3, f, m.w3.value, &gf, &m.w3.grad, &m.b3.grad);
     ad::flatten_vjp(gf, &gp2);
+    if (fused) {
+      ad::conv2d_relu_max_pool2d_vjp(gp2, p2, sw2, p1, m.k2.value, conv, &gp1, &m.k2.grad, &m.b2.grad);
+      ad::conv2d_relu_max_pool2d_vjp<float>(gp1, p1, sw1, x, m.k1.value, conv, nullptr, &m.k1.grad, &m.b1.grad);
+      m.sgd(kLr);
+      return total / static_cast<float>(N);
+    }
     ad::max_pool2d_vjp(gp2, sw2, &gr2);
     ad::relu_vjp(gr2, z2, &gz2);
     ad::conv2d_vjp(gz2, p1, m.k2.value, conv, &gp1, &m.k2.grad, &m.b2.grad);
@@ -107,7 +123,9 @@ int run(const bench::ChildOptions& o) {
   ad::set_num_threads(o.threads);
   bench::Batches data(o.data, o.mode == "train", o.batch);
   RefCnn model(1);
-  model.pool_first = o.variant == "pool-relu";
+  model.layers = o.variant == "fused"       ? RefCnn::Layers::Fused
+                 : o.variant == "pool-relu" ? RefCnn::Layers::PoolRelu
+                                            : RefCnn::Layers::ReluPool;
   ad::Tape<float> tape;
   Tensor<float> images;
   std::vector<int> labels;
@@ -125,9 +143,10 @@ int run(const bench::ChildOptions& o) {
     }
   };
   bench::time_blocks(o, step);
-  if (o.mode == "train" && o.bookkeeping_pairs > 0 && !model.pool_first) {  // RawStep is ref-CNN's order
+  if (o.mode == "train" && o.bookkeeping_pairs > 0 && model.layers != RefCnn::Layers::PoolRelu) {  // RawStep's orders
     RawStep raw(o.batch);
     RefCnn raw_model(1);
+    raw_model.layers = model.layers;
     raw.run(raw_model, images, labels);  // warm its buffers
     for (int i = 0; i < o.bookkeeping_pairs; ++i) {
       data.next(images, labels);

@@ -34,7 +34,7 @@ struct ChildOptions {
   int bookkeeping_pairs = 0;   // ours only: paired tape / raw-kernel steps
   // ours only: "relu-pool" (ref-CNN: conv -> ReLU -> max pool) or "pool-relu", the same
   // function (ReLU is monotone, so it commutes with max) with ReLU on 4x fewer values.
-  std::string variant = "relu-pool";
+  std::string variant = "fused";
   std::string data = nn::kDefaultFashionMnistDir;
 };
 
@@ -58,8 +58,8 @@ inline ChildOptions parse_child_options(int argc, char** argv) {
     else throw std::invalid_argument("unknown flag " + std::string(a));
   }
   if (o.mode != "train" && o.mode != "infer") throw std::invalid_argument("--mode must be train or infer");
-  if (o.variant != "relu-pool" && o.variant != "pool-relu")
-    throw std::invalid_argument("--variant must be relu-pool or pool-relu");
+  if (o.variant != "fused" && o.variant != "relu-pool" && o.variant != "pool-relu")
+    throw std::invalid_argument("--variant must be fused, relu-pool or pool-relu");
   return o;
 }
 

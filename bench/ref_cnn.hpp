@@ -36,17 +36,22 @@ struct RefCnn {
   }
   std::array<Parameter<float>*, 6> params() { return {&k1, &b1, &k2, &b2, &w3, &b3}; }
 
-  bool pool_first = false;  // --variant pool-relu
+  // How each convolution layer is recorded (bench_ours --variant): one fused op
+  // conv2d_relu_max_pool2d (the default, "fused"), or the three ops conv2d, relu,
+  // max_pool2d ("relu-pool"), or conv2d, max_pool2d, relu ("pool-relu").
+  enum class Layers { Fused, ReluPool, PoolRelu };
+  Layers layers = Layers::Fused;
 
   // The logits (N, 10), recorded on the tape.
   Value forward(ad::Tape<float>& tape, const Tensor<float>& images) {
     const ad::Conv2dOptions conv{.padding = {2, 2}};
-    auto act_pool = [&](Value z) {
-      return pool_first ? ad::relu(tape, ad::max_pool2d(tape, z)) : ad::max_pool2d(tape, ad::relu(tape, z));
+    auto layer = [&](Value in, Parameter<float>& k, Parameter<float>& b) {
+      if (layers == Layers::Fused) return ad::conv2d_relu_max_pool2d(tape, in, tape.param(k), tape.param(b), conv);
+      const Value z = ad::conv2d(tape, in, tape.param(k), tape.param(b), conv);
+      return layers == Layers::PoolRelu ? ad::relu(tape, ad::max_pool2d(tape, z)) : ad::max_pool2d(tape, ad::relu(tape, z));
     };
     const Value x = tape.input(images);
-    const Value a1 = act_pool(ad::conv2d(tape, x, tape.param(k1), tape.param(b1), conv));
-    const Value a2 = act_pool(ad::conv2d(tape, a1, tape.param(k2), tape.param(b2), conv));
+    const Value a2 = layer(layer(x, k1, b1), k2, b2);
     return ad::linear(tape, ad::flatten(tape, a2), tape.param(w3), tape.param(b3));
   }
 

@@ -238,6 +238,50 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
   }
 }
 
+namespace detail {
+
+template <class T>
+bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
+                           const std::function<void(std::size_t n, const T* yt, std::size_t Opad)>& out) {
+  if (!is_plain(a)) return false;
+  const ConvGeom g = geom(x, k, a);
+  if (g.one_by_one()) return false;
+  const std::size_t CKK = g.ckk(), P = g.p();
+  const T* kp = k.data();
+  const conv::Kernels<T>& kn = conv::kernels<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {  // as conv2d_forward
+      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw);
+      float* U = scratch<float>(36 * g.C * pl.Opad, 4);
+#pragma omp parallel if (worth_threads(g))
+      {
+        winograd_kernels_in_team(kn, pl, kp, U);
+#pragma omp for schedule(static)
+        for (std::size_t n = 0; n < g.N; ++n) {
+          float* yt = scratch<float>(P * pl.Opad, 1);
+          kn.wino_pixels(pl, x.data() + n * g.C * g.H * g.W, U, scratch<float>(pl.grid_size(), 0),
+                         scratch<float>(pl.block_scratch(), 5), yt);
+          out(n, yt, pl.Opad);
+        }
+      }
+      return true;
+    }
+  }
+  const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
+  T* w = scratch<T>(CKK * pl.Opad, 4);  // w[(c,p,q), o] = k[o,c,p,q], as conv2d_forward
+  for (std::size_t t = 0; t < CKK; ++t)
+    for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
+#pragma omp parallel for schedule(static) if (worth_threads(g))
+  for (std::size_t n = 0; n < g.N; ++n) {
+    T* yt = scratch<T>(P * pl.Opad, 1);
+    kn.conv_pixels(pl, x.data() + n * g.C * g.H * g.W, w, scratch<T>(pl.padded_size(), 0), yt);
+    out(n, yt, pl.Opad);
+  }
+  return true;
+}
+
+}  // namespace detail
+
 template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
@@ -516,6 +560,8 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
   template void conv2d_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, \
                               Tensor<T>*, Tensor<T>*, Tensor<T>*);                               \
   template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);    \
+  template bool detail::conv2d_forward_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,   \
+                                                 const std::function<void(std::size_t, const T*, std::size_t)>&); \
   template Value conv2d_backward_kernel<T>(Tape<T>&, Value, Value, std::size_t, std::size_t, const Conv2dOptions&, \
                                            std::source_location);                                          \
   template Value conv2d_backward_input<T>(Tape<T>&, Value, Value, const Shape&, const Conv2dOptions&,     \

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
+#include <functional>
 #include <source_location>
 
 #include "autodiff/tape.hpp"
@@ -74,6 +76,18 @@ void set_conv2d_winograd(WinogradMode m);
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt = {},
              std::source_location loc = std::source_location::current());
+
+namespace detail {
+// conv2d's plain path (is_plain, not a 1x1 GEMM) image by image, without its output
+// pass: calls out(n, yt, Opad) for every image n, in parallel over the images, with yt
+// image n's convolution without bias, pixel-major (OH*OW, Opad), in a buffer of the
+// calling thread (Opad: C_out rounded up to the kernels' channel block, those extra
+// channels zero). The fused ops' output passes use it (ops/conv2d_relu_pool.cpp).
+// Returns false, calling nothing, where the path does not apply.
+template <class T>
+bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
+                           const std::function<void(std::size_t n, const T* yt, std::size_t Opad)>& out);
+}  // namespace detail
 
 // ---- conv2d's VJPs as ops, for higher-order gradients (autodiff/higher_order.hpp) ----
 

@@ -174,6 +174,17 @@ struct Kernels {
   // grid: grid_size() scratch, blk: block_scratch() scratch, yt: OH*OW*Opad scratch.
   void (*wino_image)(const WinogradPlan& pl, const T* in, const T* U, const T* bias, bool accumulate, T* out,
                      T* grid, T* blk, T* yt);
+
+  // The two convolutions without their output pass: yt (OH*OW, Opad) = conv(in, .),
+  // pixel-major, no bias (conv_image and wino_image are these, then the transpose).
+  void (*conv_pixels)(const DirectPlan& pl, const T* in, const T* w, T* xp, T* yt) = nullptr;
+  void (*wino_pixels)(const WinogradPlan& pl, const T* in, const T* U, T* grid, T* blk, T* yt) = nullptr;  // float
+  // ReLU and 2x2/2 max pooling as the output pass (ops/conv2d_relu_pool.cpp):
+  // out (O, PH*PW) = relu(max_2x2(yt + bias)), argmax (null: not wanted) the winners'
+  // indices h*OW + w; bias has Opad entries; pt and it are PH*PW*Opad scratch (it: of
+  // integers of T's size).
+  void (*relu_pool_planes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t O,
+                           const T* bias, T* out, int32_t* argmax, T* pt, void* it) = nullptr;
 };
 
 // The kernels of the instruction set in use (ad::active_isa()).

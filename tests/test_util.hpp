@@ -143,6 +143,7 @@ inline std::span<const std::pair<OpId, const char*>> all_op_kinds() {
       {OpKind::Reshape, "reshape"},       {OpKind::Permute, "permute"},     {OpKind::Transpose, "transpose"},
       {OpKind::Concat, "concat"},         {OpKind::Narrow, "narrow"},
       {OpKind::GlobalAvgPool2d, "global_avg_pool2d"},
+      {OpKind::Conv2dReluMaxPool2d, "conv2d_relu_max_pool2d"},
       // the ops of the recorded VJPs (higher-order gradients)
       {OpKind::ReluBackward, "relu_backward"}, {OpKind::LeakyReluBackward, "leaky_relu_backward"},
       {OpKind::Conv2dBackwardKernel, "conv2d_backward_kernel"},

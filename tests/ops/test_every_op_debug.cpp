@@ -24,6 +24,7 @@ struct EveryOpTape {
   Parameter<double> x{"x", uniform({2, 2, 6, 6}, 1)};
   Parameter<double> k1{"k1", uniform({4, 1, 3, 3}, 2, -0.4, 0.4)}, b1{"b1", uniform({4}, 3)};
   Parameter<double> k2{"k2", uniform({4, 4, 3, 3}, 4, -0.2, 0.2)};
+  Parameter<double> kf{"kf", uniform({4, 2, 3, 3}, 14, -0.4, 0.4)};
   Parameter<double> kt{"kt", uniform({4, 2, 3, 3}, 5, -0.2, 0.2)}, bt{"bt", uniform({2}, 6)};
   Parameter<double> gamma{"gamma", uniform({2}, 7, 0.5, 1.5)}, beta{"beta", uniform({2}, 8)};
   Parameter<double> per_channel{"per_channel", uniform({1, 2, 1, 1}, 9)};
@@ -46,6 +47,8 @@ struct EveryOpTape {
                                       {.training = false});
     // activations and pools
     const Value pooled_max = max_pool2d(t, relu(t, bn));                                        // (2,2,6,6)
+    // the three fused (the images straight in: (2,4,3,3))
+    const Value fused = conv2d_relu_max_pool2d(t, xv, t.param(kf), t.param(b1), {.padding = {1, 1}});
     const Value pooled_avg = avg_pool2d(t, leaky_relu(t, bn_eval, 0.1), {.window = {3, 3}, .stride = {2, 2},
                                                                         .padding = {1, 1}});  // (2,2,6,6)
     const Value squashed = add(t, sigmoid(t, pooled_max), tanh(t, pooled_avg));
@@ -76,7 +79,8 @@ struct EveryOpTape {
     // recorded nll_loss_backward has something to check)
     const Value nll = mul(t, nll_loss(t, log_softmax(t, logits, 1), labels), t.param(scalar));
     const Value sq = mse(t, softmax(t, logits, 1), scale(t, h, 0.1));
-    const Value forward_loss = add(t, add(t, ce, nll), add(t, sq, scale(t, add(t, sum(t, h), mean(t, features)), 0.01)));
+    const Value forward_loss = add(t, add(t, add(t, ce, nll), mean(t, fused)),
+                                   add(t, sq, scale(t, add(t, sum(t, h), mean(t, features)), 0.01)));
     // Higher order (autodiff/higher_order.hpp): the gradients w.r.t. the images and the first
     // kernel recorded on the tape (the ops of the recorded VJPs: *_backward, sum_to,
     // broadcast_to, ...), then the gradient of their squared norm, recorded again (the

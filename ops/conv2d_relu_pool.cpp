@@ -1,0 +1,292 @@
+// conv2d -> ReLU -> max pooling as one op (ops/conv2d_relu_pool.hpp).
+//
+// Forward. With z = conv2d(x, k, b) (section 2), r = relu(z) and y = max_pool2d(r) with
+// switches s_i (the first winner of window W_i, appendix B), ReLU is monotone, so
+//   y_i = max_{w in W_i} relu(z_w) = relu(max_{w in W_i} z_w),
+// and the max may be taken on z, before ReLU: ReLU then runs on the pooled values only.
+// The winners agree wherever y_i > 0 (the elements of r equal to y_i > 0 are exactly
+// those of z equal to it) and where y_i is NaN (a NaN of z is a NaN of r, and the first
+// NaN wins in both); where y_i = 0 they may differ, and there the gradient is zero
+// (below). With a 2x2 window at stride 2 and no padding the max and ReLU are the
+// convolution kernels' output pass (relu_pool_planes in ops/conv2d_simd.inc), image by
+// image on the pixel-major result while it is in cache, so z and r are never stored.
+// Any other pool (or a convolution off the direct and Winograd paths) runs the three
+// ops' own forwards one after the other.
+//
+// VJP (dJ/dy = g). Max pooling's (eq. b-1): dJ/dr_w = sum_i g_i [s_i = w]; ReLU's:
+// dJ/dz_w = dJ/dr_w [!(z_w <= 0)]. At w = s_i, !(z_w <= 0) equals !(y_i <= 0): if
+// y_i > 0 then z_w = y_i; if y_i = 0 then r_w = 0, so z_w <= 0; if y_i is NaN, so is
+// z_w. Hence
+//   dJ/dz = M^T (g .* [!(y <= 0)])     (the mask read at the output, one per window)
+// and the switches of either forward serve (where they may differ, the mask is 0).
+// Then conv2d's VJP of section 3.1.5 on dJ/dz: dJ/dx, dJ/dK, dJ/db.
+//   Recorded (higher order): gz = max_pool2d_backward(relu_backward(g, y)), then
+// conv2d's recorded VJP on gz (conv2d_backward_input, conv2d_backward_kernel, sum_to).
+// The mask and the switches are constant where the op is differentiable, so the second
+// derivative flows through g only, as for the three ops recorded apart.
+#include "ops/conv2d_relu_pool.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "autodiff/higher_order.hpp"
+#include "ops/activation.hpp"
+#include "ops/conv2d_direct.hpp"
+#include "ops/elementwise.hpp"
+#include "ops/shape.hpp"
+
+namespace ad {
+
+namespace {
+
+constexpr const char* kOp = "conv2d_relu_max_pool2d";
+
+// The pool runs inside the convolution's output pass for this pool.
+bool fused_pool(const Pool2dOptions& p) {
+  return p.window[0] == 2 && p.window[1] == 2 && p.stride[0] == 2 && p.stride[1] == 2 && p.padding[0] == 0 &&
+         p.padding[1] == 0;
+}
+
+// A buffer of this thread that grows and is kept (no allocation per call).
+template <class T>
+T* grow(std::vector<T>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// dJ/dz buffers, one per conv output shape of the last calls (two layers of a CNN: two
+// buffers, reused every step instead of 3 MB allocated and freed per layer and step).
+template <class T>
+Tensor<T>& grad_z_buffer(const Shape& zs) {
+  thread_local std::vector<Tensor<T>> buffers;
+  for (Tensor<T>& b : buffers)
+    if (std::equal(b.shape().begin(), b.shape().end(), zs.begin(), zs.end())) return b;
+  if (buffers.size() == 4) buffers.erase(buffers.begin());  // the oldest shape goes
+  buffers.emplace_back(zs);
+  return buffers.back();
+}
+
+}  // namespace
+
+Shape conv2d_relu_max_pool2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& conv,
+                                          const Pool2dOptions& pool) {
+  try {
+    const Shape zs = conv2d_output_shape(x, k, b, conv);
+    if (pool.max_padding == MaxPoolPadding::NegInf &&
+        (pool.padding[0] >= pool.window[0] || pool.padding[1] >= pool.window[1]))
+      shape_error("max_pool2d", "padding ({},{}) must be smaller than the window ({},{}) with -inf padding",
+                  pool.padding[0], pool.padding[1], pool.window[0], pool.window[1]);
+    return pool2d_output_shape("max_pool2d", zs, pool);
+  } catch (const ShapeError& e) {  // the message names the part (conv2d or max_pool2d) that refused
+    throw ShapeError(fmt::format("{}: {}", kOp, e.what()));
+  }
+}
+
+template <class T>
+void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b,
+                                    const Conv2dOptions& conv, const Pool2dOptions& pool, Tensor<T>& y,
+                                    int32_t* argmax) {
+  const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
+  const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
+  const std::size_t O = zs[1], OH = zs[2], OW = zs[3], PP = (OH / 2) * (OW / 2);
+  if (fused_pool(pool) && zs[0] > 0) {
+    std::vector<T> bias(O + 64, T(0));  // Opad entries (at most O + 63), zero past C_out
+    if (b) std::copy(b->begin(), b->end(), bias.begin());
+    const conv::Kernels<T>& kn = conv::kernels<T>();
+    T* yp = y.data();
+    const bool done = detail::conv2d_forward_pixels<T>(x, k, conv, [&](std::size_t n, const T* yt, std::size_t Opad) {
+      thread_local std::vector<T> pt, it;
+      kn.relu_pool_planes(yt, OH, OW, Opad, O, bias.data(), yp + n * O * PP, argmax ? argmax + n * O * PP : nullptr,
+                          grow(pt, PP * Opad), grow(it, PP * Opad));
+    });
+    if (done) return;
+  }
+  // The three ops one after the other.
+  Tensor<T> z(zs), r(zs);
+  conv2d_forward(x, k, b, conv, z);
+  relu_forward(z, r);
+  max_pool2d_forward(r, pool, y, argmax);
+}
+
+template <class T>
+void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax,
+                                const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x,
+                                Tensor<T>* grad_k, Tensor<T>* grad_b) {
+  if (!grad_x && !grad_k && !grad_b) return;
+  const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
+  const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
+  Tensor<T>& gz = grad_z_buffer<T>(zs);
+  // gz = M^T (g .* [!(y <= 0)]): zero, then each window's gradient to its winner
+  const std::size_t planes = zs[0] * zs[1], in_plane = zs[2] * zs[3];
+  const std::size_t out_plane = grad_out.shape()[2] * grad_out.shape()[3];
+  const T* gp = grad_out.data();
+  const T* yp = y.data();
+  T* gzp = gz.data();
+#pragma omp parallel for schedule(static) if (planes * in_plane > 65536)
+  for (std::size_t pl = 0; pl < planes; ++pl) {
+    T* dst = gzp + pl * in_plane;
+    std::fill(dst, dst + in_plane, T(0));
+    const int32_t* am = argmax.data() + pl * out_plane;
+    for (std::size_t o = pl * out_plane; o < (pl + 1) * out_plane; ++o, ++am)
+      if (*am >= 0 && !(yp[o] <= T(0))) dst[*am] += gp[o];
+  }
+  conv2d_vjp(gz, x, k, conv, grad_x, grad_k, grad_b);
+}
+
+template <class T>
+Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& conv,
+                             const Pool2dOptions& pool, std::source_location loc) {
+  const Shape bs = b.valid() ? tape.shape(b) : Shape{};
+  const Shape ys =
+      conv2d_relu_max_pool2d_output_shape(tape.shape(x), tape.shape(k), b.valid() ? &bs : nullptr, conv, pool);
+  Value y = tape.new_value(ys, tape.any_requires_grad({x, k, b}));
+  Node<T>* node =
+      tape.record(OpKind::Conv2dReluMaxPool2d, {x, k, b}, y, Attrs::of(Conv2dReluMaxPool2dAttrs{conv, pool}), loc);
+  int32_t* switches = nullptr;
+  if (node && tape.requires_grad(y)) {
+    node->saved_index.resize(std::accumulate(ys.begin(), ys.end(), std::size_t{1}, std::multiplies<>()));
+    switches = node->saved_index.data();
+  }
+  conv2d_relu_max_pool2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, conv, pool,
+                                 tape.mutable_value(y), switches);
+  return y;
+}
+
+// ---- the registry entry (autodiff/op.hpp) ----
+
+namespace {
+
+template <class T>
+void conv2d_relu_max_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  conv2d_relu_max_pool2d_vjp(tape->grad_out(node), tape->value(Value{node.output}), node.saved_index,
+                             tape->input_value(node, 0), tape->input_value(node, 1),
+                             attrs_as<Conv2dReluMaxPool2dAttrs>(node.attrs).conv, tape->input_grad(node, 0),
+                             tape->input_grad(node, 1), tape->input_grad(node, 2));
+}
+
+// Recorded VJP (derivation at the top).
+template <class T>
+void conv2d_relu_max_pool2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
+  if (!wants(want, 0) && !wants(want, 1) && !wants(want, 2)) return;
+  const auto a = attrs_as<Conv2dReluMaxPool2dAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
+  const std::vector<int32_t> switches = t.nodes()[static_cast<std::size_t>(n)].saved_index;  // a copy: nodes grow
+  const Value x = node_input(t, n, 0), k = node_input(t, n, 1), y = node_output(t, n);
+  const Shape xs = t.shape(x), ks = t.shape(k);
+  const Shape zs = conv2d_output_shape(xs, ks, nullptr, a.conv);
+  const Value gz = max_pool2d_backward(t, relu_backward(t, g, y), std::span<const int32_t>(switches), zs[2], zs[3], a.pool);
+  if (wants(want, 0)) gi[0] = conv2d_backward_input(t, gz, k, xs, a.conv);
+  if (wants(want, 1)) gi[1] = conv2d_backward_kernel(t, x, gz, ks[2], ks[3], a.conv);
+  if (wants(want, 2)) gi[2] = reshape(t, sum_to(t, gz, Shape{1, ks[0], 1, 1}), {static_cast<int64_t>(ks[0])});
+}
+
+Value conv2d_relu_max_pool2d_replay(Tape<double>& t, const ReplayArgs& r) {
+  const auto a = r.attrs.get<Conv2dReluMaxPool2dAttrs>();
+  return conv2d_relu_max_pool2d(t, r.inputs[0], r.inputs[1], r.inputs[2], a.conv, a.pool);
+}
+
+std::string conv2d_relu_max_pool2d_format(const Attrs& attrs, std::span<const int32_t>) {
+  const auto a = attrs.get<Conv2dReluMaxPool2dAttrs>();
+  std::string s = fmt::format("stride={}x{} pad={}x{}", a.conv.stride[0], a.conv.stride[1], a.conv.padding[0],
+                              a.conv.padding[1]);
+  if (a.conv.dilation[0] != 1 || a.conv.dilation[1] != 1)
+    s += fmt::format(" dilation={}x{}", a.conv.dilation[0], a.conv.dilation[1]);
+  if (a.conv.groups != 1) s += fmt::format(" groups={}", a.conv.groups);
+  s += fmt::format(" pool={}x{}/{}x{} pool_pad={}x{}", a.pool.window[0], a.pool.window[1], a.pool.stride[0],
+                   a.pool.stride[1], a.pool.padding[0], a.pool.padding[1]);
+  if (a.pool.max_padding == MaxPoolPadding::Zero) s += " pad_value=0";
+  return s;
+}
+
+// Kinks (gradcheck_nodes): ReLU's at 0 and the pool's ties, both in z = conv2d(x, k, b),
+// so of all three inputs. A window is at one when its best candidate is within mz of 0,
+// or a second candidate within mz of the best while the best is not below -mz (below,
+// the output is 0 whoever wins); mz = margin times the most a step of one input element
+// moves an element of z per unit (max(1, |x|, |k|)). Marked: the elements of input
+// `which` that the window's near candidates depend on: for x their receptive fields, for
+// k and b their output channel.
+void conv2d_relu_max_pool2d_kinks(const Attrs& attrs, std::size_t which, std::span<const Tensor<double>* const> in,
+                                  double margin, std::vector<bool>& at) {
+  const auto a = attrs.get<Conv2dReluMaxPool2dAttrs>();
+  const Tensor<double>& x = *in[0];
+  const Tensor<double>& k = *in[1];
+  const Tensor<double>* b = in.size() > 2 ? in[2] : nullptr;
+  const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
+  Tensor<double> z(conv2d_output_shape(xs, ks, nullptr, a.conv));
+  conv2d_forward(x, k, b, a.conv, z);
+  const double mz = margin * std::max({1.0, xt::amax(xt::abs(x))(), xt::amax(xt::abs(k))()});
+  const std::ptrdiff_t N = z.shape()[0], O = z.shape()[1], OH = z.shape()[2], OW = z.shape()[3];
+  const std::ptrdiff_t C = xs[1], H = xs[2], W = xs[3], Cg = ks[1], KH = ks[2], KW = ks[3];
+  const std::ptrdiff_t Og = O / a.conv.groups;
+  const Pool2dOptions& p = a.pool;
+  const std::ptrdiff_t PH = (OH + 2 * p.padding[0] - p.window[0]) / p.stride[0] + 1;
+  const std::ptrdiff_t PW = (OW + 2 * p.padding[1] - p.window[1]) / p.stride[1] + 1;
+  const bool zero_pad = p.max_padding == MaxPoolPadding::Zero;
+  auto mark = [&](std::ptrdiff_t n, std::ptrdiff_t o, std::ptrdiff_t i, std::ptrdiff_t j) {  // z[n,o,i,j] is near
+    if (which == 1) {
+      std::fill(at.begin() + o * Cg * KH * KW, at.begin() + (o + 1) * Cg * KH * KW, true);
+    } else if (which == 2) {
+      at[static_cast<std::size_t>(o)] = true;
+    } else {
+      const std::ptrdiff_t c0 = (o / Og) * Cg;
+      for (std::ptrdiff_t c = c0; c < c0 + Cg; ++c)
+        for (std::ptrdiff_t pp = 0; pp < KH; ++pp)
+          for (std::ptrdiff_t q = 0; q < KW; ++q) {
+            const std::ptrdiff_t h = i * a.conv.stride[0] + pp * a.conv.dilation[0] - a.conv.padding[0];
+            const std::ptrdiff_t w = j * a.conv.stride[1] + q * a.conv.dilation[1] - a.conv.padding[1];
+            if (h >= 0 && h < H && w >= 0 && w < W) at[static_cast<std::size_t>(((n * C + c) * H + h) * W + w)] = true;
+          }
+    }
+  };
+  std::vector<std::pair<double, std::ptrdiff_t>> cand;  // (value, index in the plane; -1 = padding zero)
+  for (std::ptrdiff_t n = 0; n < N; ++n)
+    for (std::ptrdiff_t o = 0; o < O; ++o) {
+      const double* zp = z.data() + (n * O + o) * OH * OW;
+      for (std::ptrdiff_t i = 0; i < PH; ++i)
+        for (std::ptrdiff_t j = 0; j < PW; ++j) {
+          cand.clear();
+          for (std::ptrdiff_t u = 0; u < p.window[0]; ++u)
+            for (std::ptrdiff_t v = 0; v < p.window[1]; ++v) {
+              const std::ptrdiff_t h = i * p.stride[0] + u - p.padding[0], w = j * p.stride[1] + v - p.padding[1];
+              if (h >= 0 && h < OH && w >= 0 && w < OW) cand.emplace_back(zp[h * OW + w], h * OW + w);
+              else if (zero_pad) cand.emplace_back(0.0, -1);
+            }
+          double best = -INFINITY;
+          for (const auto& c : cand) best = std::max(best, c.first);
+          if (best < -mz) continue;  // the output is 0 and stays 0
+          std::size_t near = 0;
+          for (const auto& c : cand) near += c.first >= best - mz;
+          if (near < 2 && std::abs(best) > mz) continue;  // a clear winner, clear of ReLU's kink
+          for (const auto& c : cand)
+            if (c.first >= best - mz && c.second >= 0) mark(n, o, c.second / OW, c.second % OW);
+        }
+    }
+}
+
+}  // namespace
+
+constinit const OpDef conv2d_relu_max_pool2d_op{
+    .name = kOp, .input_names = {"input", "kernel", "bias"},
+    .vjp_float = conv2d_relu_max_pool2d_node_vjp<float>, .vjp_double = conv2d_relu_max_pool2d_node_vjp<double>,
+    .replay = conv2d_relu_max_pool2d_replay, .format_attrs = conv2d_relu_max_pool2d_format,
+    .kinks_of_inputs = conv2d_relu_max_pool2d_kinks, .record_vjp_float = conv2d_relu_max_pool2d_record_vjp<float>,
+    .record_vjp_double = conv2d_relu_max_pool2d_record_vjp<double>};
+AD_REGISTER_OP(conv2d_relu_max_pool2d_op);
+
+#define AD_INSTANTIATE(T)                                                                                        \
+  template void conv2d_relu_max_pool2d_forward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*,          \
+                                                  const Conv2dOptions&, const Pool2dOptions&, Tensor<T>&, int32_t*); \
+  template void conv2d_relu_max_pool2d_vjp<T>(const Tensor<T>&, const Tensor<T>&, const std::vector<int32_t>&,   \
+                                              const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, Tensor<T>*, \
+                                              Tensor<T>*, Tensor<T>*);                                           \
+  template Value conv2d_relu_max_pool2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, const Pool2dOptions&, \
+                                           std::source_location);
+AD_INSTANTIATE(float)
+AD_INSTANTIATE(double)
+#undef AD_INSTANTIATE
+
+}  // namespace ad

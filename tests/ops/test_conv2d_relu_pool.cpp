@@ -1,0 +1,202 @@
+// conv2d_relu_max_pool2d (ops/conv2d_relu_pool.hpp): the fused op gives, bit for bit,
+// the output and gradients of max_pool2d(relu(conv2d(...))) recorded as three ops, in
+// float and double, on every kernel variant this processor runs, with Winograd on and
+// off, on the fused path (2x2/2 pools) and the fallback (other pools, 1x1 and general
+// convolutions), NaN included; it passes first- and second-order gradchecks in double;
+// its shape errors carry its own name.
+#include <cmath>
+#include <cstring>
+
+#include <xtensor/xview.hpp>
+
+#include "ops/isa.hpp"
+#include "test_util.hpp"
+
+namespace ad::test {
+namespace {
+
+struct FusedCase {
+  const char* name;
+  Shape x, k;
+  bool bias;
+  Conv2dOptions conv;
+  Pool2dOptions pool;
+};
+
+const FusedCase kCases[] = {
+    // ref-CNN's two layers: the direct kernel (C_in = 1) and Winograd's (16 channels, float)
+    {"conv1", {3, 1, 28, 28}, {16, 1, 5, 5}, true, {.padding = {2, 2}}, {}},
+    {"conv2", {3, 16, 14, 14}, {32, 16, 5, 5}, true, {.padding = {2, 2}}, {}},
+    // odd conv outputs (the pool drops the last row and column), no bias, 5 channels
+    // (partial vectors), a strided convolution, Winograd with odd outputs
+    {"odd_no_bias", {2, 3, 9, 11}, {5, 3, 3, 3}, false, {.padding = {1, 1}}, {}},
+    {"strided", {2, 4, 12, 10}, {6, 4, 3, 3}, true, {.padding = {1, 1}, .stride = {2, 2}}, {}},
+    {"winograd_odd", {2, 8, 13, 11}, {7, 8, 5, 5}, true, {.padding = {2, 2}}, {}},
+    // the fallback: pools the output pass does not do, and convolutions off its paths
+    {"pool_3x3_s2_p1", {2, 3, 9, 9}, {4, 3, 3, 3}, true, {.padding = {1, 1}}, {.window = {3, 3}, .stride = {2, 2}, .padding = {1, 1}}},
+    {"pool_overlapping", {2, 2, 7, 6}, {3, 2, 3, 3}, true, {.padding = {1, 1}}, {.window = {2, 2}, .stride = {1, 1}}},
+    {"pool_zero_padding", {1, 2, 6, 6}, {3, 2, 3, 3}, true, {}, {.padding = {1, 1}, .max_padding = MaxPoolPadding::Zero}},
+    {"conv_1x1", {2, 8, 6, 6}, {4, 8, 1, 1}, true, {}, {}},
+    {"conv_grouped_dilated", {2, 4, 9, 9}, {6, 2, 3, 3}, true, {.padding = {2, 2}, .dilation = {2, 2}, .groups = 2}, {}},
+};
+
+// Output and gradients (x, k, b) of the fused op or of the three ops, on Tape<T>.
+template <class T>
+std::vector<Tensor<T>> run(bool fused, const FusedCase& c, const T64& x, const T64& k, const T64& b) {
+  Parameter<T> px("x", xt::cast<T>(x)), pk("k", xt::cast<T>(k)), pb("b", xt::cast<T>(b));
+  Tape<T> t;
+  const Value xv = t.param(px), kv = t.param(pk), bv = c.bias ? t.param(pb) : Value{};
+  const Value y = fused ? conv2d_relu_max_pool2d(t, xv, kv, bv, c.conv, c.pool)
+                        : max_pool2d(t, relu(t, conv2d(t, xv, kv, bv, c.conv)), c.pool);
+  t.backward(y, Tensor<T>(xt::cast<T>(uniform(to_shape(t.value(y).shape()), 99))));
+  return {t.value(y), px.grad, pk.grad, pb.grad};
+}
+
+// The same bits (NaN payloads and signed zeros included), or where the first difference is.
+template <class T>
+::testing::AssertionResult same_bits(const Tensor<T>& a, const Tensor<T>& b) {
+  if (a.shape() != b.shape()) return ::testing::AssertionFailure() << "shapes differ";
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::memcmp(a.data() + i, b.data() + i, sizeof(T)) != 0)
+      return ::testing::AssertionFailure() << "element " << i << ": " << a.data()[i] << " vs " << b.data()[i];
+  return ::testing::AssertionSuccess();
+}
+
+template <class T>
+void expect_same_as_three_ops(const FusedCase& c, const T64& x, const T64& k, const T64& b, const std::string& where) {
+  const std::vector<Tensor<T>> fused = run<T>(true, c, x, k, b), apart = run<T>(false, c, x, k, b);
+  const char* what[] = {"output", "dJ/dx", "dJ/dk", "dJ/db"};
+  for (std::size_t i = 0; i < fused.size(); ++i)
+    EXPECT_TRUE(same_bits(fused[i], apart[i])) << where << ", " << what[i];
+}
+
+struct IsaGuard {
+  Isa isa = active_isa();
+  WinogradMode wino = conv2d_winograd();
+  ~IsaGuard() { set_isa(isa), set_conv2d_winograd(wino); }
+};
+
+TEST(Conv2dReluMaxPool2d, EqualsTheThreeOpsBitForBitOnEveryKernelVariant) {
+  IsaGuard guard;
+  for (Isa isa : supported_isas()) {
+    set_isa(isa);
+    for (WinogradMode wino : {WinogradMode::Auto, WinogradMode::On, WinogradMode::Off}) {
+      set_conv2d_winograd(wino);
+      uint64_t seed = 1;
+      for (const FusedCase& c : kCases) {
+        const T64 x = uniform(c.x, seed++), k = uniform(c.k, seed++, -0.5, 0.5), b = uniform({c.k[0]}, seed++);
+        const std::string where = fmt::format("{} on {}, Winograd {}", c.name, isa_name(isa), static_cast<int>(wino));
+        expect_same_as_three_ops<float>(c, x, k, b, where + ", float");
+        if (wino == WinogradMode::Auto) expect_same_as_three_ops<double>(c, x, k, b, where + ", double");
+      }
+    }
+  }
+}
+
+// NaN and infinity: a NaN wins its window and passes its gradient on (max_pool2d's and
+// relu's rules), -inf loses, +inf wins; the same bits as the three ops.
+TEST(Conv2dReluMaxPool2d, PropagatesNanAndInfinityAsTheThreeOps) {
+  IsaGuard guard;
+  for (Isa isa : supported_isas()) {
+    set_isa(isa);
+    for (const FusedCase& c : {kCases[0], kCases[1], kCases[5]}) {
+      T64 x = uniform(c.x, 7), k = uniform(c.k, 8, -0.5, 0.5), b = uniform({c.k[0]}, 9);
+      x(0, 0, 3, 4) = std::nan("");
+      x(1, 0, 8, 8) = INFINITY;
+      x(2 % c.x[0], 0, 1, 1) = -INFINITY;
+      expect_same_as_three_ops<float>(c, x, k, b, fmt::format("{} on {}, float", c.name, isa_name(isa)));
+      expect_same_as_three_ops<double>(c, x, k, b, fmt::format("{} on {}, double", c.name, isa_name(isa)));
+    }
+  }
+}
+
+// A bias that makes every ReLU input negative: the output is all zeros and no gradient
+// reaches anything but... nothing: dJ/dx, dJ/dk and dJ/db are zero.
+TEST(Conv2dReluMaxPool2d, AllNegativeGivesZerosAndNoGradient) {
+  const FusedCase& c = kCases[1];
+  const T64 x = uniform(c.x, 3, 0, 1), k = uniform(c.k, 4, 0, 0.01), b = xt::full_like(uniform({c.k[0]}, 5), -100.0);
+  const std::vector<Tensor<float>> r = run<float>(true, c, x, k, b);
+  for (const Tensor<float>& t : r) EXPECT_EQ(xt::amax(xt::abs(t))(), 0.0f);
+}
+
+TEST(Conv2dReluMaxPool2d, FirstAndSecondOrderGradcheckInDouble) {
+  using V = std::vector<Value>;
+  for (const Pool2dOptions pool : {Pool2dOptions{}, Pool2dOptions{.window = {3, 2}, .stride = {2, 1}, .padding = {1, 0}}}) {
+    GradcheckFn f = [pool](Tape<double>& t, const V& v) {
+      return conv2d_relu_max_pool2d(t, v[0], v[1], v[2], {.padding = {1, 1}}, pool);
+    };
+    // inputs away from ReLU's kink and the pools' ties at this step size
+    const std::vector<T64> in{distinct({2, 2, 6, 5}, 11), uniform({3, 2, 3, 3}, 12, -0.5, 0.5), uniform({3}, 13, 0.1, 0.3)};
+    const std::vector<std::string> names{"x", "k", "b"};
+    EXPECT_GRADCHECK(f, in, names);
+    const GradcheckResult r = gradgradcheck(f, in, names);
+    EXPECT_TRUE(r.ok) << r.report;
+  }
+}
+
+// gradcheck_nodes skips what ReLU's kink and the pool's ties make one-sided: images zero
+// in a block and no bias put z exactly at 0 there (every candidate tied, at the kink).
+TEST(Conv2dReluMaxPool2d, GradcheckNodesSkipsItsKinksAndTies) {
+  T64 xv = uniform({1, 2, 8, 8}, 31);
+  xt::view(xv, xt::all(), xt::all(), xt::range(0, 5), xt::range(0, 5)) = 0.0;
+  Parameter<double> x("x", xv), k("k", uniform({3, 2, 3, 3}, 32)), b("b", T64(xt::zeros<double>({3})));
+  Tape<double> t;
+  const Value y = conv2d_relu_max_pool2d(t, t.param(x), t.param(k), t.param(b), {.padding = {1, 1}});
+  sum(t, mul(t, y, t.input(uniform({1, 3, 4, 4}, 33))));
+  const NodeGradcheckResult r = gradcheck_nodes(t);
+  EXPECT_TRUE(r.ok) << r.report;
+  EXPECT_NE(r.report.find("at kinks or ties skipped"), std::string::npos) << r.report;
+}
+
+TEST(Conv2dReluMaxPool2d, FloatAgreesWithDouble) {
+  for (const FusedCase& c : {kCases[0], kCases[1], kCases[4]}) {
+    auto f = [&c](auto& t, const std::vector<Value>& v) { return conv2d_relu_max_pool2d(t, v[0], v[1], v[2], c.conv, c.pool); };
+    EXPECT_TRUE(float_agrees_with_double(f, {uniform(c.x, 21), uniform(c.k, 22, -0.5, 0.5), uniform({c.k[0]}, 23)}, 1e-4, 1e-4))
+        << c.name;
+  }
+}
+
+// One node on the tape, with both ops' attributes, and switches only when a gradient is needed.
+TEST(Conv2dReluMaxPool2d, IsOneNodeThatKeepsOnlyItsOutputAndSwitches) {
+  Tape<float> t;
+  Parameter<float> k("k", xt::cast<float>(uniform({4, 1, 3, 3}, 1)));
+  const Value y = conv2d_relu_max_pool2d(t, t.input(xt::cast<float>(uniform({2, 1, 8, 8}, 2))), t.param(k), Value{},
+                                         {.padding = {1, 1}});
+  ASSERT_EQ(t.shape(y), (Shape{2, 4, 4, 4}));
+  const Node<float>& n = t.nodes().back();
+  EXPECT_EQ(op_name(n.op), "conv2d_relu_max_pool2d");
+  EXPECT_EQ(n.saved_index.size(), 2u * 4 * 4 * 4);
+  EXPECT_NE(format_node(t, t.nodes().size() - 1).find("stride=1x1 pad=1x1 pool=2x2/2x2 pool_pad=0x0"), std::string::npos)
+      << format_node(t, t.nodes().size() - 1);
+  Tape<float> t2;
+  conv2d_relu_max_pool2d(t2, t2.input(xt::cast<float>(uniform({2, 1, 8, 8}, 2))), t2.input(k.value), Value{});
+  EXPECT_TRUE(t2.nodes().back().saved_index.empty());  // no gradient: no switches
+}
+
+TEST(Conv2dReluMaxPool2d, ShapeErrorsNameTheOpAndThePart) {
+  Tape<double> t;
+  const Value x = t.input(uniform({1, 3, 6, 6}, 1));
+  auto message = [&](auto f) {
+    try {
+      f();
+    } catch (const ShapeError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string channels = message([&] { conv2d_relu_max_pool2d(t, x, t.input(uniform({4, 2, 3, 3}, 2)), Value{}); });
+  EXPECT_NE(channels.find("conv2d_relu_max_pool2d: conv2d: input (1,3,6,6) and kernel (4,2,3,3) disagree on C_in (3 vs 2)"),
+            std::string::npos)
+      << channels;
+  const std::string window = message([&] {
+    conv2d_relu_max_pool2d(t, x, t.input(uniform({4, 3, 5, 5}, 3)), Value{}, {}, {.window = {3, 3}, .stride = {1, 1}});
+  });
+  EXPECT_NE(window.find("conv2d_relu_max_pool2d: max_pool2d:"), std::string::npos) << window;
+  const std::string pad = message([&] {
+    conv2d_relu_max_pool2d(t, x, t.input(uniform({4, 3, 3, 3}, 4)), Value{}, {}, {.padding = {2, 2}});
+  });
+  EXPECT_NE(pad.find("must be smaller than the window"), std::string::npos) << pad;
+}
+
+}  // namespace
+}  // namespace ad::test
