@@ -12,6 +12,8 @@
 // The raw step also times its zeroing of the gradient buffers (the tape zeroes the
 // same buffers: VJPs add into gradients that start at 0) as a share of the tape step.
 //
+// Each conv -> ReLU -> max pool is recorded as the one op conv2d_relu_max_pool2d
+// (--variant fused, the default). --variant relu-pool records the three ops apart;
 // --variant pool-relu records max pool before ReLU: the same function and gradients
 // (ReLU is monotone, so relu(max(window)) = max(relu(window)), with the same winner
 // whenever it is positive and a zero gradient otherwise), with ReLU on 4x fewer values.

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <typeinfo>
 
 namespace nn {
 
@@ -278,7 +279,26 @@ Value Flatten<T>::forward(Tape<T>& tape, Value x) {
 template <class T>
 Value Sequential<T>::forward(Tape<T>& tape, Value x) {
   const std::source_location at = this->call_site();
-  for (auto& [name, m] : this->named_children()) x = (*m)(tape, x, at);
+  const auto children = this->named_children();
+  for (std::size_t i = 0; i < children.size(); ++i) {
+    if (fusion_ && i + 2 < children.size()) {  // exactly these classes (a subclass may have its own forward)
+      Module<T>* m[3] = {children[i].second, children[i + 1].second, children[i + 2].second};
+      if (typeid(*m[0]) == typeid(Conv2d<T>) && typeid(*m[1]) == typeid(ActivationLayer<T>) &&
+          typeid(*m[2]) == typeid(Pool2d<T>)) {
+        auto& conv = static_cast<Conv2d<T>&>(*m[0]);
+        const auto& act = static_cast<ActivationLayer<T>&>(*m[1]);
+        const auto& pool = static_cast<Pool2d<T>&>(*m[2]);
+        if (act.kind == Activation::Relu && pool.kind == PoolKind::Max) {
+          const Value b = conv.bias ? tape.param(*conv.bias, at) : Value{};
+          x = ad::conv2d_relu_max_pool2d(tape, x, tape.param(conv.weight, at), b, conv.options, pool.options, at);
+          tape.set_label(x, conv.name() + "+" + act.name() + "+" + pool.name());
+          i += 2;
+          continue;
+        }
+      }
+    }
+    x = (*children[i].second)(tape, x, at);
+  }
   return x;
 }
 

@@ -194,12 +194,20 @@ class Sequential : public Module<T> {
     ++size_;
     return this->register_module(name, std::move(layer));
   }
+  // Runs the modules in order. Where a Conv2d is followed by a ReLU ActivationLayer and
+  // a max Pool2d (the classic CNN layer), the three are recorded as the one op
+  // ad::conv2d_relu_max_pool2d (same values and gradients, faster, no stored
+  // convolution output), labelled "conv1+act1+pool1"; set_fusion(false) records them
+  // one by one (to read or step through the intermediate values).
   Value forward(Tape<T>& tape, Value x) override;
   // The modules, in order.
   std::vector<Module<T>*> layers();
+  void set_fusion(bool on) { fusion_ = on; }
+  bool fusion() const { return fusion_; }
 
  private:
   std::size_t size_ = 0;
+  bool fusion_ = true;
 };
 
 // The document's 3-layer CNN; defaults are the reference CNN ("ref-CNN"):

@@ -176,8 +176,14 @@ std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_sh
     bytes += s.data.size() * sizeof(T) * (s.requires_grad ? 2 : 1);  // the value and its gradient
   }
   // What VJPs need saved (max-pool's argmax); an unused `saved` is a 0-d xarray of size 1.
-  for (const ad::Node<T>& n : probe.nodes())
+  for (const ad::Node<T>& n : probe.nodes()) {
     bytes += (n.saved.dimension() ? n.saved.size() * sizeof(T) : 0) + n.saved_index.size() * sizeof(int32_t);
+    if (n.op == ad::OpKind::Conv2dReluMaxPool2d) {  // its VJP's dJ/dz, the convolution's output shape
+      const ad::Shape zs = ad::conv2d_output_shape(probe.shape(ad::Value{n.inputs[0]}), probe.shape(ad::Value{n.inputs[1]}),
+                                                   nullptr, n.attrs.template get<ad::Conv2dReluMaxPool2dAttrs>().conv);
+      bytes += std::accumulate(zs.begin(), zs.end(), std::size_t{1}, std::multiplies<>()) * sizeof(T);
+    }
+  }
   return bytes;
 }
 
@@ -188,6 +194,10 @@ CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes) {
   const ad::Conv2dOptions conv{.padding = {cfg.padding, cfg.padding}, .stride = {cfg.stride, cfg.stride}};
   const ad::Pool2dOptions pool{.window = {cfg.pool_window, cfg.pool_window}, .stride = {cfg.pool_stride, cfg.pool_stride}};
   const bool max_pool = cfg.pool == PoolKind::Max;
+  // make_cnn's Sequential records conv -> ReLU -> max pool as one fused op: only its
+  // pooled output and gradient are on the tape, and its VJP adds a dJ/dz buffer of the
+  // convolution's output shape.
+  const bool fused = max_pool && cfg.activation == Activation::Relu;
   ad::Shape s{1, std::size_t(cfg.in_channels), std::size_t(cfg.height), std::size_t(cfg.width)};
   const auto size = [](const ad::Shape& sh) { return std::accumulate(sh.begin(), sh.end(), std::size_t{1}, std::multiplies<>()); };
   CnnFootprint f;
@@ -197,7 +207,8 @@ CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes) {
   for (int l = 0; l < 2; ++l) {
     const std::size_t c_out = std::size_t(cfg.channels[l]), k = std::size_t(cfg.kernel);
     s = ad::conv2d_output_shape(s, {c_out, c_in, k, k}, nullptr, conv);
-    with_grad += 2 * size(s);  // conv, activation
+    if (fused) f.step_bytes_per_example += size(s) * element_bytes;  // dJ/dz
+    else with_grad += 2 * size(s);  // conv, activation
     s = ad::pool2d_output_shape(max_pool ? "max_pool2d" : "avg_pool2d", s, pool);
     with_grad += size(s);
     if (max_pool) f.step_bytes_per_example += size(s) * sizeof(int32_t);

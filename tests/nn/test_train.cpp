@@ -2,6 +2,8 @@
 // test on a generated fixture, and model checkpoints.
 #include <gtest/gtest.h>
 
+#include <xtensor/xrandom.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -384,12 +386,53 @@ TEST(Checkpoint, RefusesValuesThatCannotBeAModel) {
 
 TEST(StepMemory, RefCnnValuesGradientsAndSavedIndicesPerImage) {
   Sequential<float> m = make_cnn<float>(CnnConfig{}, 1);
-  // The input (no gradient); conv1 and its ReLU 16x28x28, pool 16x14x14, conv2 and its
-  // ReLU 32x14x14, pool and flatten 1568, logits 10, each with its gradient; and the
-  // two max pools' argmax, one int32 per output.
+  // Fused (Sequential's default): the input (no gradient); the two conv layers' pooled
+  // outputs 16x14x14 and 32x7x7, flatten 1568 and the logits 10, each with its
+  // gradient; each layer's switches (one int32 per pooled output) and its VJP's dJ/dz
+  // (16x28x28 and 32x14x14).
+  const std::size_t fused = 3136 + 1568 + 1568 + 10;
+  EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}),
+            (784 + 2 * fused + 12544 + 6272) * sizeof(float) + (3136 + 1568) * sizeof(int32_t));
+  // The three ops apart: also conv1 and its ReLU 16x28x28, conv2 and its ReLU 32x14x14
+  // with their gradients, and no dJ/dz buffers.
+  m.set_fusion(false);
   const std::size_t with_grad = 2 * 12544 + 3136 + 2 * 6272 + 2 * 1568 + 10;
   const std::size_t expected = (784 + 2 * with_grad) * sizeof(float) + (3136 + 1568) * sizeof(int32_t);
   EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), expected);
+}
+
+// Sequential records conv -> ReLU -> max pool as the fused op, with the same output and
+// gradients as the three ops (set_fusion(false)); other triples stay apart.
+TEST(Cnn, SequentialFusesConvReluMaxPoolIntoOneNode) {
+  for (const Activation act : {Activation::Relu, Activation::Tanh}) {
+    CnnConfig cfg = tiny_cnn();
+    cfg.activation = act;
+    Sequential<double> m = make_cnn<double>(cfg, 3);
+    xt::random::seed(5);
+    const ad::Tensor<double> x = xt::random::rand<double>({std::size_t(2), std::size_t(cfg.in_channels),
+                                                           std::size_t(cfg.height), std::size_t(cfg.width)});
+    std::vector<ad::Tensor<double>> got[2];
+    std::size_t fused_nodes[2] = {0, 0};
+    for (int fuse = 0; fuse < 2; ++fuse) {
+      m.set_fusion(fuse == 1);
+      for (auto* p : m.parameters()) p->zero_grad();
+      ad::Tape<double> t;
+      const ad::Value y = m.forward(t, t.input(x));
+      t.backward(ad::sum(t, ad::mul(t, y, y)));
+      got[fuse].push_back(t.value(y));
+      for (auto* p : m.parameters()) got[fuse].push_back(p->grad);
+      for (const auto& n : t.nodes()) {
+        if (n.op != ad::OpKind::Conv2dReluMaxPool2d) continue;
+        if (fused_nodes[fuse]++ == 0) {
+          EXPECT_EQ(n.label, "conv1+act1+pool1");
+        }
+      }
+    }
+    EXPECT_EQ(fused_nodes[0], 0u);
+    EXPECT_EQ(fused_nodes[1], act == Activation::Relu ? 2u : 0u);
+    ASSERT_EQ(got[0].size(), got[1].size());
+    for (std::size_t i = 0; i < got[0].size(); ++i) EXPECT_EQ(got[0][i], got[1][i]) << "tensor " << i;
+  }
 }
 
 // The shape-only estimate train_cnn checks before allocating anything agrees with
