@@ -79,6 +79,7 @@ template <class T>
 std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_shape);
 
 // The same bytes per example as step_bytes_per_example(make_cnn<T>(cfg, ...), {C, H, W})
+// (as make_cnn's Sequential records it: conv -> ReLU -> max pool fused, see Sequential)
 // and the parameter count of that model, from shapes alone: nothing is allocated and no
 // forward runs, so a program can refuse a configuration too large for memory before
 // building it. Throws ad::ShapeError when the images are too small for the model.
