@@ -93,6 +93,27 @@ TEST(Conv2dReluMaxPool2d, EqualsTheThreeOpsBitForBitOnEveryKernelVariant) {
   }
 }
 
+// Inference (no switches wanted) takes the output pass without the winners' indices:
+// the same output as with them.
+TEST(Conv2dReluMaxPool2d, WithoutSwitchesGivesTheSameOutput) {
+  IsaGuard guard;
+  for (Isa isa : supported_isas()) {
+    set_isa(isa);
+    uint64_t seed = 41;
+    for (const FusedCase& c : kCases) {
+      T64 x = uniform(c.x, seed++), k = uniform(c.k, seed++, -0.5, 0.5), b = uniform({c.k[0]}, seed++);
+      x(0, 0, 1, 2) = std::nan("");
+      const Tensor<float> xf = xt::cast<float>(x), kf = xt::cast<float>(k), bf = xt::cast<float>(b);
+      const Shape ys = conv2d_relu_max_pool2d_output_shape(c.x, c.k, nullptr, c.conv, c.pool);
+      Tensor<float> with(ys), without(ys);
+      std::vector<int32_t> switches(with.size());
+      conv2d_relu_max_pool2d_forward(xf, kf, c.bias ? &bf : nullptr, c.conv, c.pool, with, switches.data());
+      conv2d_relu_max_pool2d_forward(xf, kf, c.bias ? &bf : nullptr, c.conv, c.pool, without, nullptr);
+      EXPECT_TRUE(same_bits(with, without)) << c.name << " on " << isa_name(isa);
+    }
+  }
+}
+
 // NaN and infinity: a NaN wins its window and passes its gradient on (max_pool2d's and
 // relu's rules), -inf loses, +inf wins; the same bits as the three ops.
 TEST(Conv2dReluMaxPool2d, PropagatesNanAndInfinityAsTheThreeOps) {
