@@ -12,7 +12,7 @@
 #include "ops/isa.hpp"
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_conv2d_relu_pool {
 namespace {
 
 struct FusedCase {
@@ -220,4 +220,4 @@ TEST(Conv2dReluMaxPool2d, ShapeErrorsNameTheOpAndThePart) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_conv2d_relu_pool
