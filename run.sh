@@ -160,7 +160,7 @@ case "$cmd" in
     # (uninstrumented) internals are not ours to check.
     ensure_packages "${BASE_PACKAGES[@]}" libomp-14-dev
     llvm_lib=/usr/lib/llvm-14/lib
-    cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DAD_BUILD_EXAMPLES=OFF \
+    cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DAD_BUILD_EXAMPLES=OFF -DAD_UNITY_BUILD=ON \
       -DCMAKE_CXX_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread \
       -DOpenMP_CXX_FLAGS=-fopenmp -DOpenMP_CXX_LIB_NAMES=omp -DOpenMP_omp_LIBRARY="$llvm_lib/libomp.so" >/dev/null
     cmake --build build/tsan -j2 --target test_threads

@@ -19,7 +19,7 @@ the state_dict into nn::make_cnn and must reproduce the logits to 1e-5.
 check DIR: the reverse direction. DIR holds weights.safetensors (a ref-CNN fine-tuned and
 exported by tape-autodiff, PyTorch's layout) and logits.safetensors (its logits, computed
 by tape-autodiff, on the same batch), both written by
-  AD_TORCH_INTEROP_OUT=DIR build/release/tests/nn/test_weights --gtest_filter='TorchInterop.*'
+  AD_TORCH_INTEROP_OUT=DIR build/release/tests/nn/test_nn --gtest_filter='TorchInterop.*'
 The script loads the weights with load_state_dict(strict=True), runs the batch in
 PyTorch, and compares the logits (exit 1 above 1e-5). Any export of this architecture
 works the same way: `train_cnn --channels 4 8 --export FILE.safetensors` writes one.

@@ -5,7 +5,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_anomaly {
 namespace {
 
 const double kNan = std::numeric_limits<double>::quiet_NaN();
@@ -150,4 +150,4 @@ TEST(Anomaly, CleanRunsPassUntouched) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_anomaly

@@ -2,7 +2,7 @@
 // hooks: called once a value's gradient is complete, able to read or replace it.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_backward_step {
 namespace {
 
 // conv -> relu -> max-pool -> flatten -> linear -> cross-entropy, plus an unused
@@ -153,4 +153,4 @@ TEST(GradHook, ResetClearsHooks) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_backward_step

@@ -3,7 +3,7 @@
 #include "autodiff/gradcheck_nodes.hpp"
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_custom_saved {
 namespace {
 
 // y = (x - mean(x)) / sqrt(var(x) + eps) over all elements (biased variance), a batch
@@ -126,4 +126,4 @@ TEST(CustomSaved, ReadingATensorTheForwardDidNotSaveIsATapeError) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_custom_saved

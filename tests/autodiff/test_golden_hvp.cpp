@@ -8,7 +8,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_golden_hvp {
 namespace {
 
 struct Case {
@@ -131,4 +131,4 @@ TEST(GoldenHvp, RefCnnLossInEveryParameterAndTheImages) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_golden_hvp

@@ -2,7 +2,7 @@
 // wrong one.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_gradcheck {
 namespace {
 
 TEST(Gradcheck, PassesACorrectCompositeModel) {
@@ -35,4 +35,4 @@ TEST(Gradcheck, NamesTheInputAndElementOfAWrongGradient) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_gradcheck

@@ -4,7 +4,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_gradcheck_nodes {
 namespace {
 
 // cube(x) = x^3 with a VJP chosen by the test: right (3x^2 g), wrong (2x g), or
@@ -199,4 +199,4 @@ TEST(GradcheckNodes, ReplaysEveryOpWithItsAttributes) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_gradcheck_nodes

@@ -7,7 +7,7 @@
 #include "autodiff/custom.hpp"
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_higher_order {
 namespace {
 
 // The document's 3-layer CNN at toy size, in double, with its parameters.
@@ -269,4 +269,4 @@ TEST(Registry, OpsWithoutRecordedVjpAreListed) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_higher_order

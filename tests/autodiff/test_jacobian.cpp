@@ -3,7 +3,7 @@
 // max-pooling mask d_vA/d_vI (eq. b-1), in numerator layout with the column-stacking vec.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_jacobian {
 namespace {
 
 TEST(Jacobian, OfALinearMapIsItsMatrix) {
@@ -121,4 +121,4 @@ TEST(Jacobian, DocumentAppendixBMaxPoolMask) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_jacobian

@@ -10,7 +10,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_print {
 namespace {
 
 // Splits printed text into lines (without the trailing empty one).
@@ -175,4 +175,4 @@ TEST(TapeDot, GraphvizParsesIt) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_print

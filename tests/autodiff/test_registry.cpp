@@ -7,7 +7,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_registry {
 namespace {
 
 TEST(OpRegistry, EveryRegisteredOpHasANameAVjpAndAReplay) {
@@ -91,4 +91,4 @@ TEST(OpRegistry, CustomOpOfFourInputsGoesThroughTheSameTable) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_registry

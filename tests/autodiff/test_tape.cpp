@@ -1,7 +1,7 @@
 // The tape: recording, accumulation, leaves, no-grad, backward twice, reuse.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_tape {
 namespace {
 
 TEST(Tape, RecordsOneNodePerOpWithInputsAttributesAndCallSite) {
@@ -244,4 +244,4 @@ TEST(Tape, ResetReusesEveryBufferForTheSameStep) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_tape

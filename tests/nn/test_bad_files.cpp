@@ -30,6 +30,8 @@
 #include "nn/train.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
+namespace test_bad_files {
+
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 
@@ -260,3 +262,5 @@ TEST(FuzzCorpus, CheckpointInputsLoadOrFailCleanly) {
   nn::load_checkpoint_into("tests/fuzz/corpus_checkpoint/model.ckpt", {{"w", &w}, {"b", &b}}, "fuzz-model");
   EXPECT_EQ(w(0, 0), 0.5f);
 }
+
+}  // namespace test_bad_files

@@ -27,6 +27,8 @@
 #include "nn/checkpoint.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
+namespace test_checkpoint {
+
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 
@@ -563,3 +565,5 @@ TEST(CheckpointSave, FailsClearlyWhenDirectoryIsMissing) {
   expect_checkpoint_error([&] { nn::save_checkpoint(path, small_model(), "x"); },
                           {"save_checkpoint: " + path, "No such file or directory"});
 }
+
+}  // namespace test_checkpoint

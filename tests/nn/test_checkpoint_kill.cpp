@@ -20,6 +20,8 @@
 #include "nn/checkpoint.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
+namespace test_checkpoint_kill {
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -184,3 +186,5 @@ TEST(CheckpointFaults, SigtermInTheMiddleOfASaveRemovesTheTempFile) {
 }
 
 }  // namespace
+
+}  // namespace test_checkpoint_kill

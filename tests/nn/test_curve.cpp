@@ -9,7 +9,7 @@
 #include "nn/progress.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
-namespace nn {
+namespace nn::test_curve {
 namespace {
 
 using nn::test::expect_error;
@@ -151,4 +151,4 @@ TEST(ProgressBar, APipeGetsALineEveryQuarterAndATerminalOneRedrawnLine) {
 }
 
 }  // namespace
-}  // namespace nn
+}  // namespace nn::test_curve

@@ -11,7 +11,7 @@
 #include "nn/weights.hpp"
 #include "tests/test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_hessian_spectrum {
 namespace {
 
 TEST(HessianSpectrum, PowerIterationMatchesPyTorchDoubleBackward) {
@@ -60,4 +60,4 @@ TEST(HessianSpectrum, PowerIterationMatchesPyTorchDoubleBackward) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_hessian_spectrum

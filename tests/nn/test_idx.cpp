@@ -24,6 +24,8 @@
 #include "nn/idx.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
+namespace test_idx {
+
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 
@@ -829,3 +831,5 @@ TEST(BatchIterator, AugmentationShiftsWithZerosAndFlipsFreshEachEpoch) {
   nn::BatchIterator it(d, 1, false, 0);
   EXPECT_THROW(it.set_augmentation({.max_shift = -1}), std::invalid_argument);
 }
+
+}  // namespace test_idx

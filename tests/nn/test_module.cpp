@@ -7,7 +7,7 @@
 #include "nn/train.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
-namespace nn {
+namespace nn::test_module {
 namespace {
 
 using nn::test::expect_error;
@@ -334,4 +334,4 @@ TEST(ModuleMemory, TheEstimateCountsACustomModelAndLeavesItsBuffers) {
 }
 
 }  // namespace
-}  // namespace nn
+}  // namespace nn::test_module

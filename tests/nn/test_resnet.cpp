@@ -12,7 +12,7 @@
 #include "nn/train.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
-namespace nn {
+namespace nn::test_resnet {
 namespace {
 
 using nn::test::expect_error;
@@ -230,4 +230,4 @@ TEST(ResNet, LossFallsOnTheFixtureAndItsCheckpointKeepsTheRunningStatistics) {
 }
 
 }  // namespace
-}  // namespace nn
+}  // namespace nn::test_resnet

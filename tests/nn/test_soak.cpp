@@ -21,7 +21,7 @@
 #endif
 #endif
 
-namespace nn {
+namespace nn::test_soak {
 namespace {
 
 // Resident set size in bytes, from /proc/self/statm (second field, in pages).
@@ -94,4 +94,4 @@ TEST(Soak, TenThousandTrainingStepsKeepTheResidentSetFlat) {
 }
 
 }  // namespace
-}  // namespace nn
+}  // namespace nn::test_soak

@@ -14,7 +14,7 @@
 #include "nn/train.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
-namespace nn {
+namespace nn::test_train {
 namespace {
 
 using nn::test::quadrant_fixture;
@@ -483,4 +483,4 @@ TEST(StepMemory, ARunOverTheBudgetIsRefusedWithTheSizes) {
 }
 
 }  // namespace
-}  // namespace nn
+}  // namespace nn::test_train

@@ -23,6 +23,8 @@
 #include "nn/weights.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
+namespace test_weights {
+
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 
@@ -559,3 +561,5 @@ TEST(FuzzCorpus, SafetensorsInputsLoadOrFailCleanly) {
 }
 
 }  // namespace
+
+}  // namespace test_weights

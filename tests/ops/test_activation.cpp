@@ -2,7 +2,7 @@
 // ReLU kink), accumulation, and numerically safe extremes.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_activation {
 namespace {
 
 using Unary = Value (*)(Tape<double>&, Value);
@@ -60,4 +60,4 @@ TEST(Sigmoid, StaysFiniteForLargeInputs) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_activation

@@ -9,7 +9,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_bad_input {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -449,4 +449,4 @@ TEST(Anomaly, CatchesAnOverflowToInfinityInTheForward) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_bad_input

@@ -9,7 +9,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_conv2d_general {
 namespace {
 
 struct GeneralCase {
@@ -203,4 +203,4 @@ TEST(Conv2dGeneral, NaNStaysInItsGroup) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_conv2d_general

@@ -9,7 +9,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_conv_transpose2d {
 namespace {
 
 struct TransposeCase {
@@ -196,4 +196,4 @@ TEST(ConvTranspose2d, EmptyBatchGivesAnEmptyOutput) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_conv_transpose2d

@@ -6,7 +6,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_dropout {
 namespace {
 
 // The kept elements of a dropout output y of x: y_i != 0 (x has no zeros).
@@ -151,4 +151,4 @@ TEST(Dropout, EmptyBatchGivesAnEmptyOutput) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_dropout

@@ -7,7 +7,7 @@
 #include "ops/broadcast.hpp"
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_elementwise {
 namespace {
 
 const std::string kOps[] = {"add", "sub", "mul", "div"};
@@ -214,4 +214,4 @@ TEST(BinaryOps, AnEmptyBatchGivesAnEmptyResultAndZeroGradients) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_elementwise

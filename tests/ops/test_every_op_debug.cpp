@@ -9,7 +9,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_every_op_debug {
 namespace {
 
 // The ops this chain leaves to their own tests: the leaves (every tape has them) and the
@@ -143,4 +143,4 @@ TEST(EveryOp, PassesGradcheckNodesInDouble) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_every_op_debug

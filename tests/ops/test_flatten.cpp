@@ -1,7 +1,7 @@
 // Flatten: the channel-major row-major order, VJP, errors.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_flatten {
 namespace {
 
 TEST(Flatten, OrdersChannelBlocksThenRowsThenColumns) {
@@ -28,4 +28,4 @@ TEST(Flatten, RejectsRankOne) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_flatten

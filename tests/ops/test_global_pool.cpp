@@ -5,7 +5,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_global_pool {
 namespace {
 
 TEST(GlobalAvgPool2d, IsAnAveragePoolWhoseWindowIsThePlane) {
@@ -65,4 +65,4 @@ TEST(GlobalAvgPool2d, FloatMatchesDoubleOnTheParallelPathAndPassesGradcheckNodes
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_global_pool

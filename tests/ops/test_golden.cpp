@@ -9,7 +9,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_golden {
 namespace {
 
 constexpr double kRtol = 1e-10;
@@ -291,4 +291,4 @@ TEST(Tape, WholeCnnMatchesPyTorchGoldenFiles) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_golden

@@ -6,7 +6,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_gradgrad {
 namespace {
 
 #define EXPECT_GRADGRADCHECK(fn, inputs, names)                               \
@@ -304,4 +304,4 @@ TEST(GradGrad, RefCnnLossEndToEnd) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_gradgrad

@@ -1,7 +1,7 @@
 // Losses: softmax cross-entropy (fused VJP, stability, label checks) and MSE.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_loss {
 namespace {
 
 TEST(SoftmaxCrossEntropy, VjpMatchesFiniteDifferences) {
@@ -141,4 +141,4 @@ TEST(Reductions, SumMeanScaleMulBiasAddVjpsMatchFiniteDifferences) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_loss

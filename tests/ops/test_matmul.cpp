@@ -2,7 +2,7 @@
 // against finite differences, errors.
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_matmul {
 namespace {
 
 TEST(Linear, ForwardIsXTimesDocumentWeightPlusBias) {
@@ -73,4 +73,4 @@ TEST(Linear, RejectsMismatchedShapes) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_matmul

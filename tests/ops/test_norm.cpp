@@ -8,7 +8,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_norm {
 namespace {
 
 // The definition, per channel over (n, h, w): y = w (x - mu) / sqrt(var + eps) + b with
@@ -277,4 +277,4 @@ TEST(BatchNorm2d, PrintsItsModeAndAttributes) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_norm

@@ -6,7 +6,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_pool {
 namespace {
 
 struct PoolCase {
@@ -357,4 +357,4 @@ TEST(Pool2d, RejectsBadArgumentsWithTheShapesAndTheRule) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_pool

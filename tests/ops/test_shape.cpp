@@ -12,7 +12,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_shape {
 namespace {
 
 // 0, 1, 2, ... in row-major order: every element says where it came from.
@@ -286,4 +286,4 @@ TEST(ShapeOps, AttributesArePrintedOnTheTape) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_shape

@@ -6,7 +6,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_softmax {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -206,4 +206,4 @@ TEST(Softmax, EmptyInputsGiveEmptyOutputs) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_softmax

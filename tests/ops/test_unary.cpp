@@ -6,7 +6,7 @@
 
 #include "test_util.hpp"
 
-namespace ad::test {
+namespace ad::test::test_unary {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
@@ -206,4 +206,4 @@ TEST(UnaryOps, FloatMatchesDoubleOnTheParallelPath) {
 }
 
 }  // namespace
-}  // namespace ad::test
+}  // namespace ad::test::test_unary
