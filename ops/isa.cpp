@@ -64,6 +64,15 @@ const char* isa_name(Isa isa) {
 
 bool isa_supported(Isa isa) { return cpu_has(isa); }
 
+bool cpu_vendor_amd() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 std::vector<Isa> supported_isas() {
   std::vector<Isa> v;
   for (Isa i : {Isa::Baseline, Isa::Avx2, Isa::Avx512})

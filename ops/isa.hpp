@@ -27,6 +27,10 @@ std::vector<Isa> supported_isas();
 // The instruction set the kernels use now (see above for the first choice).
 Isa active_isa();
 
+// An AMD processor. conv2d's AVX-512 kernels prefer Winograd there and the direct
+// kernel elsewhere (ops/isa/conv2d_avx512.cpp says what was measured).
+bool cpu_vendor_amd();
+
 // Uses `isa` from now on (tests run every variant); throws std::runtime_error when
 // this processor cannot run it. Not thread-safe against kernels running concurrently.
 void set_isa(Isa isa);

@@ -23,7 +23,7 @@ namespace ad::conv::isa_avx2 {
 constexpr std::size_t kVectorBytes = 32;
 constexpr std::size_t kAccRegs = 12;
 constexpr Isa kIsa = Isa::Avx2;
-constexpr bool kWinogradPreferred = true;
+bool winograd_preferred() { return true; }
 #include "ops/conv2d_simd.inc"
 }  // namespace ad::conv::isa_avx2
 #if defined(__clang__)

@@ -23,9 +23,12 @@ namespace ad::conv::isa_avx512 {
 constexpr std::size_t kVectorBytes = 64;
 constexpr std::size_t kAccRegs = 24;
 constexpr Isa kIsa = Isa::Avx512;
-// On a 16-core Xeon the direct kernel ran conv2 forward in 2.1-2.3 ms, Winograd in
-// 2.7-3.5 ms (bench/README.md): its transforms do not widen with the vectors.
-constexpr bool kWinogradPreferred = false;
+// Which conv2 path is faster on AVX-512 depends on the processor (bench/README.md). On a
+// 16-core Intel Xeon the direct kernel ran conv2 forward in 2.1-2.3 ms, Winograd in
+// 2.7-3.5 ms: its transforms do not widen with the vectors. On a 2-core AMD EPYC (family
+// 1Ah, Zen 5) Winograd gave 8-16% more ref-CNN training and inference img/s at 1 and
+// 2 threads. AD_WINOGRAD=0|1 overrides the choice.
+bool winograd_preferred() { return cpu_vendor_amd(); }
 #include "ops/conv2d_simd.inc"
 }  // namespace ad::conv::isa_avx512
 #if defined(__clang__)

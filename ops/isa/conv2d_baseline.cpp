@@ -13,7 +13,7 @@ namespace ad::conv::isa_baseline {
 constexpr std::size_t kVectorBytes = 16;
 constexpr std::size_t kAccRegs = 12;
 constexpr Isa kIsa = Isa::Baseline;
-constexpr bool kWinogradPreferred = true;
+bool winograd_preferred() { return true; }
 #include "ops/conv2d_simd.inc"
 }  // namespace ad::conv::isa_baseline
 
