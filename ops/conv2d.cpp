@@ -119,16 +119,11 @@ WinogradPlan winograd_plan(const conv::Kernels<float>& kn, std::size_t C, std::s
 }
 
 // U for the 5x5 kernels k (O, C, 5, 5) (ops/conv2d_simd.inc), zero in the padding
-// channels: call from every thread of a team (an omp for over the output channels).
+// channels: call from every thread of a team (an omp for over the input channels, each
+// thread writing whole rows of U).
 void winograd_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan& pl, const float* k, float* U) {
 #pragma omp for schedule(static)
-  for (std::size_t o = 0; o < pl.Opad; ++o) {
-    if (o < pl.O) {
-      kn.wino_kernel(k, pl.C, pl.Opad, o, o + 1, U);
-    } else {
-      for (std::size_t i = 0; i < 36 * pl.C; ++i) U[i * pl.Opad + o] = 0.0f;
-    }
-  }
+  for (std::size_t c = 0; c < pl.C; ++c) kn.wino_kernel(k, pl.C, pl.O, pl.Opad, c, c + 1, U);
 }
 
 DirectPlan direct_plan(const ConvGeom& g, std::size_t chan) {
