@@ -145,9 +145,11 @@ case "$cmd" in
     # The whole suite, examples and their end-to-end runs included, except the gdb test
     # (CMake leaves gdb_tape_demo out of a sanitizer build). No suppressions: libgomp's thread pool and OpenBLAS's buffers are still reachable
     # at exit, so LeakSanitizer has nothing to report about them (README, "Errors and
-    # guarantees"). check_initialization_order catches static-init order bugs.
+    # guarantees"). check_initialization_order catches static-init order bugs between
+    # translation units; the libraries are unity builds here (AD_UNITY_BUILD: CI time), so
+    # between files of one batch it does not (README, "Tests").
     ensure_packages "${BASE_PACKAGES[@]}"
-    cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DAD_SANITIZE=ON -DAD_BUILD_EXAMPLES=ON >/dev/null
+    cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DAD_SANITIZE=ON -DAD_BUILD_EXAMPLES=ON -DAD_UNITY_BUILD=ON >/dev/null
     cmake --build build/asan -j2
     ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --test-dir build/asan --output-on-failure -j2 "$@"

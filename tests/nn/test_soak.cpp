@@ -64,7 +64,8 @@ TEST(Soak, TenThousandTrainingStepsKeepTheResidentSetFlat) {
 
   constexpr std::size_t kSteps = 10'000, kWarmupSteps = 1'000;
   ASSERT_EQ(batches.num_batches(), 10u);
-  std::size_t steps = 0, rss_after_warmup = 0;
+  std::size_t steps = 0;
+  [[maybe_unused]] std::size_t rss_after_warmup = 0;  // read outside the ASan build only
   double first_loss = 0, last_loss = 0;
   for (std::uint64_t epoch = 0; steps < kSteps; ++epoch) {
     batches.start_epoch(epoch);
@@ -74,7 +75,7 @@ TEST(Soak, TenThousandTrainingStepsKeepTheResidentSetFlat) {
     last_loss = s.loss;
     if (steps == kWarmupSteps) rss_after_warmup = rss_bytes();
   }
-  const std::size_t rss_end = rss_bytes();
+  [[maybe_unused]] const std::size_t rss_end = rss_bytes();
   ad::set_num_threads(threads);
   EXPECT_EQ(steps, kSteps);
   // The steps did train (the loop is not a no-op): the fixed tiny set is memorised.
