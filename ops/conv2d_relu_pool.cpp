@@ -29,6 +29,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -69,6 +70,24 @@ Tensor<T>& grad_z_buffer(const Shape& zs) {
   if (buffers.size() == 4) buffers.erase(buffers.begin());  // the oldest shape goes
   buffers.emplace_back(zs);
   return buffers.back();
+}
+
+// dst[s_i] += g_i wherever y_i passed ReLU (!(y_i <= 0)), over one plane's windows.
+// Without a branch on the data: the mask is about half zeros, and mispredicting it made
+// the branchy loop 8% of a training step. A window that passes nothing adds +0 (to its
+// winner, or to dst[0] where it has none): x + 0 is x for every x but -0, and dst holds
+// no -0 (it starts at +0 and only gains sums). Not vectorised: GCC would use AVX-512
+// scatters, which made it 3x slower on an AMD Zen 5.
+template <class T>
+__attribute__((optimize("no-tree-vectorize"))) void scatter_live(const T* g, const T* y, const int32_t* am,
+                                                                  std::size_t n, T* dst) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  for (std::size_t o = 0; o < n; ++o) {
+    const int32_t a = am[o];
+    // masks and bit operations: GCC compiles `live ? g : 0` to a branch
+    const Bits live = Bits(0) - Bits((a >= 0) & !(y[o] <= T(0)));
+    dst[a & ~(a >> 31)] += std::bit_cast<T>(std::bit_cast<Bits>(g[o]) & live);
+  }
 }
 
 }  // namespace
@@ -131,9 +150,7 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   for (std::size_t pl = 0; pl < planes; ++pl) {
     T* dst = gzp + pl * in_plane;
     std::fill(dst, dst + in_plane, T(0));
-    const int32_t* am = argmax.data() + pl * out_plane;
-    for (std::size_t o = pl * out_plane; o < (pl + 1) * out_plane; ++o, ++am)
-      if (*am >= 0 && !(yp[o] <= T(0))) dst[*am] += gp[o];
+    scatter_live(gp + pl * out_plane, yp + pl * out_plane, argmax.data() + pl * out_plane, out_plane, dst);
   }
   conv2d_vjp(gz, x, k, conv, grad_x, grad_k, grad_b);
 }
