@@ -242,7 +242,6 @@ void conv2d_relu_max_pool2d_kinks(const Attrs& attrs, std::size_t which, std::sp
   const Pool2dOptions& p = a.pool;
   const std::ptrdiff_t PH = (OH + 2 * p.padding[0] - p.window[0]) / p.stride[0] + 1;
   const std::ptrdiff_t PW = (OW + 2 * p.padding[1] - p.window[1]) / p.stride[1] + 1;
-  const bool zero_pad = p.max_padding == MaxPoolPadding::Zero;
   auto mark = [&](std::ptrdiff_t n, std::ptrdiff_t o, std::ptrdiff_t i, std::ptrdiff_t j) {  // z[n,o,i,j] is near
     if (which == 1) {
       std::fill(at.begin() + o * Cg * KH * KW, at.begin() + (o + 1) * Cg * KH * KW, true);
@@ -265,13 +264,7 @@ void conv2d_relu_max_pool2d_kinks(const Attrs& attrs, std::size_t which, std::sp
       const double* zp = z.data() + (n * O + o) * OH * OW;
       for (std::ptrdiff_t i = 0; i < PH; ++i)
         for (std::ptrdiff_t j = 0; j < PW; ++j) {
-          cand.clear();
-          for (std::ptrdiff_t u = 0; u < p.window[0]; ++u)
-            for (std::ptrdiff_t v = 0; v < p.window[1]; ++v) {
-              const std::ptrdiff_t h = i * p.stride[0] + u - p.padding[0], w = j * p.stride[1] + v - p.padding[1];
-              if (h >= 0 && h < OH && w >= 0 && w < OW) cand.emplace_back(zp[h * OW + w], h * OW + w);
-              else if (zero_pad) cand.emplace_back(0.0, -1);
-            }
+          detail::max_pool2d_window(zp, OH, OW, i, j, p, cand);
           double best = -INFINITY;
           for (const auto& c : cand) best = std::max(best, c.first);
           if (best < -mz) continue;  // the output is 0 and stays 0

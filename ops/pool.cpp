@@ -339,6 +339,7 @@ std::string pool2d_format(const Attrs& attrs, std::span<const int32_t>) {
                      a.padding[0], a.padding[1], a.max_padding == MaxPoolPadding::Zero ? " pad_value=0" : "");
 }
 
+
 // Max pooling is not differentiable where a window's best two candidates are within
 // `margin`: marks those near-winners (a padding zero is a candidate with
 // MaxPoolPadding::Zero, but is not an element of x).
@@ -348,19 +349,12 @@ void max_pool2d_kinks(const Attrs& attrs, std::size_t, const Tensor<double>& x, 
   const std::size_t planes = x.shape()[0] * x.shape()[1];
   const std::ptrdiff_t OH = (H + 2 * a.padding[0] - a.window[0]) / a.stride[0] + 1;
   const std::ptrdiff_t OW = (W + 2 * a.padding[1] - a.window[1]) / a.stride[1] + 1;
-  const bool zero_pad = a.max_padding == MaxPoolPadding::Zero;
   std::vector<std::pair<double, std::ptrdiff_t>> cand;  // (value, index in plane; -1 = padding)
   for (std::size_t pl = 0; pl < planes; ++pl) {
     const double* xp = x.data() + pl * static_cast<std::size_t>(H * W);
     for (std::ptrdiff_t i = 0; i < OH; ++i)
       for (std::ptrdiff_t j = 0; j < OW; ++j) {
-        cand.clear();
-        for (std::ptrdiff_t p = 0; p < a.window[0]; ++p)
-          for (std::ptrdiff_t q = 0; q < a.window[1]; ++q) {
-            const std::ptrdiff_t ih = i * a.stride[0] + p - a.padding[0], iw = j * a.stride[1] + q - a.padding[1];
-            if (ih >= 0 && ih < H && iw >= 0 && iw < W) cand.emplace_back(xp[ih * W + iw], ih * W + iw);
-            else if (zero_pad) cand.emplace_back(0.0, -1);
-          }
+        detail::max_pool2d_window(xp, H, W, i, j, a, cand);
         double best = -INFINITY;
         for (const auto& c : cand) best = std::max(best, c.first);
         std::size_t near = 0;
@@ -645,5 +639,18 @@ AD_REGISTER_OP(global_avg_pool2d_op);
 AD_INSTANTIATE(float)
 AD_INSTANTIATE(double)
 #undef AD_INSTANTIATE
+
+namespace detail {
+void max_pool2d_window(const double* plane, std::ptrdiff_t H, std::ptrdiff_t W, std::ptrdiff_t i, std::ptrdiff_t j,
+                       const Pool2dOptions& p, std::vector<std::pair<double, std::ptrdiff_t>>& cand) {
+  cand.clear();
+  for (std::ptrdiff_t u = 0; u < p.window[0]; ++u)
+    for (std::ptrdiff_t v = 0; v < p.window[1]; ++v) {
+      const std::ptrdiff_t h = i * p.stride[0] + u - p.padding[0], w = j * p.stride[1] + v - p.padding[1];
+      if (h >= 0 && h < H && w >= 0 && w < W) cand.emplace_back(plane[h * W + w], h * W + w);
+      else if (p.max_padding == MaxPoolPadding::Zero) cand.emplace_back(0.0, -1);
+    }
+}
+}  // namespace detail
 
 }  // namespace ad

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <source_location>
+#include <utility>
 #include <vector>
 
 #include "autodiff/tape.hpp"
@@ -111,5 +113,14 @@ template <class T>
 Value global_avg_pool2d(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
 template <class T> void global_avg_pool2d_forward(const Tensor<T>& x, Tensor<T>& y);
 template <class T> void global_avg_pool2d_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x);
+
+namespace detail {
+// The candidates of max pooling's window (i, j) over one (H, W) plane, for the kink
+// finders (max_pool2d's, conv2d_relu_max_pool2d's): (value, index h*W + w) for each
+// element in the window and, with MaxPoolPadding::Zero, (0, -1) for each padding
+// position. Replaces the contents of cand.
+void max_pool2d_window(const double* plane, std::ptrdiff_t H, std::ptrdiff_t W, std::ptrdiff_t i, std::ptrdiff_t j,
+                       const Pool2dOptions& p, std::vector<std::pair<double, std::ptrdiff_t>>& cand);
+}  // namespace detail
 
 }  // namespace ad
