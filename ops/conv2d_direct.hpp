@@ -168,7 +168,8 @@ struct Kernels {
   bool wino_preferred;
   // Pixels per register tile = tiles per block, for `chan` channels a tile.
   std::size_t (*wino_block)(std::size_t chan);
-  // U[xi][c][o] = (G k[o,c] G^T)[xi] for output channels [o0, o1); k (O, C, 5, 5), U (36, C, Opad).
+  // U[xi][c][o] = (G k[o,c] G^T)[xi] for input channels [c0, c1), every o < O, and 0 for
+  // O <= o < Opad; k (O, C, 5, 5), U (36, C, Opad).
   void (*wino_kernel)(const T* k, std::size_t C, std::size_t O, std::size_t Opad, std::size_t c0, std::size_t c1, T* U);
   // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, k) by Winograd.
   // grid: grid_size() scratch, blk: block_scratch() scratch, yt: OH*OW*Opad scratch.

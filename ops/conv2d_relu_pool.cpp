@@ -79,9 +79,14 @@ Tensor<T>& grad_z_buffer(const Shape& zs) {
 // no -0 (it starts at +0 and only gains sums). Not vectorised: GCC would use AVX-512
 // scatters, which made it 3x slower on an AMD Zen 5.
 template <class T>
-__attribute__((optimize("no-tree-vectorize"))) void scatter_live(const T* g, const T* y, const int32_t* am,
-                                                                  std::size_t n, T* dst) {
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-vectorize")))
+#endif
+void scatter_live(const T* g, const T* y, const int32_t* am, std::size_t n, T* dst) {
   using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+#if defined(__clang__)
+#pragma clang loop vectorize(disable)
+#endif
   for (std::size_t o = 0; o < n; ++o) {
     const int32_t a = am[o];
     // masks and bit operations: GCC compiles `live ? g : 0` to a branch

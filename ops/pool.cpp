@@ -339,7 +339,6 @@ std::string pool2d_format(const Attrs& attrs, std::span<const int32_t>) {
                      a.padding[0], a.padding[1], a.max_padding == MaxPoolPadding::Zero ? " pad_value=0" : "");
 }
 
-
 // Max pooling is not differentiable where a window's best two candidates are within
 // `margin`: marks those near-winners (a padding zero is a candidate with
 // MaxPoolPadding::Zero, but is not an element of x).
