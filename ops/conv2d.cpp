@@ -98,6 +98,15 @@ using conv::WinogradPlan;
 // channels and 0.46 at 16, where the direct sum uses 0.06-0.16; at 64 it reaches the
 // limit, so wider layers stay direct. Whether it is used: WinogradMode (ops/conv2d.hpp).
 constexpr std::size_t kWinogradMinC = 4, kWinogradMaxC = 32;
+// dJ/dK by Winograd (conv2d_vjp) sums over every 2x2 tile of every image instead: its
+// float error grows with that count, not with the channels. Against double, on inputs,
+// kernels and output gradients uniform in [-1, 1], the worst element used 0.70 of the
+// float path's gradient tolerance (1e-3 absolute + 1e-4 relative, tests/ops/test_isa)
+// at ref-CNN's conv2 and batch 64 (12 seeds, 16 and 32 input channels), 0.50-0.66 at the
+// same tile count on 28x28 and 56x56 inputs, 0.80-0.86 at batch 128 and up to 1.18 at
+// batch 256; the direct sum used 0.04-0.17. So it is used up to 64 images of 7x7 tiles
+// (or as many tiles in fewer, larger images) per call; a larger batch stays direct.
+constexpr std::size_t kWinogradDkMaxTiles = 64 * 49;
 std::atomic<int> g_winograd{-1};  // a WinogradMode; -1: not read yet from AD_WINOGRAD
 
 bool winograd_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW, std::size_t sh,
@@ -124,6 +133,42 @@ WinogradPlan winograd_plan(const conv::Kernels<float>& kn, std::size_t C, std::s
 void winograd_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan& pl, const float* k, float* U) {
 #pragma omp for schedule(static)
   for (std::size_t c = 0; c < pl.C; ++c) kn.wino_kernel(k, pl.C, pl.O, pl.Opad, c, c + 1, U);
+}
+
+// dK[o, c] += G^T M[c][o] G (5x5 from 6x6) for every input channel c, M the sum in
+// thread order of the team's dJ/dK partials (each (36, C, Opad), `part` apart); G is
+// F(2x2, 5x5)'s kernel transform (ops/conv2d_simd.inc, winograd_g), applied in double.
+// dk points at dK[o] (C, 5, 5).
+template <class T>
+void wino_dk_output(const double* partial, std::size_t part, std::size_t team, std::size_t C, std::size_t Opad,
+                    std::size_t o, T* dk) {
+  static constexpr double G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
+                                     {1.0 / 6, 1.0 / 6, 1.0 / 6, 1.0 / 6, 1.0 / 6},
+                                     {1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
+                                     {0, 0, 0, 0, 1}};
+  for (std::size_t c = 0; c < C; ++c) {
+    double m[6][6];
+    for (std::size_t xi = 0; xi < 36; ++xi) {
+      double s = partial[(xi * C + c) * Opad + o];
+      for (std::size_t t = 1; t < team; ++t) s += partial[t * part + (xi * C + c) * Opad + o];
+      m[xi / 6][xi % 6] = s;
+    }
+    double mg[6][5];  // M G
+    for (std::size_t a = 0; a < 6; ++a)
+      for (std::size_t q = 0; q < 5; ++q) {
+        double s = 0;
+        for (std::size_t b = 0; b < 6; ++b) s += m[a][b] * G[b][q];
+        mg[a][q] = s;
+      }
+    for (std::size_t p = 0; p < 5; ++p)
+      for (std::size_t q = 0; q < 5; ++q) {
+        double s = 0;
+        for (std::size_t a = 0; a < 6; ++a) s += G[a][p] * mg[a][q];
+        dk[(c * 5 + p) * 5 + q] += static_cast<T>(s);
+      }
+  }
 }
 
 DirectPlan direct_plan(const ConvGeom& g, std::size_t chan) {
@@ -320,20 +365,37 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         }
   }
 
+  // dJ/dK by Winograd where the forward would use it (float) and the batch is small
+  // enough (kWinogradDkMaxTiles): the 36 x (C_in, Opad) sums M of ops/conv2d_simd.inc,
+  // dK = G^T M G at the end. Opad is the direct plan's (the same chan_block(O)), which
+  // the bias's partials and gt use too.
+  std::optional<WinogradPlan> plk;
+  if constexpr (std::is_same_v<T, float>)
+    if (grad_k && !one && winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw) && kn.wino_dk_image) {
+      plk.emplace(winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw));
+      if (g.N * plk->tiles() > kWinogradDkMaxTiles) plk.reset();
+    }
+
   // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
   // partials are added in thread order at the end of the same parallel region, so the
-  // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct path, (C_out, C_in) for
-  // a 1x1 kernel; dJ/db partials have Opad entries.
-  const std::size_t kpart = one ? g.O * CKK : CKK * pl.Opad;
+  // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct
+  // path, (36, C_in, Opad) by Winograd, (C_out, C_in) for a 1x1 kernel; dJ/db partials
+  // have Opad entries.
+  const std::size_t kpart = one ? g.O * CKK : plk ? 0 : CKK * pl.Opad;
   const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();
   T* partial = scratch<T>(static_cast<std::size_t>(nt) * part, 3);
+  // Winograd's dJ/dK partials M, (36, C_in, Opad) each, in double (ops/conv2d_simd.inc)
+  const std::size_t mpart = plk ? 36 * g.C * pl.Opad : 0;
+  double* mpartial = plk ? scratch<double>(static_cast<std::size_t>(nt) * mpart, 0) : nullptr;
 #pragma omp parallel num_threads(nt) if (worth_threads(g))
   {
     const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
     T* gk = partial + static_cast<std::size_t>(omp_get_thread_num()) * part;
     T* gb = gk + kpart;
     std::fill(gk, gk + part, T(0));  // each thread its own partials
+    double* gm = mpartial + static_cast<std::size_t>(omp_get_thread_num()) * mpart;
+    std::fill(gm, gm + mpart, 0.0);
     if constexpr (std::is_same_v<T, float>)
       if (plw) winograd_kernels_in_team(kn, *plw, kflip, wflip);
 #pragma omp for schedule(static)
@@ -351,7 +413,11 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         T* gt = scratch<T>(P * pl.Opad, 2);
         kn.planes_to_pixels(gn, g.O, P, pl.Opad, gt);
         if (grad_b) kn.bias_sum(gt, P, pl.Opad, gb);
-        if (grad_k) {
+        if (plk) {
+          if constexpr (std::is_same_v<T, float>)
+            kn.wino_dk_image(*plk, xn, gt, scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5),
+                             gm);
+        } else if (grad_k) {
           T* xp = scratch<T>(pl.padded_size(), 0);
           kn.pad_columns(xn, pl, xp);
           kn.dk_image(pl, xp, gt, gk);
@@ -382,10 +448,11 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
     // each thread for its share of the output channels (after the loop's barrier).
     // dK is (C_out, C_in, KH, KW); the direct path's partials are (C*KH*KW, Opad).
 #pragma omp for schedule(static)
-    for (std::size_t o = 0; o < g.O; ++o)
+    for (std::size_t o = 0; o < g.O; ++o) {
+      if (plk) wino_dk_output(mpartial, mpart, team, g.C, pl.Opad, o, grad_k->data() + o * CKK);
       for (std::size_t t = 0; t < team; ++t) {
         const T* pk = partial + t * part;
-        if (grad_k) {
+        if (grad_k && !plk) {
           T* dst = grad_k->data() + o * CKK;
           if (one)
             for (std::size_t i = 0; i < CKK; ++i) dst[i] += pk[o * CKK + i];
@@ -394,6 +461,7 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
         }
         if (grad_b) grad_b->data()[o] += pk[kpart + o];
       }
+    }
   }
 }
 

@@ -122,6 +122,8 @@ struct WinogradPlan {
   std::size_t chan;    // output channels per register tile
   std::size_t Opad;    // O rounded up to chan
   std::size_t block;   // tiles per block (the register tile's pixel count)
+  std::size_t dk_block;  // tiles per block of dJ/dK's GEMMs (their inner dimension)
+  std::size_t dk_stride;  // dk_block + 1: the tiles of one xi in dJ/dK's block scratch
 
   WinogradPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t ph_, std::size_t pw_,
                std::size_t lanes, std::size_t chan_, std::size_t block_)
@@ -132,7 +134,17 @@ struct WinogradPlan {
     GH = 2 * TH + 4, GW = 2 * TW + 4;
     Cpad = round_up(C, lanes);
     Opad = round_up(O, chan);
+    dk_block = std::min<std::size_t>(tiles(), kDkBlock);
+    dk_stride = dk_block + 1;
   }
+  // dJ/dK's blocks: long enough that its accumulators, added to M once a block, cost
+  // little against the block's FMAs (ref-CNN's conv2, 49 tiles: one block of 49 trained
+  // 5% faster than two of 25); short enough that a block's transforms (36 x 50 x (16 +
+  // 32) floats for conv2: 345 KB) stay in a core's L2. The 36 positions xi are
+  // dk_stride = dk_block + 1 tiles apart: 32 apart, a tile's 36 transformed gradients
+  // (32 x 128 bytes = 4 KB apart) fell into one set of the L1 cache and evicted each
+  // other, and the transforms took longer than the block's FMAs.
+  static constexpr std::size_t kDkBlock = 64;
   std::size_t tiles() const { return TH * TW; }
   // the padded input grid (GH, GW, Cpad), then its column transforms per tile row
   // (TH, 6, GW, Cpad): B^T applied down each column of the tile row's 6 input rows
@@ -140,6 +152,8 @@ struct WinogradPlan {
   std::size_t grid_size() const { return grid_elems() + TH * 6 * GW * Cpad; }
   // transformed input and products of one block: 36 x block x Cpad and 36 x block x Opad
   std::size_t block_scratch() const { return 36 * block * (Cpad + Opad); }
+  // dJ/dK's: transformed windows and output gradients of one block
+  std::size_t dk_scratch() const { return 36 * dk_stride * (Cpad + Opad); }
 };
 
 // The per-image kernels of one instruction set (ops/conv2d_simd.inc). The caller owns
@@ -180,6 +194,10 @@ struct Kernels {
   // pixel-major, no bias (conv_image and wino_image are these, then the transpose).
   void (*conv_pixels)(const DirectPlan& pl, const T* in, const T* w, T* xp, T* yt) = nullptr;
   void (*wino_pixels)(const WinogradPlan& pl, const T* in, const T* U, T* grid, T* blk, T* yt) = nullptr;  // float
+  // dJ/dK by Winograd (float): M (36, C, Opad) += sum over in's tiles of (A U A^T) (.)
+  // (B^T D B), U from gt (OH*OW, Opad) = dJ/dy pixel-major; dK = G^T M G (conv2d.cpp).
+  // M in double. grid: grid_size() scratch, blk: dk_scratch() scratch.
+  void (*wino_dk_image)(const WinogradPlan& pl, const T* in, const T* gt, T* grid, T* blk, double* M) = nullptr;
   // ReLU and 2x2/2 max pooling as the output pass (ops/conv2d_relu_pool.cpp):
   // out (O, PH*PW) = relu(max_2x2(yt + bias)), argmax (null: not wanted) the winners'
   // indices h*OW + w; bias has Opad entries; pt and it are PH*PW*Opad scratch (it: of

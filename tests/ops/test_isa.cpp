@@ -45,6 +45,8 @@ const Geometry kGeometries[] = {
     {"winograd_odd", {2, 8, 13, 11}, {7, 8, 5, 5}, {2, 2}, {1, 1}},
     {"winograd_pad0_pad1", {1, 5, 12, 9}, {9, 5, 5, 5}, {0, 1}, {1, 1}},
     {"winograd_32_in", {1, 32, 10, 10}, {12, 32, 5, 5}, {2, 2}, {1, 1}},
+    // 90 tiles an image: dJ/dK by Winograd in two blocks (WinogradPlan::kDkBlock)
+    {"winograd_two_blocks", {2, 4, 20, 18}, {5, 4, 5, 5}, {2, 2}, {1, 1}},
 };
 
 // y, dJ/dx, dJ/dk, dJ/db by the definitions (design document, section 3.1.5), for the
@@ -135,6 +137,41 @@ TEST(Isa, SetIsaRefusesWhatThisProcessorCannotRun) {
     }
   }
   EXPECT_TRUE(isa_supported(Isa::Baseline));
+}
+
+// dJ/dK by Winograd sums the products of every tile of every image in its transformed
+// space, where they are about 100 times the result: its float error grows with the
+// batch (ops/conv2d.cpp, kWinogradDkMaxTiles). At ref-CNN's conv2 and training batch,
+// the largest batch it is used for, it stays within the float path's tolerance; one
+// image more and dJ/dK is the direct sum's, bit for bit.
+TEST(Isa, WinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
+  const IsaGuard guard;
+  struct ModeGuard {
+    ~ModeGuard() { set_conv2d_winograd(WinogradMode::Auto); }
+  } mode_guard;
+  const Conv2dOptions opt{.padding = {2, 2}};
+  for (const std::size_t n : {std::size_t{64}, std::size_t{65}}) {
+    SCOPED_TRACE(fmt::format("batch {}", n));
+    const T64 x = uniform({n, 16, 14, 14}, 900 + n), k = uniform({32, 16, 5, 5}, 901), g = uniform({n, 32, 14, 14}, 902);
+    T64 want = xt::zeros<double>(k.shape());
+    conv2d_vjp<double>(g, x, k, opt, nullptr, &want, nullptr);
+    const Tensor<float> xf = xt::cast<float>(x), kf = xt::cast<float>(k), gf = xt::cast<float>(g);
+    for (Isa isa : supported_isas()) {
+      set_isa(isa);
+      SCOPED_TRACE(isa_name(isa));
+      Tensor<float> wino = xt::zeros<float>(k.shape()), direct = xt::zeros<float>(k.shape());
+      set_conv2d_winograd(WinogradMode::On);
+      conv2d_vjp<float>(gf, xf, kf, opt, nullptr, &wino, nullptr);
+      set_conv2d_winograd(WinogradMode::Off);
+      conv2d_vjp<float>(gf, xf, kf, opt, nullptr, &direct, nullptr);
+      EXPECT_TRUE(all_close(xt::cast<double>(wino), want, 1e-4, 1e-3));
+      if (n == 64)
+        EXPECT_FALSE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0))
+            << "dJ/dK by Winograd was not used at batch 64";
+      else
+        EXPECT_TRUE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0)) << "batch 65 is direct";
+    }
+  }
 }
 
 // Which variants this run checked. A variant this processor cannot run is shipped
