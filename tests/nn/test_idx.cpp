@@ -22,6 +22,7 @@
 
 #include "nn/data.hpp"
 #include "nn/idx.hpp"
+#include "ops/blas.hpp"  // ad::set_num_threads
 #include "tests/nn/nn_test_util.hpp"
 
 namespace test_idx {
@@ -620,6 +621,33 @@ TEST(BatchIterator, ShuffleOrderIsPinnedAcrossPlatforms) {
   nn::BatchIterator it(d, 4, true, 42);
   EXPECT_EQ(epoch_order(it, 0), (std::vector<std::size_t>{9, 6, 2, 0, 1, 4, 3, 8, 5, 7}));
   EXPECT_EQ(epoch_order(it, 1), (std::vector<std::size_t>{5, 4, 1, 3, 0, 2, 7, 8, 6, 9}));
+}
+
+// The images of a batch are converted by the OpenMP threads together (64 of 28 x 28
+// here: above the loop's threshold); each image's shift and flip depend only on its
+// position, so every batch is the same bit for bit on any number of threads.
+TEST(BatchIterator, TheBatchesDoNotDependOnTheNumberOfThreads) {
+  const nn::Dataset d = make_dataset(150, 28, 28);
+  for (const bool augment : {false, true}) {
+    SCOPED_TRACE(augment ? "augmented" : "plain");
+    auto epoch = [&](int threads) {
+      const int before = ad::num_threads();
+      ad::set_num_threads(threads);
+      nn::BatchIterator it(d, 64, true, 5);
+      if (augment) it.set_augmentation({.max_shift = 2, .horizontal_flip = true});
+      it.start_epoch(1);
+      std::vector<xt::xarray<float>> batches;
+      xt::xarray<float> images;
+      std::vector<int> labels;
+      while (it.next(images, labels)) batches.push_back(images);
+      ad::set_num_threads(before);
+      return batches;
+    };
+    const std::vector<xt::xarray<float>> one = epoch(1), three = epoch(3);
+    ASSERT_EQ(one.size(), 3u);
+    ASSERT_EQ(three.size(), one.size());
+    for (std::size_t b = 0; b < one.size(); ++b) EXPECT_TRUE(one[b] == three[b]) << "batch " << b;
+  }
 }
 
 // Data-parallel shards (nn/distributed): rank r of P gets rows [r*B/P, (r+1)*B/P) of
