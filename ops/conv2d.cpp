@@ -371,10 +371,9 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
   // the bias's partials and gt use too.
   std::optional<WinogradPlan> plk;
   if constexpr (std::is_same_v<T, float>)
-    if (grad_k && !one && winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw) && kn.wino_dk_image) {
-      plk.emplace(winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw));
-      if (g.N * plk->tiles() > kWinogradDkMaxTiles) plk.reset();
-    }
+    if (grad_k && !one && winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw) && kn.wino_dk_image)
+      if (const WinogradPlan p = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw); g.N * p.tiles() <= kWinogradDkMaxTiles)
+        plk.emplace(p);
 
   // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
   // partials are added in thread order at the end of the same parallel region, so the
