@@ -36,13 +36,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <latch>
 #include <map>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench_util.hpp"
@@ -98,6 +101,74 @@ double idle_share(double seconds) {
   if (!sample(b1, i1)) return -1;
   const double busy = static_cast<double>(b1 - b0), idle = static_cast<double>(i1 - i0);
   return busy + idle > 0 ? idle / (busy + idle) : -1;
+}
+
+// The machine's own scaling ceiling. A VM's "cores" may be hyperthreads of one physical
+// core, or share it with other guests; then no program scales by the thread count, and
+// an engine's scaling means something only next to what the machine gives. Each thread
+// runs the same register-only loop (24 independent multiply-add chains on 8-float
+// vectors: no memory traffic, no synchronisation); throughput over one thread's, at each
+// thread count. `lockstep`: all threads' work over the slowest thread's time, what a
+// program that splits its work evenly and waits at a barrier can reach; `balanced`: the
+// sum of the threads' own rates, what perfect load balancing could reach.
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+__attribute__((target_clones("avx2", "default")))
+#endif
+float fma_loop(long iters) {
+  using V = float __attribute__((vector_size(32)));
+  constexpr int kChains = 24;
+  V a[kChains];
+  const V m = V{} + 0.9999999f, c = V{} + 1e-7f;
+  for (int k = 0; k < kChains; ++k) a[k] = V{} + (1.0f + static_cast<float>(k) * 1e-3f);
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 24
+    for (int k = 0; k < kChains; ++k) a[k] = a[k] * m + c;
+  }
+  float s = 0;
+  for (int k = 0; k < kChains; ++k) s += a[k][0];
+  return s;
+}
+
+struct MachineScaling {
+  double lockstep = 0, balanced = 0;  // throughput at t threads over throughput at 1
+};
+
+// One measurement at each of `threads` (the first is the base); `iters` per thread.
+std::vector<MachineScaling> machine_scaling(const std::vector<int>& threads, long iters) {
+  std::vector<std::pair<double, double>> rate;  // (lockstep, balanced) iterations per second
+  for (const int t : threads) {
+    std::vector<double> secs(static_cast<std::size_t>(t));
+    std::vector<float> sink(static_cast<std::size_t>(t));
+    std::latch start(t);
+    std::vector<std::thread> team;
+    for (int i = 0; i < t; ++i)
+      team.emplace_back([&, i] {
+        start.arrive_and_wait();
+        const auto t0 = std::chrono::steady_clock::now();
+        sink[static_cast<std::size_t>(i)] = fma_loop(iters);
+        secs[static_cast<std::size_t>(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      });
+    for (std::thread& th : team) th.join();
+    double slowest = 0, sum = 0;
+    for (const double s : secs) slowest = std::max(slowest, s), sum += static_cast<double>(iters) / s;
+    rate.emplace_back(static_cast<double>(t) * static_cast<double>(iters) / slowest, sum);
+  }
+  std::vector<MachineScaling> out;
+  for (const auto& [l, b] : rate) out.push_back({l / rate[0].first, b / rate[0].first});
+  return out;
+}
+
+// Iterations of fma_loop that take about `seconds` on one thread.
+long fma_iters_for(double seconds) {
+  long n = 1 << 16;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    volatile float s = fma_loop(n);
+    (void)s;
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (dt > 0.05) return static_cast<long>(static_cast<double>(n) * seconds / dt);
+    n *= 4;
+  }
 }
 
 std::string exe_dir() {
@@ -314,9 +385,22 @@ int main(int argc, char** argv) {
   // results[engine][config]
   std::map<std::string, std::map<std::string, Collected>> results;
   std::vector<std::string> checks;
+  // The machine's scaling ceiling (machine_scaling), measured before every configuration
+  // of every repetition: a shared host's speed drifts within minutes (measured here: the
+  // FMA loop's 2-thread scaling 1.9x in one minute, 0.6x in another), so it is sampled
+  // across the run as the engines are.
+  const long fma_iters = threads.size() > 1 ? fma_iters_for(quick ? 0.05 : 0.1) : 0;
+  std::vector<std::vector<MachineScaling>> machine;  // [sample][thread count]
   try {
-    for (int r = 0; r < reps; ++r)
+    for (int r = 0; r < reps; ++r) {
       for (const Config& c : configs) {
+        if (fma_iters > 0) {
+          machine.push_back(machine_scaling(threads, fma_iters));
+          std::fprintf(stderr, "rep %d/%d  machine scaling (FMA loop), lockstep:", r + 1, reps);
+          for (std::size_t i = 0; i < threads.size(); ++i)
+            std::fprintf(stderr, " %d thr %.2fx", threads[i], machine.back()[i].lockstep);
+          std::fprintf(stderr, "\n");
+        }
         std::vector<std::string> f = c.flags;
         f.insert(f.end(), common.begin(), common.end());
         for (std::size_t k = 0; k < engines.size(); ++k) {
@@ -334,6 +418,7 @@ int main(int argc, char** argv) {
                        c.name.c_str(), e.name.c_str(), bench::median(res.blocks), res.peak_rss_mb, res.loss);
         }
       }
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench: %s\n", e.what());
     return 1;
@@ -434,7 +519,20 @@ int main(int argc, char** argv) {
         }
         std::printf("\n");
       }
+      for (const bool lockstep : {true, false}) {
+        std::printf("| %-16s |", lockstep ? "machine lockstep" : "machine balanced");
+        for (std::size_t i = 0; i < threads.size(); ++i) {
+          std::vector<double> v;
+          for (const auto& m : machine) v.push_back(lockstep ? m[i].lockstep : m[i].balanced);
+          std::printf(" %6s %4.2fx |", "", med(v));
+        }
+        std::printf("\n");
+      }
     }
+    std::printf("machine: the same register-only FMA loop on every thread (bench.cpp, machine_scaling), its\n"
+                "throughput over %d thread%s; lockstep: all work over the slowest thread's time (an even split\n"
+                "with barriers can reach no more), balanced: the threads' rates summed (perfect balancing)\n",
+                threads[0], threads[0] == 1 ? "" : "s");
   }
 
   if (!checks.empty()) {
