@@ -76,7 +76,7 @@ ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a) {
 // A growing per-thread scratch buffer, kept across calls (no malloc churn per step).
 template <class T>
 T* scratch(std::size_t n, int which) {
-  thread_local std::vector<T> buf[7];
+  thread_local std::vector<T> buf[8];
   if (buf[which].size() < n) buf[which].resize(n);
   return buf[which].data();
 }
@@ -322,14 +322,18 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
 
 }  // namespace detail
 
+namespace {
+
+// conv2d_vjp on the plain path (is_plain): dJ/dy is grad_out's data gp (N, C_out, OH, OW)
+// or, where grad_image is set, written image by image into a buffer of the calling
+// thread by (*grad_image)(n, buffer) (detail::conv2d_vjp_images).
 template <class T>
-void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
-                Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
-  if (!is_plain(a)) return conv2d_general_vjp(grad_out, x, k, a, grad_x, grad_k, grad_b);  // conv2d_general.cpp
+void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn)>* grad_image, const Tensor<T>& x,
+                      const Tensor<T>& k, const Conv2dOptions& a, Tensor<T>* grad_x, Tensor<T>* grad_k,
+                      Tensor<T>* grad_b) {
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
-  const T* gp = grad_out.data();
   const T* kp = k.data();
   const bool one = g.one_by_one();
 
@@ -400,7 +404,14 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
 #pragma omp for schedule(static)
     for (std::size_t n = 0; n < g.N; ++n) {
       const T* xn = x.data() + n * g.C * HW;
-      const T* gn = gp + n * g.O * P;
+      const T* gn = nullptr;
+      if (grad_image) {
+        T* buf = scratch<T>(g.O * P, 7);
+        (*grad_image)(n, buf);
+        gn = buf;
+      } else {
+        gn = gp + n * g.O * P;
+      }
       // dK[o,c,p,q] += sum_{i,j} g[n,o,i,j] * x[n,c,i*sh+p-ph,j*sw+q-pw]
       // dJ/db_o += sum_{i,j} g[n,o,i,j]  (section 3.1.5: dJ/dvZ_j times the ones vector)
       if (one) {
@@ -463,6 +474,28 @@ void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& 
     }
   }
 }
+
+}  // namespace
+
+template <class T>
+void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
+                Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
+  if (!is_plain(a)) return conv2d_general_vjp(grad_out, x, k, a, grad_x, grad_k, grad_b);  // conv2d_general.cpp
+  conv2d_vjp_plain<T>(grad_out.data(), nullptr, x, k, a, grad_x, grad_k, grad_b);
+}
+
+namespace detail {
+
+template <class T>
+bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
+                       const std::function<void(std::size_t n, T* gn)>& grad_image, Tensor<T>* grad_x,
+                       Tensor<T>* grad_k, Tensor<T>* grad_b) {
+  if (!is_plain(a)) return false;
+  conv2d_vjp_plain<T>(nullptr, &grad_image, x, k, a, grad_x, grad_k, grad_b);
+  return true;
+}
+
+}  // namespace detail
 
 template <class T>
 Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt,
@@ -624,6 +657,9 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
   template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);    \
   template bool detail::conv2d_forward_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,   \
                                                  const std::function<void(std::size_t, const T*, std::size_t)>&); \
+  template bool detail::conv2d_vjp_images<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
+                                             const std::function<void(std::size_t, T*)>&, Tensor<T>*, Tensor<T>*, \
+                                             Tensor<T>*);                                                   \
   template Value conv2d_backward_kernel<T>(Tape<T>&, Value, Value, std::size_t, std::size_t, const Conv2dOptions&, \
                                            std::source_location);                                          \
   template Value conv2d_backward_input<T>(Tape<T>&, Value, Value, const Shape&, const Conv2dOptions&,     \

@@ -87,6 +87,18 @@ namespace detail {
 template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                            const std::function<void(std::size_t n, const T* yt, std::size_t Opad)>& out);
+
+// conv2d_vjp with dJ/dy made image by image instead of read from a tensor: in the VJP's
+// parallel loop over the images, grad_image(n, gn) writes image n's dJ/dy (C_out, OH,
+// OW) into gn, a buffer of the calling thread (contents unspecified before), which the
+// VJP then reads while it is in cache. The fused ops' VJPs scatter into it
+// (ops/conv2d_relu_pool.cpp), so the (N, C_out, OH, OW) gradient is never written in
+// full. Same results as conv2d_vjp on the tensor of those images. Returns false,
+// calling nothing, where the plain path does not apply (dilation, groups).
+template <class T>
+bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
+                       const std::function<void(std::size_t n, T* gn)>& grad_image, Tensor<T>* grad_x,
+                       Tensor<T>* grad_k, Tensor<T>* grad_b);
 }  // namespace detail
 
 // ---- conv2d's VJPs as ops, for higher-order gradients (autodiff/higher_order.hpp) ----

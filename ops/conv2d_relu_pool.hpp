@@ -51,7 +51,9 @@ void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, cons
                                     int32_t* argmax);
 
 // Adds dJ/dx, dJ/dk, dJ/db (the non-null ones) for dJ/dy = grad_out, given the forward's
-// output y and switches.
+// output y and switches. On conv2d's plain path dJ/dz (the convolution output's gradient)
+// is scattered image by image inside conv2d's VJP (detail::conv2d_vjp_images), so it
+// too never exists for the whole batch.
 template <class T>
 void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax,
                                 const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x,
