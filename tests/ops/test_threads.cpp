@@ -114,6 +114,48 @@ TEST(Threads, Conv2dAgreesWithOneThread) {
   }
 }
 
+// conv2d_relu_max_pool2d: its VJP makes dJ/dz image by image inside conv2d's VJP, in a
+// buffer of each thread of the team (detail::conv2d_vjp_images). Double through the
+// tape (the direct kernel); float called directly on ref-CNN's conv2 shape, the
+// Winograd path where the instruction set prefers it, on a team.
+TEST(Threads, FusedConvReluPoolAgreesWithOneThread) {
+  const std::vector<T64> in = {uniform({6, 3, 16, 16}, 1), uniform({8, 3, 3, 3}, 2, -0.5, 0.5), uniform({8}, 3)};
+  expect_same_on_every_thread_count(
+      [](Tape<double>& t, const std::vector<Value>& v) {
+        return conv2d_relu_max_pool2d(t, v[0], v[1], v[2], {.padding = {1, 1}});
+      },
+      in);
+  const Tensor<float> x = xt::cast<float>(uniform({6, 16, 14, 14}, 4));
+  const Tensor<float> k = xt::cast<float>(uniform({32, 16, 5, 5}, 5, -0.2, 0.2));
+  const Tensor<float> b = xt::cast<float>(uniform({32}, 6));
+  const Conv2dOptions conv{.padding = {2, 2}};
+  const Pool2dOptions pool{};
+  const Shape ys = conv2d_relu_max_pool2d_output_shape(to_shape(x.shape()), to_shape(k.shape()), nullptr, conv, pool);
+  Tensor<float> y(ys);
+  std::vector<int32_t> sw(y.size());
+  conv2d_relu_max_pool2d_forward(x, k, &b, conv, pool, y, sw.data());
+  const Tensor<float> g = xt::cast<float>(uniform(ys, 7));
+  auto vjp = [&](int threads, int* team) {
+    const int before = num_threads();
+    std::vector<Tensor<float>> grads = {xt::zeros<float>(x.shape()), xt::zeros<float>(k.shape()),
+                                        xt::zeros<float>(b.shape())};
+    auto run = [&] { conv2d_relu_max_pool2d_vjp(g, y, sw, x, k, conv, &grads[0], &grads[1], &grads[2]); };
+    if (team) {
+      *team = team_size_during(run);
+    } else {
+      set_num_threads(threads);
+      run();
+      set_num_threads(before);
+    }
+    return grads;
+  };
+  int team = 0;
+  const std::vector<Tensor<float>> one = vjp(1, nullptr), many = vjp(3, &team);
+  EXPECT_GE(team, 2);
+  for (std::size_t i = 0; i < one.size(); ++i)  // dK and db: per-thread partial sums, another order
+    EXPECT_TRUE(all_close(xt::cast<double>(many[i]), xt::cast<double>(one[i]), 1e-5, 1e-5)) << "gradient " << i;
+}
+
 // linear: the forward and dJ/dx by row blocks, dJ/dW as per-thread partial sums over
 // row blocks of the batch (ref-CNN's last layer: 64 x 1568 by 1568 x 10).
 TEST(Threads, LinearAgreesWithOneThread) {
