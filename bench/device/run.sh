@@ -17,7 +17,14 @@ B=$D/bin
 DATA=$D/data
 # QUICK=1: a smoke run of the whole script (to try it before spending device time)
 QUICK=${QUICK:-0}
-if [ "$QUICK" = 1 ]; then ISAS=avx2 REPS=1 BLOCKS=1 THREADS=1,2 BENCH_FLAGS=--quick; else ISAS="avx512 avx2" REPS=2 BLOCKS=5 THREADS=1,2,4,8,16 BENCH_FLAGS="--reps 3"; fi
+# The full run must fit one device command (10 minutes at most, and the session's device
+# time is 15 minutes with the machine's start): REPS (A/B rounds, default 1) and
+# BENCH_REPS (the table's repetitions, default 2) trade time for repetitions; each
+# phase's start time goes to $OUT/times.txt.
+if [ "$QUICK" = 1 ]; then ISAS=avx2 REPS=1 BLOCKS=1 THREADS=1,2 BENCH_FLAGS=--quick
+else ISAS="avx512 avx2" REPS=${REPS:-1} BLOCKS=5 THREADS=1,2,4,8,16 BENCH_FLAGS="--reps ${BENCH_REPS:-2}"; fi
+stamp() { echo "$(date -u +%T) $1" >> "$OUT/times.txt"; }
+stamp start
 {
   echo "date: $(date -u)"
   echo "cores: $(nproc)"
@@ -27,6 +34,7 @@ if [ "$QUICK" = 1 ]; then ISAS=avx2 REPS=1 BLOCKS=1 THREADS=1,2 BENCH_FLAGS=--qu
   $B/bench_ours --mode infer --threads 1 --warmup 0 --blocks 0 --data $DATA >/dev/null && echo "bench_ours starts"
 } 2>&1 | tee "$OUT/info.txt"
 
+stamp tests
 # Every kernel variant this processor runs, against double (AD_TEST_REQUIRE_ISAS: fail
 # if AVX-512 were missing here), then the conv and thread tests on each variant.
 {
@@ -39,6 +47,7 @@ if [ "$QUICK" = 1 ]; then ISAS=avx2 REPS=1 BLOCKS=1 THREADS=1,2 BENCH_FLAGS=--qu
 } > "$OUT/tests.txt" 2>&1
 echo "tests: $(grep -c 'PASSED' "$OUT/tests.txt") passed blocks, $(grep -c 'FAILED' "$OUT/tests.txt") FAILED lines"
 
+stamp ab
 # A/B inside one run: vector width and Winograd, ours alone, 1 and 16 threads.
 med() { grep '^block' | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 {
@@ -56,12 +65,15 @@ med() { grep '^block' | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print 
   done
 } 2>&1 | tee "$OUT/ab.txt"
 
+stamp ops
 # Per-op times, ours (the profile of a step), 1 and 16 threads.
 for t in 1 16; do
   $B/bench_ops --threads=$t --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
     --benchmark_min_time=0.05 2>&1 | grep -E '_median|^Run|CPU' > "$OUT/ops_$t.txt"
 done
 
+stamp bench
 # The table: ours and oneDNN, 1..16 threads.
 $B/bench --threads $THREADS $BENCH_FLAGS --no-ops --engines ours,onednn --data $DATA > "$OUT/bench.txt" 2> "$OUT/bench_log.txt"
 tail -40 "$OUT/bench.txt"
+stamp end
