@@ -107,8 +107,8 @@ double idle_share(double seconds) {
 // core, or share it with other guests; then no program scales by the thread count, and
 // an engine's scaling means something only next to what the machine gives. Each thread
 // runs the same register-only loop (12 independent multiply-add chains on 8-float
-// vectors: no memory traffic, no synchronisation); throughput over one thread's, at each
-// thread count. `lockstep`: all threads' work over the slowest thread's time, what a
+// vectors: no memory traffic, no synchronisation); throughput at each thread count over
+// the throughput at the first (the base; one thread in the default table). `lockstep`: all threads' work over the slowest thread's time, what a
 // program that splits its work evenly and waits at a barrier can reach; `balanced`: the
 // sum of the threads' own rates, what perfect load balancing could reach.
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -134,7 +134,7 @@ volatile float g_fma_mul = 0.9999999f, g_fma_add = 1e-7f;
 float fma_loop(long iters) { return fma_loop(iters, g_fma_mul, g_fma_add); }
 
 struct MachineScaling {
-  double lockstep = 0, balanced = 0;  // throughput at t threads over throughput at 1
+  double lockstep = 0, balanced = 0;  // throughput at t threads over the base's
 };
 
 // One measurement at each of `threads` (the first is the base); `iters` per thread.
