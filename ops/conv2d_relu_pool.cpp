@@ -144,11 +144,16 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   if (!grad_x && !grad_k && !grad_b) return;
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
-  // gz = M^T (g .* [!(y <= 0)]): zero, then each window's gradient to its winner
   const std::size_t planes = zs[0] * zs[1], in_plane = zs[2] * zs[3];
   const std::size_t out_plane = grad_out.shape()[2] * grad_out.shape()[3];
   const T* gp = grad_out.data();
   const T* yp = y.data();
+  // gz = M^T (g .* [!(y <= 0)]) for the plane pl = n * C_out + o: zero, then each
+  // window's gradient to its winner
+  auto make_plane = [&](std::size_t pl, T* dst) {
+    std::fill(dst, dst + in_plane, T(0));
+    scatter_live(gp + pl * out_plane, yp + pl * out_plane, argmax.data() + pl * out_plane, out_plane, dst);
+  };
   // Image by image inside conv2d's VJP where its plain path applies: each image's gz
   // is made in a buffer of the thread that then reads it, in cache, and the batch's gz
   // is never written in full.
@@ -156,12 +161,7 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   if (detail::conv2d_vjp_images<T>(
           x, k, conv,
           [&](std::size_t n, T* gzn) {
-            for (std::size_t o = 0; o < C; ++o) {
-              const std::size_t pl = n * C + o;
-              T* dst = gzn + o * in_plane;
-              std::fill(dst, dst + in_plane, T(0));
-              scatter_live(gp + pl * out_plane, yp + pl * out_plane, argmax.data() + pl * out_plane, out_plane, dst);
-            }
+            for (std::size_t o = 0; o < C; ++o) make_plane(n * C + o, gzn + o * in_plane);
           },
           grad_x, grad_k, grad_b))
     return;
@@ -169,11 +169,7 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   Tensor<T>& gz = grad_z_buffer<T>(zs);
   T* gzp = gz.data();
 #pragma omp parallel for schedule(static) if (planes * in_plane > 65536)
-  for (std::size_t pl = 0; pl < planes; ++pl) {
-    T* dst = gzp + pl * in_plane;
-    std::fill(dst, dst + in_plane, T(0));
-    scatter_live(gp + pl * out_plane, yp + pl * out_plane, argmax.data() + pl * out_plane, out_plane, dst);
-  }
+  for (std::size_t pl = 0; pl < planes; ++pl) make_plane(pl, gzp + pl * in_plane);
   conv2d_vjp(gz, x, k, conv, grad_x, grad_k, grad_b);
 }
 
