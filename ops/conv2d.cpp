@@ -596,6 +596,7 @@ const Kernels<T>& kernels() {
 #if defined(__x86_64__)
     case Isa::Avx512: return kernels_avx512<T>();
     case Isa::Avx2: return kernels_avx2<T>();
+    case Isa::Avx512Emulated: return kernels_avx512_emulated<T>();
 #endif
     default: return kernels_baseline<T>();
   }

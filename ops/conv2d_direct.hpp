@@ -217,5 +217,8 @@ template <class T>
 const Kernels<T>& kernels_avx2();
 template <class T>
 const Kernels<T>& kernels_avx512();
+// The AVX-512 code compiled for AVX2 (ops/isa/conv2d_avx512_emulated.cpp).
+template <class T>
+const Kernels<T>& kernels_avx512_emulated();
 
 }  // namespace ad::conv

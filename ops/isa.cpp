@@ -17,7 +17,8 @@ bool cpu_has(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
     case Isa::Baseline: return true;
-    case Isa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::Avx2:
+    case Isa::Avx512Emulated: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
@@ -31,20 +32,20 @@ bool cpu_has(Isa isa) {
 
 std::string supported_list() {
   std::string s;
-  for (Isa i : supported_isas()) s += (s.empty() ? "" : ", ") + std::string(isa_name(i));
+  for (Isa i : kernel_variants()) s += (s.empty() ? "" : ", ") + std::string(isa_name(i));
   return s;
 }
 
 Isa first_choice() {
   if (const char* env = std::getenv("AD_ISA"); env && *env) {
-    for (Isa i : {Isa::Baseline, Isa::Avx2, Isa::Avx512})
+    for (Isa i : {Isa::Baseline, Isa::Avx2, Isa::Avx512, Isa::Avx512Emulated})
       if (std::string(env) == isa_name(i)) {
         if (!isa_supported(i))
           throw std::runtime_error(
               fmt::format("AD_ISA={}: this processor cannot run it (it runs: {})", env, supported_list()));
         return i;
       }
-    throw std::runtime_error(fmt::format("AD_ISA={}: unknown (baseline, avx2 or avx512)", env));
+    throw std::runtime_error(fmt::format("AD_ISA={}: unknown (baseline, avx2, avx512 or avx512-emulated)", env));
   }
   return supported_isas().back();
 }
@@ -58,6 +59,7 @@ const char* isa_name(Isa isa) {
     case Isa::Baseline: return "baseline";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Avx512Emulated: return "avx512-emulated";
   }
   return "?";
 }
@@ -77,6 +79,12 @@ std::vector<Isa> supported_isas() {
   std::vector<Isa> v;
   for (Isa i : {Isa::Baseline, Isa::Avx2, Isa::Avx512})
     if (isa_supported(i)) v.push_back(i);
+  return v;
+}
+
+std::vector<Isa> kernel_variants() {
+  std::vector<Isa> v = supported_isas();
+  if (isa_supported(Isa::Avx512Emulated)) v.push_back(Isa::Avx512Emulated);
   return v;
 }
 

@@ -78,7 +78,7 @@ struct IsaGuard {
 
 TEST(Conv2dReluMaxPool2d, EqualsTheThreeOpsBitForBitOnEveryKernelVariant) {
   IsaGuard guard;
-  for (Isa isa : supported_isas()) {
+  for (Isa isa : kernel_variants()) {
     set_isa(isa);
     for (WinogradMode wino : {WinogradMode::Auto, WinogradMode::On, WinogradMode::Off}) {
       set_conv2d_winograd(wino);
@@ -97,7 +97,7 @@ TEST(Conv2dReluMaxPool2d, EqualsTheThreeOpsBitForBitOnEveryKernelVariant) {
 // the same output as with them.
 TEST(Conv2dReluMaxPool2d, WithoutSwitchesGivesTheSameOutput) {
   IsaGuard guard;
-  for (Isa isa : supported_isas()) {
+  for (Isa isa : kernel_variants()) {
     set_isa(isa);
     uint64_t seed = 41;
     for (const FusedCase& c : kCases) {
@@ -118,7 +118,7 @@ TEST(Conv2dReluMaxPool2d, WithoutSwitchesGivesTheSameOutput) {
 // relu's rules), -inf loses, +inf wins; the same bits as the three ops.
 TEST(Conv2dReluMaxPool2d, PropagatesNanAndInfinityAsTheThreeOps) {
   IsaGuard guard;
-  for (Isa isa : supported_isas()) {
+  for (Isa isa : kernel_variants()) {
     set_isa(isa);
     for (const FusedCase& c : {kCases[0], kCases[1], kCases[5]}) {
       T64 x = uniform(c.x, 7), k = uniform(c.k, 8, -0.5, 0.5), b = uniform({c.k[0]}, 9);

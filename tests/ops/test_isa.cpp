@@ -1,19 +1,22 @@
 // The run-time choice of instruction set (ops/isa.hpp): every variant of the vector
 // kernels that this processor can run is checked, in double against the convolution's
 // definition and its VJP written as plain loops (to 1e-12), and in float against double
-// at ref-CNN's shapes (the float path's 1e-4). A variant compiled in but not runnable
-// here is reported in the test log (and fails the suite when AD_TEST_REQUIRE_ISAS
-// names it, for a CI machine that is meant to have it).
+// at ref-CNN's shapes (the float path's 1e-4). Where AVX2 runs, that includes
+// avx512-emulated, the AVX-512 variant's code compiled for AVX2 (ops/isa.hpp). A
+// variant compiled in but not runnable here is reported in the test log (and fails the
+// suite when AD_TEST_REQUIRE_ISAS names it, for a CI machine that is meant to have it).
+#include <algorithm>
 #include <cstdlib>
 #include <sstream>
 
+#include "ops/conv2d_direct.hpp"
 #include "ops/isa.hpp"
 #include "test_util.hpp"
 
 namespace ad::test {
 namespace {
 
-const Isa kAll[] = {Isa::Baseline, Isa::Avx2, Isa::Avx512};
+const Isa kAll[] = {Isa::Baseline, Isa::Avx2, Isa::Avx512, Isa::Avx512Emulated};
 
 // Restores the instruction set in use when a test ends.
 struct IsaGuard {
@@ -107,8 +110,8 @@ void expect_close(const Reference& got, const Reference& want, double rtol, doub
 
 TEST(Isa, EveryRunnableVariantMatchesTheDefinitionInDoubleAndDoubleInFloat) {
   const IsaGuard guard;
-  ASSERT_FALSE(supported_isas().empty());
-  for (Isa isa : supported_isas()) {
+  ASSERT_FALSE(kernel_variants().empty());
+  for (Isa isa : kernel_variants()) {
     set_isa(isa);
     SCOPED_TRACE(isa_name(isa));
     uint64_t seed = 500;
@@ -129,6 +132,23 @@ TEST(Isa, EveryRunnableVariantMatchesTheDefinitionInDoubleAndDoubleInFloat) {
       set_conv2d_winograd(WinogradMode::Auto);
     }
   }
+}
+
+// Avx512Emulated is the AVX-512 variant's code at its own width (16 float lanes), run
+// wherever AVX2 runs; it is a variant the tests check, never an instruction set chosen
+// by itself.
+TEST(Isa, TheEmulatedAvx512VariantIsTheAvx512CodeAndNeverTheFirstChoice) {
+  const IsaGuard guard;
+  const std::vector<Isa> isas = supported_isas(), variants = kernel_variants();
+  EXPECT_EQ(std::count(isas.begin(), isas.end(), Isa::Avx512Emulated), 0);
+  EXPECT_EQ(std::count(variants.begin(), variants.end(), Isa::Avx512Emulated), isa_supported(Isa::Avx2) ? 1 : 0);
+  EXPECT_EQ(isa_supported(Isa::Avx512Emulated), isa_supported(Isa::Avx2));
+  if (!isa_supported(Isa::Avx512Emulated)) GTEST_SKIP() << "no AVX2 here: nothing to emulate on";
+  set_isa(Isa::Avx512Emulated);
+  EXPECT_EQ(conv::kernels<float>().isa, Isa::Avx512Emulated);
+  EXPECT_EQ(conv::kernels<float>().lanes, 16u);
+  EXPECT_EQ(conv::kernels<double>().lanes, 8u);
+  EXPECT_EQ(std::string(isa_name(Isa::Avx512Emulated)), "avx512-emulated");
 }
 
 TEST(Isa, SetIsaRefusesWhatThisProcessorCannotRun) {
@@ -161,7 +181,7 @@ TEST(Isa, WinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
     T64 want = xt::zeros<double>(k.shape());
     conv2d_vjp<double>(g, x, k, opt, nullptr, &want, nullptr);
     const Tensor<float> xf = xt::cast<float>(x), kf = xt::cast<float>(k), gf = xt::cast<float>(g);
-    for (Isa isa : supported_isas()) {
+    for (Isa isa : kernel_variants()) {
       set_isa(isa);
       SCOPED_TRACE(isa_name(isa));
       Tensor<float> wino = xt::zeros<float>(k.shape()), direct = xt::zeros<float>(k.shape());
@@ -187,6 +207,8 @@ TEST(Isa, ReportsWhichVariantsThisMachineChecks) {
   for (Isa isa : kAll) (isa_supported(isa) ? tested : untested) << isa_name(isa) << " ";
   std::printf("[ isa      ] checked here: %s; NOT checked here (this processor cannot run them): %s\n",
               tested.str().c_str(), untested.str().empty() ? "none" : untested.str().c_str());
+  if (!isa_supported(Isa::Avx512) && isa_supported(Isa::Avx512Emulated))
+    std::printf("[ isa      ] avx512's code, at its width, is checked here as avx512-emulated (compiled for AVX2)\n");
   RecordProperty("isa_checked", tested.str());
   RecordProperty("isa_not_checked", untested.str());
   if (const char* req = std::getenv("AD_TEST_REQUIRE_ISAS"); req && *req) {
