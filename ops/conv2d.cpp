@@ -10,7 +10,9 @@
 //   y[n,o,i,j]  = b[o] + sum_{c,p,q} k[o,c,p,q] * x[n,c, i*sh+p-ph, j*sw+q-pw]
 //
 // Implementation: direct convolutions, one image at a time, images in parallel (OpenMP,
-// OpenBLAS pinned to one thread); no im2col buffer. Window taps that fall into the
+// OpenBLAS pinned to one thread; the forward also splits an image's output channels
+// between threads when the batch has fewer images than the team: ForwardItems); no
+// im2col buffer. Window taps that fall into the
 // padding are skipped (rows always, columns where a group of pixels shares them), which
 // at ref-CNN's shapes saves 8-16% of the multiply-adds of an im2col GEMM.
 //   The plan of a geometry (ops/conv2d_direct.hpp) is shared; the per-image kernels
@@ -85,6 +87,34 @@ T* scratch(std::size_t n, int which) {
 // barrier cost more than the work (and a lot more when the cores are busy).
 inline bool worth_threads(const ConvGeom& g) { return g.N > 1 && g.N * g.O * g.p() * g.ckk() >= (1u << 18); }
 
+// The forward's work items: within an image as well as across images. Where the batch
+// has fewer images than the team has threads (and the work is worth threads), each
+// image's output channels are split into `parts` ranges of whole register blocks of one
+// vector (chan = the lanes, instead of the kernels' usual block), so that the team
+// shares N * parts items; each item repeats its image's input preparation (the padded
+// copy, or Winograd's grid and input transforms) for its channels. Every output element
+// is computed by the same operations in the same order whichever item computes it and
+// whatever the block, so the result is bit-identical for every split and thread count.
+struct ForwardItems {
+  std::size_t chan;   // output channels per register block (the plans' chan)
+  std::size_t parts;  // items per image
+  bool parallel;      // worth a parallel region
+  // item i: image i / parts, output channels [first, second) of Opad
+  std::pair<std::size_t, std::size_t> channels(std::size_t i, std::size_t Opad) const {
+    const std::size_t s = i % parts, blocks = Opad / chan;
+    return {s * blocks / parts * chan, (s + 1) * blocks / parts * chan};
+  }
+};
+template <class T>
+ForwardItems forward_items(const conv::Kernels<T>& kn, const ConvGeom& g) {
+  const std::size_t team = static_cast<std::size_t>(omp_get_max_threads());
+  const bool macs = g.N * g.O * g.p() * g.ckk() >= (1u << 18);
+  if (g.N >= team || !macs) return {kn.chan_block(g.O), 1, worth_threads(g)};
+  const std::size_t blocks = (g.O + kn.lanes - 1) / kn.lanes;
+  const std::size_t parts = std::max<std::size_t>(1, std::min(blocks, (team + g.N - 1) / g.N));
+  return {parts > 1 ? kn.lanes : kn.chan_block(g.O), parts, g.N * parts > 1};
+}
+
 using conv::DirectPlan;
 using conv::WinogradPlan;
 
@@ -121,9 +151,10 @@ bool winograd_for(const conv::Kernels<T>&, std::size_t, std::size_t, std::size_t
   return false;
 }
 
+// chan: output channels per register block (0: the kernels' choice for O).
 WinogradPlan winograd_plan(const conv::Kernels<float>& kn, std::size_t C, std::size_t H, std::size_t W,
-                           std::size_t O, std::size_t ph, std::size_t pw) {
-  const std::size_t chan = kn.chan_block(O);
+                           std::size_t O, std::size_t ph, std::size_t pw, std::size_t chan = 0) {
+  if (chan == 0) chan = kn.chan_block(O);
   return WinogradPlan(C, H, W, O, ph, pw, kn.lanes, chan, kn.wino_block(chan));
 }
 
@@ -249,32 +280,39 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
     return;
   }
   const conv::Kernels<T>& kn = conv::kernels<T>();
+  const ForwardItems it = forward_items(kn, g);
+  const std::size_t items = g.N * it.parts;
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {
-      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw);
+      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan);
       float* U = scratch<float>(36 * g.C * pl.Opad, 4);
-#pragma omp parallel if (worth_threads(g))
+#pragma omp parallel if (it.parallel)
       {
         winograd_kernels_in_team(kn, pl, kp, U);
 #pragma omp for schedule(static)
-        for (std::size_t n = 0; n < g.N; ++n)
+        for (std::size_t i = 0; i < items; ++i) {
+          const std::size_t n = i / it.parts;
+          const auto [oa, ob] = it.channels(i, pl.Opad);
           kn.wino_image(pl, x.data() + n * g.C * g.H * g.W, U, bp, false, y.data() + n * g.O * P,
                         scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5),
-                        scratch<float>(P * pl.Opad, 1));
+                        scratch<float>(P * pl.Opad, 1), oa, ob);
+        }
       }
       return;
     }
   }
-  const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
+  const DirectPlan pl = direct_plan(g, it.chan);
   // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
   for (std::size_t t = 0; t < CKK; ++t)
     for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
-#pragma omp parallel for schedule(static) if (worth_threads(g))
-  for (std::size_t n = 0; n < g.N; ++n) {
+#pragma omp parallel for schedule(static) if (it.parallel)
+  for (std::size_t i = 0; i < items; ++i) {
+    const std::size_t n = i / it.parts;
+    const auto [oa, ob] = it.channels(i, pl.Opad);
     T* xp = scratch<T>(pl.padded_size(), 0);
     T* yt = scratch<T>(P * pl.Opad, 1);
-    kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt);
+    kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt, oa, ob);
   }
 }
 
@@ -282,40 +320,45 @@ namespace detail {
 
 template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
-                           const std::function<void(std::size_t n, const T* yt, std::size_t Opad)>& out) {
+                           const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
+                                                    std::size_t ob)>& out) {
   if (!is_plain(a)) return false;
   const ConvGeom g = geom(x, k, a);
   if (g.one_by_one()) return false;
   const std::size_t CKK = g.ckk(), P = g.p();
   const T* kp = k.data();
   const conv::Kernels<T>& kn = conv::kernels<T>();
+  const ForwardItems it = forward_items(kn, g);  // as conv2d_forward
+  const std::size_t items = g.N * it.parts;
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {  // as conv2d_forward
-      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw);
+      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan);
       float* U = scratch<float>(36 * g.C * pl.Opad, 4);
-#pragma omp parallel if (worth_threads(g))
+#pragma omp parallel if (it.parallel)
       {
         winograd_kernels_in_team(kn, pl, kp, U);
 #pragma omp for schedule(static)
-        for (std::size_t n = 0; n < g.N; ++n) {
+        for (std::size_t i = 0; i < items; ++i) {
+          const auto [oa, ob] = it.channels(i, pl.Opad);
           float* yt = scratch<float>(P * pl.Opad, 1);
-          kn.wino_pixels(pl, x.data() + n * g.C * g.H * g.W, U, scratch<float>(pl.grid_size(), 0),
-                         scratch<float>(pl.block_scratch(), 5), yt);
-          out(n, yt, pl.Opad);
+          kn.wino_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, U, scratch<float>(pl.grid_size(), 0),
+                         scratch<float>(pl.block_scratch(), 5), yt, oa, ob);
+          out(i / it.parts, yt, pl.Opad, oa, ob);
         }
       }
       return true;
     }
   }
-  const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
+  const DirectPlan pl = direct_plan(g, it.chan);
   T* w = scratch<T>(CKK * pl.Opad, 4);  // w[(c,p,q), o] = k[o,c,p,q], as conv2d_forward
   for (std::size_t t = 0; t < CKK; ++t)
     for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
-#pragma omp parallel for schedule(static) if (worth_threads(g))
-  for (std::size_t n = 0; n < g.N; ++n) {
+#pragma omp parallel for schedule(static) if (it.parallel)
+  for (std::size_t i = 0; i < items; ++i) {
+    const auto [oa, ob] = it.channels(i, pl.Opad);
     T* yt = scratch<T>(P * pl.Opad, 1);
-    kn.conv_pixels(pl, x.data() + n * g.C * g.H * g.W, w, scratch<T>(pl.padded_size(), 0), yt);
-    out(n, yt, pl.Opad);
+    kn.conv_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, w, scratch<T>(pl.padded_size(), 0), yt, oa, ob);
+    out(i / it.parts, yt, pl.Opad, oa, ob);
   }
   return true;
 }
@@ -441,11 +484,11 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         } else if (plw) {
           if constexpr (std::is_same_v<T, float>)
             kn.wino_image(*plw, gn, wflip, nullptr, true, gxn, scratch<float>(plw->grid_size(), 0),
-                          scratch<float>(plw->block_scratch(), 5), scratch<float>(HW * plw->Opad, 1));
+                          scratch<float>(plw->block_scratch(), 5), scratch<float>(HW * plw->Opad, 1), 0, plw->Opad);
         } else if (dx_direct) {
           T* gpad = scratch<T>(plx->padded_size(), 0);
           T* yt = scratch<T>(HW * plx->Opad, 1);
-          kn.conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt);
+          kn.conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt, 0, plx->Opad);
         } else {
           // dcol (CKK, P) = K^T (CKK, C_out) x g_n (C_out, P), then col2im adds it up.
           T* dcol = scratch<T>(CKK * P, 1);
@@ -657,7 +700,8 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
                               Tensor<T>*, Tensor<T>*, Tensor<T>*);                               \
   template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);    \
   template bool detail::conv2d_forward_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,   \
-                                                 const std::function<void(std::size_t, const T*, std::size_t)>&); \
+                                                 const std::function<void(std::size_t, const T*, std::size_t,      \
+                                                                          std::size_t, std::size_t)>&);            \
   template bool detail::conv2d_vjp_images<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
                                              const std::function<void(std::size_t, T*)>&, Tensor<T>*, Tensor<T>*, \
                                              Tensor<T>*);                                                   \

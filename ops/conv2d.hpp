@@ -79,14 +79,18 @@ Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt 
 
 namespace detail {
 // conv2d's plain path (is_plain, not a 1x1 GEMM) image by image, without its output
-// pass: calls out(n, yt, Opad) for every image n, in parallel over the images, with yt
-// image n's convolution without bias, pixel-major (OH*OW, Opad), in a buffer of the
-// calling thread (Opad: C_out rounded up to the kernels' channel block, those extra
-// channels zero). The fused ops' output passes use it (ops/conv2d_relu_pool.cpp).
-// Returns false, calling nothing, where the path does not apply.
+// pass: calls out(n, yt, Opad, oa, ob) in parallel for every image n and every range
+// [oa, ob) of its output channels (all of [0, Opad) in one call, or, where the batch
+// has fewer images than the team has threads, a few ranges of whole vectors in calls of
+// their own), with yt image n's convolution without bias, pixel-major (OH*OW, Opad), in
+// a buffer of the calling thread, valid in the columns [oa, ob) (Opad: C_out rounded up
+// to the kernels' channel block, those extra channels zero). The fused ops' output
+// passes use it (ops/conv2d_relu_pool.cpp). Returns false, calling nothing, where the
+// path does not apply.
 template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
-                           const std::function<void(std::size_t n, const T* yt, std::size_t Opad)>& out);
+                           const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
+                                                    std::size_t ob)>& out);
 
 // conv2d_vjp with dJ/dy made image by image instead of read from a tensor: in the VJP's
 // parallel loop over the images, grad_image(n, gn) writes image n's dJ/dy (C_out, OH,

@@ -164,10 +164,11 @@ struct Kernels {
   std::size_t lanes;  // elements per vector
   // Output channels per register tile for a convolution with `O` of them (DirectPlan::chan).
   std::size_t (*chan_block)(std::size_t O);
-  // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, w); in (C, H, W).
+  // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, w); in (C, H, W); for
+  // the output channels [oa, ob) only (multiples of chan; [0, Opad) for all).
   // xp: padded_size() scratch, yt: OH*OW*Opad scratch.
   void (*conv_image)(const DirectPlan& pl, const T* in, const T* w, const T* bias, bool accumulate, T* out, T* xp,
-                     T* yt);
+                     T* yt, std::size_t oa, std::size_t ob);
   // xp (C, H, Wp) = the zero-padded copy of x (C, H, W): xp[c, h, w + L] = x[c, h, w].
   void (*pad_columns)(const T* x, const DirectPlan& pl, T* xp);
   // gt (P, Opad) = g (O, P) transposed, zero in the padding channels.
@@ -185,25 +186,30 @@ struct Kernels {
   // U[xi][c][o] = (G k[o,c] G^T)[xi] for input channels [c0, c1), every o < O, and 0 for
   // O <= o < Opad; k (O, C, 5, 5), U (36, C, Opad).
   void (*wino_kernel)(const T* k, std::size_t C, std::size_t O, std::size_t Opad, std::size_t c0, std::size_t c1, T* U);
-  // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, k) by Winograd.
+  // out (O, OH*OW) = [accumulate ? out : bias or 0] + conv(in, k) by Winograd, for the
+  // output channels [oa, ob) (as conv_image).
   // grid: grid_size() scratch, blk: block_scratch() scratch, yt: OH*OW*Opad scratch.
   void (*wino_image)(const WinogradPlan& pl, const T* in, const T* U, const T* bias, bool accumulate, T* out,
-                     T* grid, T* blk, T* yt);
+                     T* grid, T* blk, T* yt, std::size_t oa, std::size_t ob);
 
   // The two convolutions without their output pass: yt (OH*OW, Opad) = conv(in, .),
-  // pixel-major, no bias (conv_image and wino_image are these, then the transpose).
-  void (*conv_pixels)(const DirectPlan& pl, const T* in, const T* w, T* xp, T* yt) = nullptr;
-  void (*wino_pixels)(const WinogradPlan& pl, const T* in, const T* U, T* grid, T* blk, T* yt) = nullptr;  // float
+  // pixel-major, no bias, in yt's columns [oa, ob) (conv_image and wino_image are these,
+  // then the transpose).
+  void (*conv_pixels)(const DirectPlan& pl, const T* in, const T* w, T* xp, T* yt, std::size_t oa,
+                      std::size_t ob) = nullptr;
+  void (*wino_pixels)(const WinogradPlan& pl, const T* in, const T* U, T* grid, T* blk, T* yt, std::size_t oa,
+                      std::size_t ob) = nullptr;  // float
   // dJ/dK by Winograd (float): M (36, C, Opad) += sum over in's tiles of (A U A^T) (.)
   // (B^T D B), U from gt (OH*OW, Opad) = dJ/dy pixel-major; dK = G^T M G (conv2d.cpp).
   // M in double. grid: grid_size() scratch, blk: dk_scratch() scratch.
   void (*wino_dk_image)(const WinogradPlan& pl, const T* in, const T* gt, T* grid, T* blk, double* M) = nullptr;
   // ReLU and 2x2/2 max pooling as the output pass (ops/conv2d_relu_pool.cpp):
   // out (O, PH*PW) = relu(max_2x2(yt + bias)), argmax (null: not wanted) the winners'
-  // indices h*OW + w; bias has Opad entries; pt and it are PH*PW*Opad scratch (it: of
+  // indices h*OW + w; yt's rows are Opad apart, of which the first Oc (a multiple of the
+  // lanes, >= O) are read; bias has Oc entries; pt and it are PH*PW*Opad scratch (it: of
   // integers of T's size).
-  void (*relu_pool_planes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t O,
-                           const T* bias, T* out, int32_t* argmax, T* pt, void* it) = nullptr;
+  void (*relu_pool_planes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t Oc,
+                           std::size_t O, const T* bias, T* out, int32_t* argmax, T* pt, void* it) = nullptr;
 };
 
 // The kernels of the instruction set in use (ad::active_isa()).

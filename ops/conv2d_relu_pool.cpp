@@ -123,11 +123,14 @@ void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, cons
     if (b) std::copy(b->begin(), b->end(), bias.begin());
     const conv::Kernels<T>& kn = conv::kernels<T>();
     T* yp = y.data();
-    const bool done = detail::conv2d_forward_pixels<T>(x, k, conv, [&](std::size_t n, const T* yt, std::size_t Opad) {
-      thread_local std::vector<T> pt, it;
-      kn.relu_pool_planes(yt, OH, OW, Opad, O, bias.data(), yp + n * O * PP, argmax ? argmax + n * O * PP : nullptr,
-                          grow(pt, PP * Opad), grow(it, PP * Opad));
-    });
+    const bool done = detail::conv2d_forward_pixels<T>(
+        x, k, conv, [&](std::size_t n, const T* yt, std::size_t Opad, std::size_t oa, std::size_t ob) {
+          // the output channels [oa, min(ob, O)) of image n
+          thread_local std::vector<T> pt, it;
+          const std::size_t off = (n * O + std::min(oa, O)) * PP;
+          kn.relu_pool_planes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
+                              yp + off, argmax ? argmax + off : nullptr, grow(pt, PP * Opad), grow(it, PP * Opad));
+        });
     if (done) return;
   }
   // The three ops one after the other.

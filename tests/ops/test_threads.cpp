@@ -9,6 +9,7 @@
 
 #include <atomic>
 
+#include "ops/conv2d_direct.hpp"
 #include "test_util.hpp"
 
 // Every parallel region the ops open is a call to GOMP_parallel (GCC's OpenMP ABI, which
@@ -155,6 +156,63 @@ TEST(Threads, FusedConvReluPoolAgreesWithOneThread) {
   EXPECT_GE(team, 2);
   for (std::size_t i = 0; i < one.size(); ++i)  // dK and db: per-thread partial sums, another order
     EXPECT_TRUE(all_close(xt::cast<double>(many[i]), xt::cast<double>(one[i]), 1e-5, 1e-5)) << "gradient " << i;
+}
+
+// Fewer images than threads: the forward splits each image's output channels between
+// the team (ops/conv2d.cpp, ForwardItems), one vector of channels a register block.
+// The same operations compute every output element, so the result is the one thread's
+// bit for bit: the plain convolution and the fused op, direct and Winograd, a channel
+// count that leaves the last range partly padding, and conv1's single input channel
+// (16 output channels: one vector with AVX-512, so not split there).
+TEST(Threads, SmallBatchForwardSplitsImagesByChannelBitForBit) {
+  struct ModeGuard {
+    WinogradMode before = conv2d_winograd();
+    ~ModeGuard() { set_conv2d_winograd(before); }
+  } guard;
+  struct Case {
+    Shape x, k;
+  };
+  const Case cases[] = {{{1, 16, 14, 14}, {32, 16, 5, 5}}, {{2, 16, 14, 14}, {32, 16, 5, 5}},
+                        {{1, 8, 20, 20}, {20, 8, 5, 5}}, {{1, 1, 28, 28}, {16, 1, 5, 5}}};
+  const Conv2dOptions conv{.padding = {2, 2}};
+  const Pool2dOptions pool{};
+  uint64_t seed = 40;
+  for (const WinogradMode mode : {WinogradMode::On, WinogradMode::Off}) {
+    set_conv2d_winograd(mode);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(fmt::format("x {}, k {}, Winograd {}", shape_str(c.x), shape_str(c.k), mode == WinogradMode::On));
+      const Tensor<float> x = xt::cast<float>(uniform(c.x, seed++)), k = xt::cast<float>(uniform(c.k, seed++, -0.3, 0.3));
+      const Tensor<float> b = xt::cast<float>(uniform({c.k[0]}, seed++));
+      const Shape zs = conv2d_output_shape(c.x, c.k, nullptr, conv);
+      const Shape ys = conv2d_relu_max_pool2d_output_shape(c.x, c.k, nullptr, conv, pool);
+      // conv2d_forward, conv2d_relu_max_pool2d_forward and its switches, on `threads`
+      auto run = [&](int threads, int* team) {
+        Tensor<float> z(zs), y(ys);
+        std::vector<int32_t> sw(y.size());
+        auto both = [&] {
+          conv2d_forward(x, k, &b, conv, z);
+          conv2d_relu_max_pool2d_forward(x, k, &b, conv, pool, y, sw.data());
+        };
+        if (team) {
+          *team = team_size_during(both);
+        } else {
+          const int before = num_threads();
+          set_num_threads(threads);
+          both();
+          set_num_threads(before);
+        }
+        return std::tuple{z, y, sw};
+      };
+      int team = 0;
+      const auto [z1, y1, s1] = run(1, nullptr);
+      const auto [z3, y3, s3] = run(3, &team);
+      // split only into whole vectors: conv1's 16 channels are one with AVX-512
+      if (c.k[0] > conv::kernels<float>().lanes) EXPECT_GE(team, 2);
+      EXPECT_TRUE(all_close(xt::cast<double>(z3), xt::cast<double>(z1), 0, 0)) << "conv2d";
+      EXPECT_TRUE(all_close(xt::cast<double>(y3), xt::cast<double>(y1), 0, 0)) << "conv2d_relu_max_pool2d";
+      EXPECT_EQ(s3, s1) << "the pool's switches";
+    }
+  }
 }
 
 // linear: the forward and dJ/dx by row blocks, dJ/dW as per-thread partial sums over
