@@ -39,10 +39,16 @@ stamp tests
 # if AVX-512 were missing here), then the conv and thread tests on each variant.
 {
   AD_TEST_REQUIRE_ISAS=avx2,avx512 $B/test_isa
-  for isa in avx512 avx2 baseline; do
+  for isa in avx512 avx512-emulated avx2 baseline; do
     echo "=== AD_ISA=$isa"
     AD_ISA=$isa $B/test_conv2d --gtest_brief=1
     AD_ISA=$isa $B/test_threads --gtest_brief=1
+  done
+  # avx512-emulated is the AVX-512 code compiled for AVX2 (ops/isa.hpp): its training
+  # losses should be the real AVX-512 variant's, digit for digit
+  for isa in avx512 avx512-emulated; do
+    echo "=== losses, AD_ISA=$isa: $(AD_ISA=$isa $B/bench_ours --mode train --threads 1 --warmup 0 --blocks 1 \
+      --steps 20 --data $DATA | grep '^loss')"
   done
 } > "$OUT/tests.txt" 2>&1
 echo "tests: $(grep -c 'PASSED' "$OUT/tests.txt") passed blocks, $(grep -c 'FAILED' "$OUT/tests.txt") FAILED lines"
