@@ -87,32 +87,42 @@ T* scratch(std::size_t n, int which) {
 // barrier cost more than the work (and a lot more when the cores are busy).
 inline bool worth_threads(const ConvGeom& g) { return g.N > 1 && g.N * g.O * g.p() * g.ckk() >= (1u << 18); }
 
-// The forward's work items: within an image as well as across images. Where the batch
-// has fewer images than the team has threads (and the work is worth threads), each
-// image's output channels are split into `parts` ranges of whole register blocks of one
-// vector (chan = the lanes, instead of the kernels' usual block), so that the team
-// shares N * parts items; each item repeats its image's input preparation (the padded
-// copy, or Winograd's grid and input transforms) for its channels. Every output element
-// is computed by the same operations in the same order whichever item computes it and
-// whatever the block, so the result is bit-identical for every split and thread count.
-struct ForwardItems {
-  std::size_t chan;   // output channels per register block (the plans' chan)
+// Work items: within an image as well as across images. Where the batch has fewer
+// images than the team has threads (and the work is worth threads), each image is split
+// into `parts` items by ranges of its channels in whole register blocks of one vector
+// (chan = the lanes, instead of the kernels' usual block), so that the team shares
+// N * parts items: the forward's output channels; in the VJP, C_out for dJ/dK and dJ/db
+// and C_in for dJ/dx. Each item repeats its image's input preparation (the padded copy,
+// or Winograd's grid and input transforms) for its channels. Every output element of the
+// forward and of dJ/dx is computed by the same operations in the same order whichever
+// item computes it and whatever the block, so they are bit-identical for every split and
+// thread count; dJ/dK and dJ/db are per-thread partial sums as before (deterministic for
+// a given thread count).
+struct WorkItems {
+  std::size_t lanes;  // the kernels' vector lanes
   std::size_t parts;  // items per image
   bool parallel;      // worth a parallel region
-  // item i: image i / parts, output channels [first, second) of Opad
-  std::pair<std::size_t, std::size_t> channels(std::size_t i, std::size_t Opad) const {
+  // The plans' chan for `channels` output channels.
+  template <class T>
+  std::size_t chan(const conv::Kernels<T>& kn, std::size_t channels) const {
+    return parts > 1 ? lanes : kn.chan_block(channels);
+  }
+  // Item i: image i / parts, the channels [first, second) of Opad (empty where there are
+  // fewer blocks than parts).
+  std::pair<std::size_t, std::size_t> channels(std::size_t i, std::size_t Opad, std::size_t chan) const {
     const std::size_t s = i % parts, blocks = Opad / chan;
     return {s * blocks / parts * chan, (s + 1) * blocks / parts * chan};
   }
 };
+// `channels`: the most channels an item's ranges split (0: do not split).
 template <class T>
-ForwardItems forward_items(const conv::Kernels<T>& kn, const ConvGeom& g) {
+WorkItems work_items(const conv::Kernels<T>& kn, const ConvGeom& g, std::size_t channels) {
   const std::size_t team = static_cast<std::size_t>(omp_get_max_threads());
   const bool macs = g.N * g.O * g.p() * g.ckk() >= (1u << 18);
-  if (g.N >= team || !macs) return {kn.chan_block(g.O), 1, worth_threads(g)};
-  const std::size_t blocks = (g.O + kn.lanes - 1) / kn.lanes;
+  if (g.N >= team || !macs || channels == 0) return {kn.lanes, 1, worth_threads(g)};
+  const std::size_t blocks = (channels + kn.lanes - 1) / kn.lanes;
   const std::size_t parts = std::max<std::size_t>(1, std::min(blocks, (team + g.N - 1) / g.N));
-  return {parts > 1 ? kn.lanes : kn.chan_block(g.O), parts, g.N * parts > 1};
+  return {kn.lanes, parts, g.N * parts > 1};
 }
 
 using conv::DirectPlan;
@@ -280,11 +290,11 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
     return;
   }
   const conv::Kernels<T>& kn = conv::kernels<T>();
-  const ForwardItems it = forward_items(kn, g);
+  const WorkItems it = work_items(kn, g, g.O);
   const std::size_t items = g.N * it.parts;
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {
-      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan);
+      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan(kn, g.O));
       float* U = scratch<float>(36 * g.C * pl.Opad, 4);
 #pragma omp parallel if (it.parallel)
       {
@@ -292,7 +302,7 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
 #pragma omp for schedule(static)
         for (std::size_t i = 0; i < items; ++i) {
           const std::size_t n = i / it.parts;
-          const auto [oa, ob] = it.channels(i, pl.Opad);
+          const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
           kn.wino_image(pl, x.data() + n * g.C * g.H * g.W, U, bp, false, y.data() + n * g.O * P,
                         scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5),
                         scratch<float>(P * pl.Opad, 1), oa, ob);
@@ -301,7 +311,7 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
       return;
     }
   }
-  const DirectPlan pl = direct_plan(g, it.chan);
+  const DirectPlan pl = direct_plan(g, it.chan(kn, g.O));
   // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
   for (std::size_t t = 0; t < CKK; ++t)
@@ -309,7 +319,7 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
 #pragma omp parallel for schedule(static) if (it.parallel)
   for (std::size_t i = 0; i < items; ++i) {
     const std::size_t n = i / it.parts;
-    const auto [oa, ob] = it.channels(i, pl.Opad);
+    const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
     T* xp = scratch<T>(pl.padded_size(), 0);
     T* yt = scratch<T>(P * pl.Opad, 1);
     kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt, oa, ob);
@@ -328,18 +338,18 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
   const std::size_t CKK = g.ckk(), P = g.p();
   const T* kp = k.data();
   const conv::Kernels<T>& kn = conv::kernels<T>();
-  const ForwardItems it = forward_items(kn, g);  // as conv2d_forward
+  const WorkItems it = work_items(kn, g, g.O);  // as conv2d_forward
   const std::size_t items = g.N * it.parts;
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {  // as conv2d_forward
-      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan);
+      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan(kn, g.O));
       float* U = scratch<float>(36 * g.C * pl.Opad, 4);
 #pragma omp parallel if (it.parallel)
       {
         winograd_kernels_in_team(kn, pl, kp, U);
 #pragma omp for schedule(static)
         for (std::size_t i = 0; i < items; ++i) {
-          const auto [oa, ob] = it.channels(i, pl.Opad);
+          const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
           float* yt = scratch<float>(P * pl.Opad, 1);
           kn.wino_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, U, scratch<float>(pl.grid_size(), 0),
                          scratch<float>(pl.block_scratch(), 5), yt, oa, ob);
@@ -349,13 +359,13 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
       return true;
     }
   }
-  const DirectPlan pl = direct_plan(g, it.chan);
+  const DirectPlan pl = direct_plan(g, it.chan(kn, g.O));
   T* w = scratch<T>(CKK * pl.Opad, 4);  // w[(c,p,q), o] = k[o,c,p,q], as conv2d_forward
   for (std::size_t t = 0; t < CKK; ++t)
     for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
 #pragma omp parallel for schedule(static) if (it.parallel)
   for (std::size_t i = 0; i < items; ++i) {
-    const auto [oa, ob] = it.channels(i, pl.Opad);
+    const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
     T* yt = scratch<T>(P * pl.Opad, 1);
     kn.conv_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, w, scratch<T>(pl.padded_size(), 0), yt, oa, ob);
     out(i / it.parts, yt, pl.Opad, oa, ob);
@@ -380,12 +390,18 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   const T* kp = k.data();
   const bool one = g.one_by_one();
 
-  // dJ/dK through the direct plan of the forward (its padded input and taps).
   const conv::Kernels<T>& kn = conv::kernels<T>();
-  const DirectPlan pl = direct_plan(g, kn.chan_block(g.O));
   // dJ/dx as the direct convolution of grad_out with the flipped kernel (stride 1,
   // padding < kernel): input (C_out, OH, OW), output (C_in, H, W), padding KH-1-ph.
   const bool dx_direct = grad_x && !one && g.sh == 1 && g.sw == 1 && g.ph < g.KH && g.pw < g.KW;
+  // Work items (WorkItems): images split by channel ranges (of C_out for dJ/dK and dJ/db,
+  // of C_in for dJ/dx) where the batch has fewer images than threads, unless a 1x1 GEMM
+  // or dJ/dx's GEMM-and-col2im path takes part.
+  const bool splittable = !one && (!grad_x || dx_direct);
+  const WorkItems it = work_items(kn, g, splittable ? std::max(grad_k || grad_b ? g.O : 0, grad_x ? g.C : 0) : 0);
+  const std::size_t items = g.N * it.parts;
+  // dJ/dK through the direct plan of the forward (its padded input and taps).
+  const DirectPlan pl = direct_plan(g, it.chan(kn, g.O));
   std::optional<DirectPlan> plx;
   T* wflip = nullptr;
   // ... by Winograd where it applies: the flipped kernel kflip[c, o, p, q] = k[o, c, KH-1-p, KW-1-q]
@@ -393,14 +409,15 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   std::optional<WinogradPlan> plw;
   T* kflip = nullptr;
   if (dx_direct && winograd_for(kn, g.O, g.KH, g.KW, 1, 1)) {
-    if constexpr (std::is_same_v<T, float>) plw.emplace(winograd_plan(kn, g.O, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw));
+    if constexpr (std::is_same_v<T, float>)
+      plw.emplace(winograd_plan(kn, g.O, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw, it.chan(kn, g.C)));
     kflip = scratch<T>(g.C * g.O * 25, 6);
     for (std::size_t c = 0; c < g.C; ++c)
       for (std::size_t o = 0; o < g.O; ++o)
         for (std::size_t t = 0; t < 25; ++t) kflip[(c * g.O + o) * 25 + t] = kp[(o * g.C + c) * 25 + 24 - t];
     wflip = scratch<T>(36 * g.O * plw->Opad, 4);  // U of kflip
   } else if (dx_direct) {
-    plx.emplace(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, kn.chan_block(g.C));
+    plx.emplace(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, it.chan(kn, g.C));
     // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q]
     wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);
     for (std::size_t o = 0; o < g.O; ++o)
@@ -419,7 +436,8 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   std::optional<WinogradPlan> plk;
   if constexpr (std::is_same_v<T, float>)
     if (grad_k && !one && winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw) && kn.wino_dk_image)
-      if (const WinogradPlan p = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw); g.N * p.tiles() <= kWinogradDkMaxTiles)
+      if (const WinogradPlan p = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, pl.chan);
+          g.N * p.tiles() <= kWinogradDkMaxTiles)
         plk.emplace(p);
 
   // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
@@ -434,7 +452,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   // Winograd's dJ/dK partials M, (36, C_in, Opad) each, in double (ops/conv2d_simd.inc)
   const std::size_t mpart = plk ? 36 * g.C * pl.Opad : 0;
   double* mpartial = plk ? scratch<double>(static_cast<std::size_t>(nt) * mpart, 0) : nullptr;
-#pragma omp parallel num_threads(nt) if (worth_threads(g))
+#pragma omp parallel num_threads(nt) if (it.parallel)
   {
     const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
     T* gk = partial + static_cast<std::size_t>(omp_get_thread_num()) * part;
@@ -445,7 +463,16 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
     if constexpr (std::is_same_v<T, float>)
       if (plw) winograd_kernels_in_team(kn, *plw, kflip, wflip);
 #pragma omp for schedule(static)
-    for (std::size_t n = 0; n < g.N; ++n) {
+    for (std::size_t i = 0; i < items; ++i) {
+      const std::size_t n = i / it.parts;
+      // this item's output channels (dJ/dK, dJ/db) and input channels (dJ/dx): all of
+      // them unless the images are split (WorkItems)
+      const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
+      const auto [ca, cb] = plw ? it.channels(i, plw->Opad, plw->chan)
+                            : plx ? it.channels(i, plx->Opad, plx->chan)
+                                  : std::pair<std::size_t, std::size_t>{0, 0};
+      const bool want_k = (grad_k || grad_b) && oa < ob, want_x = grad_x && (one || !dx_direct || ca < cb);
+      if (!want_k && !want_x) continue;
       const T* xn = x.data() + n * g.C * HW;
       const T* gn = nullptr;
       if (grad_image) {
@@ -460,23 +487,23 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
       if (one) {
         if (grad_b)
           for (std::size_t o = 0; o < g.O; ++o)
-            for (std::size_t i = 0; i < P; ++i) gb[o] += gn[o * P + i];
+            for (std::size_t s = 0; s < P; ++s) gb[o] += gn[o * P + s];
         if (grad_k) gemm<T>(false, true, g.O, CKK, P, T(1), gn, xn, T(1), gk);  // (C_out, C_in) += g_n x_n^T
-      } else if (grad_k || grad_b) {
+      } else if (want_k) {
         T* gt = scratch<T>(P * pl.Opad, 2);
         kn.planes_to_pixels(gn, g.O, P, pl.Opad, gt);
-        if (grad_b) kn.bias_sum(gt, P, pl.Opad, gb);
+        if (grad_b) kn.bias_sum(gt, P, pl.Opad, gb, oa, ob);
         if (plk) {
           if constexpr (std::is_same_v<T, float>)
             kn.wino_dk_image(*plk, xn, gt, scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5),
-                             gm);
+                             gm, oa, ob);
         } else if (grad_k) {
           T* xp = scratch<T>(pl.padded_size(), 0);
           kn.pad_columns(xn, pl, xp);
-          kn.dk_image(pl, xp, gt, gk);
+          kn.dk_image(pl, xp, gt, gk, oa, ob);
         }
       }
-      if (grad_x) {
+      if (want_x) {
         // dx[n,c,i*sh+p-ph,j*sw+q-pw] += sum_o k[o,c,p,q] * g[n,o,i,j]
         T* gxn = grad_x->data() + n * g.C * HW;
         if (one) {
@@ -484,11 +511,11 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         } else if (plw) {
           if constexpr (std::is_same_v<T, float>)
             kn.wino_image(*plw, gn, wflip, nullptr, true, gxn, scratch<float>(plw->grid_size(), 0),
-                          scratch<float>(plw->block_scratch(), 5), scratch<float>(HW * plw->Opad, 1), 0, plw->Opad);
+                          scratch<float>(plw->block_scratch(), 5), scratch<float>(HW * plw->Opad, 1), ca, cb);
         } else if (dx_direct) {
           T* gpad = scratch<T>(plx->padded_size(), 0);
           T* yt = scratch<T>(HW * plx->Opad, 1);
-          kn.conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt, 0, plx->Opad);
+          kn.conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt, ca, cb);
         } else {
           // dcol (CKK, P) = K^T (CKK, C_out) x g_n (C_out, P), then col2im adds it up.
           T* dcol = scratch<T>(CKK * P, 1);

@@ -173,10 +173,11 @@ struct Kernels {
   void (*pad_columns)(const T* x, const DirectPlan& pl, T* xp);
   // gt (P, Opad) = g (O, P) transposed, zero in the padding channels.
   void (*planes_to_pixels)(const T* g, std::size_t O, std::size_t P, std::size_t Opad, T* gt);
-  // gk[(c,p,q), o] += sum_{i,j} gt[i*OW+j, o] * xp[c, i*sh+p-ph, j*sw+q] (dJ/dK of one image).
-  void (*dk_image)(const DirectPlan& pl, const T* xp, const T* gt, T* gk);
-  // gb[o] += sum_s gt[s, o] for o < Opad (dJ/db of one image).
-  void (*bias_sum)(const T* gt, std::size_t P, std::size_t Opad, T* gb);
+  // gk[(c,p,q), o] += sum_{i,j} gt[i*OW+j, o] * xp[c, i*sh+p-ph, j*sw+q] (dJ/dK of one image)
+  // for the output channels oa <= o < ob (multiples of chan; [0, Opad) for all).
+  void (*dk_image)(const DirectPlan& pl, const T* xp, const T* gt, T* gk, std::size_t oa, std::size_t ob);
+  // gb[o] += sum_s gt[s, o] for oa <= o < ob (dJ/db of one image; multiples of the lanes).
+  void (*bias_sum)(const T* gt, std::size_t P, std::size_t Opad, T* gb, std::size_t oa, std::size_t ob);
 
   // Winograd F(2x2, 5x5); null where not compiled (double). wino_preferred: used by
   // default (WinogradMode::Auto) with this instruction set.
@@ -202,7 +203,9 @@ struct Kernels {
   // dJ/dK by Winograd (float): M (36, C, Opad) += sum over in's tiles of (A U A^T) (.)
   // (B^T D B), U from gt (OH*OW, Opad) = dJ/dy pixel-major; dK = G^T M G (conv2d.cpp).
   // M in double. grid: grid_size() scratch, blk: dk_scratch() scratch.
-  void (*wino_dk_image)(const WinogradPlan& pl, const T* in, const T* gt, T* grid, T* blk, double* M) = nullptr;
+  // For the output channels [oa, ob) (multiples of chan).
+  void (*wino_dk_image)(const WinogradPlan& pl, const T* in, const T* gt, T* grid, T* blk, double* M, std::size_t oa,
+                        std::size_t ob) = nullptr;
   // ReLU and 2x2/2 max pooling as the output pass (ops/conv2d_relu_pool.cpp):
   // out (O, PH*PW) = relu(max_2x2(yt + bias)), argmax (null: not wanted) the winners'
   // indices h*OW + w; yt's rows are Opad apart, of which the first Oc (a multiple of the

@@ -158,13 +158,15 @@ TEST(Threads, FusedConvReluPoolAgreesWithOneThread) {
     EXPECT_TRUE(all_close(xt::cast<double>(many[i]), xt::cast<double>(one[i]), 1e-5, 1e-5)) << "gradient " << i;
 }
 
-// Fewer images than threads: the forward splits each image's output channels between
-// the team (ops/conv2d.cpp, ForwardItems), one vector of channels a register block.
-// The same operations compute every output element, so the result is the one thread's
-// bit for bit: the plain convolution and the fused op, direct and Winograd, a channel
-// count that leaves the last range partly padding, and conv1's single input channel
-// (16 output channels: one vector with AVX-512, so not split there).
-TEST(Threads, SmallBatchForwardSplitsImagesByChannelBitForBit) {
+// Fewer images than threads: each image is split into items by channel ranges shared
+// by the team (ops/conv2d.cpp, WorkItems), one vector of channels a register block: the
+// forward's output channels; in the VJP, C_out for dJ/dK and dJ/db and C_in for dJ/dx.
+// The same operations compute every element of the forward and of dJ/dx, so those are
+// the one thread's bit for bit; dJ/dK and dJ/db are per-thread partial sums (the float
+// path's 1e-5 here). The plain convolution and the fused op, direct and Winograd, a
+// channel count that leaves the last range partly padding, and conv1's single input
+// channel (16 output channels: one vector with AVX-512, so not split there).
+TEST(Threads, SmallBatchSplitsImagesByChannel) {
   struct ModeGuard {
     WinogradMode before = conv2d_winograd();
     ~ModeGuard() { set_conv2d_winograd(before); }
@@ -185,32 +187,50 @@ TEST(Threads, SmallBatchForwardSplitsImagesByChannelBitForBit) {
       const Tensor<float> b = xt::cast<float>(uniform({c.k[0]}, seed++));
       const Shape zs = conv2d_output_shape(c.x, c.k, nullptr, conv);
       const Shape ys = conv2d_relu_max_pool2d_output_shape(c.x, c.k, nullptr, conv, pool);
-      // conv2d_forward, conv2d_relu_max_pool2d_forward and its switches, on `threads`
-      auto run = [&](int threads, int* team) {
-        Tensor<float> z(zs), y(ys);
-        std::vector<int32_t> sw(y.size());
-        auto both = [&] {
-          conv2d_forward(x, k, &b, conv, z);
-          conv2d_relu_max_pool2d_forward(x, k, &b, conv, pool, y, sw.data());
-        };
-        if (team) {
-          *team = team_size_during(both);
-        } else {
-          const int before = num_threads();
-          set_num_threads(threads);
-          both();
-          set_num_threads(before);
-        }
-        return std::tuple{z, y, sw};
+      const Tensor<float> gz = xt::cast<float>(uniform(zs, seed++)), gy = xt::cast<float>(uniform(ys, seed++));
+      // [0] z, [1] y (fused), [2..4] conv2d's dJ/dx, dJ/dk, dJ/db, [5..7] the fused op's,
+      // [8..9] conv2d's dJ/dk, dJ/db without dJ/dx; and the switches
+      struct Out {
+        std::vector<Tensor<float>> t;
+        std::vector<int32_t> sw;
       };
-      int team = 0;
-      const auto [z1, y1, s1] = run(1, nullptr);
-      const auto [z3, y3, s3] = run(3, &team);
+      auto zeros = [](const Tensor<float>& like) { return Tensor<float>(xt::zeros<float>(like.shape())); };
+      auto forward = [&](Out& o) {
+        o.t = {Tensor<float>(zs), Tensor<float>(ys)};
+        o.sw.assign(o.t[1].size(), 0);
+        conv2d_forward(x, k, &b, conv, o.t[0]);
+        conv2d_relu_max_pool2d_forward(x, k, &b, conv, pool, o.t[1], o.sw.data());
+      };
+      auto backward = [&](Out& o) {
+        for (const Tensor<float>* like : {&x, &k, &b, &x, &k, &b, &k, &b}) o.t.push_back(zeros(*like));
+        conv2d_vjp(gz, x, k, conv, &o.t[2], &o.t[3], &o.t[4]);
+        conv2d_relu_max_pool2d_vjp(gy, o.t[1], o.sw, x, k, conv, &o.t[5], &o.t[6], &o.t[7]);
+        conv2d_vjp(gz, x, k, conv, static_cast<Tensor<float>*>(nullptr), &o.t[8], &o.t[9]);
+      };
+      Out one, many;
+      {
+        const int before = num_threads();
+        set_num_threads(1);
+        forward(one);
+        backward(one);
+        set_num_threads(before);
+      }
+      const int team_forward = team_size_during([&] { forward(many); });
+      const int team_backward = team_size_during([&] { backward(many); });
       // split only into whole vectors: conv1's 16 channels are one with AVX-512
-      if (c.k[0] > conv::kernels<float>().lanes) EXPECT_GE(team, 2);
-      EXPECT_TRUE(all_close(xt::cast<double>(z3), xt::cast<double>(z1), 0, 0)) << "conv2d";
-      EXPECT_TRUE(all_close(xt::cast<double>(y3), xt::cast<double>(y1), 0, 0)) << "conv2d_relu_max_pool2d";
-      EXPECT_EQ(s3, s1) << "the pool's switches";
+      if (c.k[0] > conv::kernels<float>().lanes) {
+        EXPECT_GE(team_forward, 2);
+        EXPECT_GE(team_backward, 2);
+      }
+      const char* what[] = {"conv2d",         "conv2d_relu_max_pool2d", "conv2d dJ/dx",     "conv2d dJ/dk",
+                            "conv2d dJ/db",   "fused dJ/dx",            "fused dJ/dk",      "fused dJ/db",
+                            "conv2d dJ/dk (no dJ/dx)", "conv2d dJ/db (no dJ/dx)"};
+      for (std::size_t i = 0; i < one.t.size(); ++i) {
+        const bool exact = i <= 2 || i == 5;  // outputs and dJ/dx
+        EXPECT_TRUE(all_close(xt::cast<double>(many.t[i]), xt::cast<double>(one.t[i]), exact ? 0 : 1e-5, exact ? 0 : 1e-5))
+            << what[i];
+      }
+      EXPECT_EQ(many.sw, one.sw) << "the pool's switches";
     }
   }
 }
