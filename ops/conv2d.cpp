@@ -10,9 +10,8 @@
 //   y[n,o,i,j]  = b[o] + sum_{c,p,q} k[o,c,p,q] * x[n,c, i*sh+p-ph, j*sw+q-pw]
 //
 // Implementation: direct convolutions, one image at a time, images in parallel (OpenMP,
-// OpenBLAS pinned to one thread; the forward also splits an image's output channels
-// between threads when the batch has fewer images than the team: ForwardItems); no
-// im2col buffer. Window taps that fall into the
+// OpenBLAS pinned to one thread; an image is also split between threads by channel
+// ranges when the batch has fewer images than the team: WorkItems); no im2col buffer. Window taps that fall into the
 // padding are skipped (rows always, columns where a group of pixels shares them), which
 // at ref-CNN's shapes saves 8-16% of the multiply-adds of an im2col GEMM.
 //   The plan of a geometry (ops/conv2d_direct.hpp) is shared; the per-image kernels
