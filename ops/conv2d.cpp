@@ -11,9 +11,10 @@
 //
 // Implementation: direct convolutions, one image at a time, images in parallel (OpenMP,
 // OpenBLAS pinned to one thread; an image is also split between threads by channel
-// ranges when the batch has fewer images than the team: WorkItems); no im2col buffer. Window taps that fall into the
-// padding are skipped (rows always, columns where a group of pixels shares them), which
-// at ref-CNN's shapes saves 8-16% of the multiply-adds of an im2col GEMM.
+// ranges when the batch has fewer images than the team: WorkItems); no im2col buffer.
+// Window taps that fall into the padding are skipped (rows always, columns where a
+// group of pixels shares them), which at ref-CNN's shapes saves 8-16% of the
+// multiply-adds of an im2col GEMM.
 //   The plan of a geometry (ops/conv2d_direct.hpp) is shared; the per-image kernels
 //     (ops/conv2d_simd.inc) are compiled per instruction set with the vector width as a
 //     parameter and chosen at run time (ops/isa.hpp): AVX-512, AVX2 or the baseline.
