@@ -10,6 +10,7 @@
 #include <atomic>
 
 #include "ops/conv2d_direct.hpp"
+#include "ops/isa.hpp"
 #include "test_util.hpp"
 
 // Every parallel region the ops open is a call to GOMP_parallel (GCC's OpenMP ABI, which
@@ -165,11 +166,13 @@ TEST(Threads, FusedConvReluPoolAgreesWithOneThread) {
 // the one thread's bit for bit; dJ/dK and dJ/db are per-thread partial sums (the float
 // path's 1e-5 here). The plain convolution and the fused op, direct and Winograd, a
 // channel count that leaves the last range partly padding, and conv1's single input
-// channel (16 output channels: one vector with AVX-512, so not split there).
+// channel (16 output channels: one vector with AVX-512, so not split there); on every
+// kernel variant the processor runs.
 TEST(Threads, SmallBatchSplitsImagesByChannel) {
   struct ModeGuard {
     WinogradMode before = conv2d_winograd();
-    ~ModeGuard() { set_conv2d_winograd(before); }
+    Isa isa = active_isa();
+    ~ModeGuard() { set_conv2d_winograd(before), set_isa(isa); }
   } guard;
   struct Case {
     Shape x, k;
@@ -179,10 +182,13 @@ TEST(Threads, SmallBatchSplitsImagesByChannel) {
   const Conv2dOptions conv{.padding = {2, 2}};
   const Pool2dOptions pool{};
   uint64_t seed = 40;
+  for (const Isa isa : kernel_variants())  // every variant of the kernels this processor runs
   for (const WinogradMode mode : {WinogradMode::On, WinogradMode::Off}) {
+    set_isa(isa);
     set_conv2d_winograd(mode);
     for (const Case& c : cases) {
-      SCOPED_TRACE(fmt::format("x {}, k {}, Winograd {}", shape_str(c.x), shape_str(c.k), mode == WinogradMode::On));
+      SCOPED_TRACE(fmt::format("x {}, k {}, Winograd {}, {}", shape_str(c.x), shape_str(c.k), mode == WinogradMode::On,
+                               isa_name(isa)));
       const Tensor<float> x = xt::cast<float>(uniform(c.x, seed++)), k = xt::cast<float>(uniform(c.k, seed++, -0.3, 0.3));
       const Tensor<float> b = xt::cast<float>(uniform({c.k[0]}, seed++));
       const Shape zs = conv2d_output_shape(c.x, c.k, nullptr, conv);
