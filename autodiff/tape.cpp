@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
+#include <limits>
+#include <stdexcept>
 
 #include "autodiff/custom.hpp"
 #include "autodiff/higher_order.hpp"
@@ -178,7 +181,7 @@ Value Tape<T>::new_value(const Shape& shape, bool requires_grad) {
 template <class T>
 Value Tape<T>::input(const Tensor<T>& x, std::string label, std::source_location loc) {
   Value v = new_value(to_shape(x.shape()), false);
-  std::copy(x.begin(), x.end(), slots_.back().data.begin());
+  parallel_copy(x.data(), x.size(), slots_.back().data.data());
   if (Node<T>* n = record(OpKind::Input, {}, v, Attrs{}, loc)) n->label = std::move(label);
   return v;
 }
@@ -222,6 +225,26 @@ Node<T>* Tape<T>::record(OpId op, std::span<const Value> inputs, Value out, cons
 }
 
 template <class T>
+int32_t* Tape<T>::saved_index_for_overwrite(Node<T>& node, std::size_t n) {
+  const std::less<const Node<T>*> before;
+  if (before(&node, nodes_.data()) || !before(&node, nodes_.data() + nodes_.size()))
+    throw std::logic_error("Tape::saved_index_for_overwrite: the node is not on this tape");
+  const std::size_t i = static_cast<std::size_t>(&node - nodes_.data());
+  if (!overwrite_nodes_.empty() && overwrite_nodes_.back() > i)
+    throw std::logic_error("Tape::saved_index_for_overwrite: call it for the node just recorded");
+  if (overwrite_nodes_.empty() || overwrite_nodes_.back() != i) {
+    if (next_overwrite_ < spare_overwrite_.size() && node.saved_index.empty())
+      node.saved_index = std::move(spare_overwrite_[next_overwrite_++]);
+    overwrite_nodes_.push_back(i);
+  }
+  node.saved_index.resize(n);  // a no-op when the buffer has this size from the step before
+#ifndef NDEBUG
+  std::fill(node.saved_index.begin(), node.saved_index.end(), std::numeric_limits<int32_t>::max());
+#endif
+  return node.saved_index.data();
+}
+
+template <class T>
 Value Tape<T>::set_label(Value v, std::string label) {
   const Slot<T>& s = slot(v);
   if (s.producer >= 0) nodes_[static_cast<std::size_t>(s.producer)].label = std::move(label);
@@ -237,17 +260,27 @@ void Tape<T>::reset() {
   spare_saved_.clear();
   spare_index_.clear();
   spare_inputs_.clear();
+  spare_overwrite_.clear();
   for (Slot<T>& s : slots_) {
     if (s.param) continue;
     spare_data_.push_back(std::move(s.data));
     spare_grad_.push_back(std::move(s.grad));
   }
-  for (Node<T>& n : nodes_) {
+  std::size_t k = 0;  // into overwrite_nodes_
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    Node<T>& n = nodes_[i];
     spare_saved_.push_back(std::move(n.saved));
-    spare_index_.push_back(std::move(n.saved_index));
+    if (k < overwrite_nodes_.size() && overwrite_nodes_[k] == i) {
+      spare_overwrite_.push_back(std::move(n.saved_index));  // not cleared: see saved_index_for_overwrite
+      spare_index_.emplace_back();                           // keeps the positions of the others
+      ++k;
+    } else {
+      spare_index_.push_back(std::move(n.saved_index));
+    }
     spare_inputs_.push_back(std::move(n.inputs));
   }
-  next_data_ = next_grad_ = next_saved_ = next_index_ = next_inputs_ = 0;
+  overwrite_nodes_.clear();
+  next_data_ = next_grad_ = next_saved_ = next_index_ = next_inputs_ = next_overwrite_ = 0;
   slots_.clear();
   nodes_.clear();
   consumed_ = false;

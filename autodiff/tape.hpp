@@ -218,6 +218,13 @@ class Tape {
                   const std::source_location& loc);
   Node<T>* record(OpId op, std::span<const Value> inputs, Value out, const Attrs& attrs,
                   const std::source_location& loc);
+  // node.saved_index sized to n entries for an op whose forward then writes every one
+  // (the max-pool switches): unlike resize() after record(), which hands out a cleared
+  // buffer, it does not zero them. The buffer is the one this node position had the step
+  // before, so with the same shapes it is a no-op (the ref-CNN's two pools: 1.2 MB
+  // zeroed per step, on one thread, before this). Debug builds fill it with INT32_MAX,
+  // so an entry the op forgets to write is an out-of-range index, not a stale one.
+  int32_t* saved_index_for_overwrite(Node<T>& node, std::size_t n);
   // The gradient buffer of v for the current backward (zeroed on first use), or
   // nullptr if v needs no gradient. Parameters hand out their own grad.
   Tensor<T>* grad_buffer(Value v);
@@ -253,7 +260,12 @@ class Tape {
   // Buffers of the previous step, handed out again in the same order.
   std::vector<Tensor<T>> spare_data_, spare_grad_, spare_saved_;
   std::vector<std::vector<int32_t>> spare_index_, spare_inputs_;
+  // saved_index buffers of the nodes that asked for saved_index_for_overwrite (their
+  // indices in overwrite_nodes_, ascending), kept with their sizes and contents.
+  std::vector<std::vector<int32_t>> spare_overwrite_;
+  std::vector<std::size_t> overwrite_nodes_;
   std::size_t next_data_ = 0, next_grad_ = 0, next_saved_ = 0, next_index_ = 0, next_inputs_ = 0;
+  std::size_t next_overwrite_ = 0;
   bool grad_enabled_ = true;
   bool consumed_ = false;  // a backward() ran without retain_graph
   int cursor_ = -1;        // next node of the reverse pass in progress, -1 if none

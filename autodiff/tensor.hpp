@@ -1,6 +1,7 @@
 // Tensors, shapes and the error types shared by the tape and every op.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -66,6 +67,20 @@ void zero_fill(Tensor<T>& t) {
   const std::size_t n = t.size();
 #pragma omp parallel for simd schedule(static) if (n > 65536)
   for (std::size_t i = 0; i < n; ++i) p[i] = T(0);
+}
+
+// dst[i] = src[i] for i < n, on every OpenMP thread above 64K elements: the tape's copy
+// of an input and reshape's copy, serial time between the ops' parallel regions
+// otherwise (bench/README.md, "Serial time"). The branch is in C++, not an `if` clause:
+// a parallel region costs microseconds even when its `if` is false.
+template <class T>
+void parallel_copy(const T* src, std::size_t n, T* dst) {
+  if (n > 65536) {
+#pragma omp parallel for simd schedule(static)
+    for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
+  } else {
+    std::copy(src, src + n, dst);
+  }
 }
 
 }  // namespace ad

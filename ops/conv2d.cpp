@@ -33,9 +33,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -212,8 +214,31 @@ void wino_dk_output(const double* partial, std::size_t part, std::size_t team, s
   }
 }
 
-DirectPlan direct_plan(const ConvGeom& g, std::size_t chan) {
-  return DirectPlan(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, chan);
+// The DirectPlan of these arguments, built once per calling thread and kept with the
+// last few: building its tap lists (conv2's: ~7,500 taps) took tens of microseconds on
+// the calling thread before every forward and VJP, serial time that more threads do
+// not shorten (bench/README.md, "Serial time"). Shared pointers, so that a plan
+// stays alive while in use even when a later lookup evicts it.
+std::shared_ptr<const DirectPlan> direct_plan(std::size_t C, std::size_t H, std::size_t W, std::size_t O,
+                                              std::size_t KH, std::size_t KW, std::size_t sh, std::size_t sw,
+                                              std::size_t ph, std::size_t pw, std::size_t chan) {
+  using Key = std::array<std::size_t, 11>;
+  const Key key{C, H, W, O, KH, KW, sh, sw, ph, pw, chan};
+  thread_local std::vector<std::pair<Key, std::shared_ptr<const DirectPlan>>> cache;  // the most recent last
+  for (std::size_t i = 0; i < cache.size(); ++i)
+    if (cache[i].first == key) {
+      std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                  cache.end());
+      return cache.back().second;
+    }
+  constexpr std::size_t kPlans = 8;  // a network's distinct convolutions, forward and VJP
+  if (cache.size() == kPlans) cache.erase(cache.begin());
+  cache.emplace_back(key, std::make_shared<const DirectPlan>(C, H, W, O, KH, KW, sh, sw, ph, pw, chan));
+  return cache.back().second;
+}
+
+std::shared_ptr<const DirectPlan> direct_plan(const ConvGeom& g, std::size_t chan) {
+  return direct_plan(g.C, g.H, g.W, g.O, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, chan);
 }
 
 // The adjoint of im2col: grad_x[c, i*sh+p-ph, j*sw+q-pw] += dcol[(c,p,q), (i,j)].
@@ -311,7 +336,8 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
       return;
     }
   }
-  const DirectPlan pl = direct_plan(g, it.chan(kn, g.O));
+  const std::shared_ptr<const DirectPlan> plan = direct_plan(g, it.chan(kn, g.O));
+  const DirectPlan& pl = *plan;
   // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
   for (std::size_t t = 0; t < CKK; ++t)
@@ -359,7 +385,8 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
       return true;
     }
   }
-  const DirectPlan pl = direct_plan(g, it.chan(kn, g.O));
+  const std::shared_ptr<const DirectPlan> plan = direct_plan(g, it.chan(kn, g.O));
+  const DirectPlan& pl = *plan;
   T* w = scratch<T>(CKK * pl.Opad, 4);  // w[(c,p,q), o] = k[o,c,p,q], as conv2d_forward
   for (std::size_t t = 0; t < CKK; ++t)
     for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
@@ -401,8 +428,9 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   const WorkItems it = work_items(kn, g, splittable ? std::max(grad_k || grad_b ? g.O : 0, grad_x ? g.C : 0) : 0);
   const std::size_t items = g.N * it.parts;
   // dJ/dK through the direct plan of the forward (its padded input and taps).
-  const DirectPlan pl = direct_plan(g, it.chan(kn, g.O));
-  std::optional<DirectPlan> plx;
+  const std::shared_ptr<const DirectPlan> plan = direct_plan(g, it.chan(kn, g.O));
+  const DirectPlan& pl = *plan;
+  std::shared_ptr<const DirectPlan> plx;
   T* wflip = nullptr;
   // ... by Winograd where it applies: the flipped kernel kflip[c, o, p, q] = k[o, c, KH-1-p, KW-1-q]
   // (C_in, C_out, 5, 5), transformed in the parallel region below.
@@ -417,7 +445,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         for (std::size_t t = 0; t < 25; ++t) kflip[(c * g.O + o) * 25 + t] = kp[(o * g.C + c) * 25 + 24 - t];
     wflip = scratch<T>(36 * g.O * plw->Opad, 4);  // U of kflip
   } else if (dx_direct) {
-    plx.emplace(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, it.chan(kn, g.C));
+    plx = direct_plan(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, it.chan(kn, g.C));
     // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q]
     wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);
     for (std::size_t o = 0; o < g.O; ++o)

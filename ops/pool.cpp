@@ -286,8 +286,7 @@ Value max_pool2d(Tape<T>& tape, Value x, const Pool2dOptions& opt, std::source_l
   Node<T>* node = tape.record(OpKind::MaxPool2d, {x}, y, Attrs::of(a), loc);
   int32_t* switches = nullptr;
   if (node && tape.requires_grad(y)) {
-    node->saved_index.resize(xt::compute_size(ys));
-    switches = node->saved_index.data();
+    switches = tape.saved_index_for_overwrite(*node, xt::compute_size(ys));
   }
   max_pool2d_forward(tape.value(x), a, tape.mutable_value(y), switches);
   return y;

@@ -14,6 +14,7 @@
 #include <numeric>
 
 #include "autodiff/higher_order.hpp"
+#include "ops/parallel.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {
@@ -65,7 +66,7 @@ void for_each_run(const Shape& whole, std::size_t axis, std::size_t offset, std:
 // ---- reshape ----
 
 template <class T> void reshape_forward(const Tensor<T>& x, Tensor<T>& y) {
-  std::copy(x.data(), x.data() + x.size(), y.data());
+  parallel_copy(x.data(), x.size(), y.data());
 }
 
 // dx[i] += g[i]: the same row-major element in x's shape.
@@ -73,7 +74,7 @@ template <class T> void reshape_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x
   if (!grad_x) return;
   const T* g = grad_out.data();
   T* gx = grad_x->data();
-  for (std::size_t i = 0; i < grad_out.size(); ++i) gx[i] += g[i];
+  for_each_index(grad_out.size(), [=](std::size_t i) { gx[i] += g[i]; });
 }
 
 namespace {

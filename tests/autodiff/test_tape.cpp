@@ -243,5 +243,58 @@ TEST(Tape, ResetReusesEveryBufferForTheSameStep) {
   }
 }
 
+// Max pooling's switches go through Tape::saved_index_for_overwrite: a reset tape hands
+// each such node the buffer its position had, with its old size and contents, and the
+// forward writes every entry. Steps whose shapes grow, shrink and whose op order
+// changes (a label-saving loss before or after the pools, one pool or two) must give
+// the gradients of a fresh tape, and the labels node must never see switches.
+TEST(Tape, RecycledSwitchBuffersGiveTheGradientsOfAFreshTape) {
+  Tape<double> reused;
+  Parameter<double> w("w", uniform({5, 6}, 9));
+  struct Step {
+    std::size_t hw;
+    bool loss_first, two_pools;
+  };
+  const Step steps[] = {{8, false, true}, {8, false, true}, {12, false, true}, {4, true, false},
+                        {8, true, true},  {6, false, false}, {8, false, true}};
+  int seed = 20;
+  for (const Step& st : steps) {
+    const Tensor<double> x = uniform({2, 3, st.hw, st.hw}, ++seed);
+    const Tensor<double> z = uniform({6, 5}, ++seed);
+    Parameter<double> px("x", x);
+    auto run = [&](Tape<double>& t) {
+      w.zero_grad();
+      px.zero_grad();
+      const Value xin = t.param(px);
+      const Value logits = matmul(t, t.input(z), t.param(w));
+      const Value loss = softmax_cross_entropy(t, logits, {0, 4, 2, 1, 3, 0});
+      Value pooled = max_pool2d(t, xin);
+      if (st.two_pools) pooled = max_pool2d(t, pooled);
+      const Value total = st.loss_first ? add(t, loss, sum(t, mul(t, pooled, pooled)))
+                                        : add(t, sum(t, mul(t, pooled, pooled)), loss);
+      t.backward(total);
+      return std::pair{Tensor<double>(px.grad), Tensor<double>(w.grad)};
+    };
+    reused.reset();
+    const auto [gx, gw] = run(reused);
+    Tape<double> fresh;
+    const auto [fx, fw] = run(fresh);
+    EXPECT_EQ(gx, fx) << "input " << st.hw << "x" << st.hw;
+    EXPECT_EQ(gw, fw) << "input " << st.hw << "x" << st.hw;
+    for (const Node<double>& n : reused.nodes()) {
+      if (n.op == OpKind::SoftmaxCrossEntropy) EXPECT_EQ(n.saved_index, (std::vector<int32_t>{0, 4, 2, 1, 3, 0}));
+      if (n.op == OpKind::MaxPool2d) EXPECT_EQ(n.saved_index.size(), reused.value(reused.handle(n.output)).size());
+    }
+  }
+}
+
+TEST(Tape, SavedIndexForOverwriteRefusesANodeOfAnotherTape) {
+  Tape<float> a, b;
+  const Tensor<float> x = xt::ones<float>({1, 1, 4, 4});
+  max_pool2d(a, a.input(x));
+  Node<float> stray;
+  EXPECT_THROW(b.saved_index_for_overwrite(stray, 4), std::logic_error);
+}
+
 }  // namespace
 }  // namespace ad::test::test_tape

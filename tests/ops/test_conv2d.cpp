@@ -71,6 +71,44 @@ TEST(Conv2d, ForwardMatchesDirectDefinition) {
   }
 }
 
+// The direct plans are built once per geometry and kept (ops/conv2d.cpp, direct_plan):
+// geometries that differ from one base in one parameter each, alternating with the
+// base, must each get their own plan. Float (the plans of every kernel variant's lanes)
+// against the definition; a plan reused for the wrong geometry misplaces whole rows.
+TEST(Conv2d, GeometriesDifferingInOneParameterGetTheirOwnPlans) {
+  struct Geometry {
+    Shape x, k;
+    std::array<int, 2> padding, stride;
+  };
+  const Geometry base{{2, 3, 7, 6}, {4, 3, 3, 3}, {1, 1}, {1, 1}};
+  const Geometry variants[] = {
+      {{2, 2, 7, 6}, {4, 2, 3, 3}, {1, 1}, {1, 1}},  // C
+      {{2, 3, 8, 6}, {4, 3, 3, 3}, {1, 1}, {1, 1}},  // H
+      {{2, 3, 7, 5}, {4, 3, 3, 3}, {1, 1}, {1, 1}},  // W
+      {{2, 3, 7, 6}, {5, 3, 3, 3}, {1, 1}, {1, 1}},  // C_out
+      {{2, 3, 7, 6}, {4, 3, 2, 3}, {1, 1}, {1, 1}},  // KH
+      {{2, 3, 7, 6}, {4, 3, 3, 2}, {1, 1}, {1, 1}},  // KW
+      {{2, 3, 7, 6}, {4, 3, 3, 3}, {1, 1}, {2, 1}},  // stride rows
+      {{2, 3, 7, 6}, {4, 3, 3, 3}, {1, 1}, {1, 2}},  // stride columns
+      {{2, 3, 7, 6}, {4, 3, 3, 3}, {2, 1}, {1, 1}},  // padding rows
+      {{2, 3, 7, 6}, {4, 3, 3, 3}, {1, 2}, {1, 1}},  // padding columns
+  };
+  uint64_t seed = 900;
+  auto check = [&](const Geometry& g, std::size_t i) {
+    SCOPED_TRACE(fmt::format("variant {} (or the base after it)", i));
+    const T64 x = uniform(g.x, seed++), k = uniform(g.k, seed++);
+    Tape<float> t;
+    const Value y = conv2d(t, t.input(xt::cast<float>(x)), t.input(xt::cast<float>(k)), Value{},
+                           {.padding = g.padding, .stride = g.stride});
+    EXPECT_TRUE(all_close(xt::cast<double>(t.value(y)), conv_reference(x, k, nullptr, g.padding, g.stride), 1e-5, 1e-5));
+  };
+  for (int round = 0; round < 2; ++round)
+    for (std::size_t i = 0; i < std::size(variants); ++i) {
+      check(base, i);
+      check(variants[i], i);
+    }
+}
+
 TEST(Conv2d, VjpMatchesFiniteDifferencesInEveryGeometry) {
   uint64_t seed = 100;
   for (const ConvCase& c : kCases) {
