@@ -178,6 +178,31 @@ void winograd_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan
   for (std::size_t c = 0; c < pl.C; ++c) kn.wino_kernel(k, pl.C, pl.O, pl.Opad, c, c + 1, U);
 }
 
+// The same for dJ/dx's convolution, whose kernel is the forward's flipped and
+// transposed, kflip[c, o, p, q] = k[o, c, KH-1-p, KW-1-q] (C_in, C_out, 5, 5) with k
+// (C_out, C_in, 5, 5): this plan's input channels are the forward's C_out, its outputs
+// the forward's C_in. Each thread writes kflip[:, o] for its o (the rows wino_kernel
+// then reads), so the flip needs no barrier and no serial loop before the region.
+void winograd_flipped_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan& pl, const float* k,
+                                      float* kflip, float* U) {
+#pragma omp for schedule(static)
+  for (std::size_t o = 0; o < pl.C; ++o) {
+    for (std::size_t c = 0; c < pl.O; ++c)
+      for (std::size_t t = 0; t < 25; ++t) kflip[(c * pl.C + o) * 25 + t] = k[(o * pl.O + c) * 25 + 24 - t];
+    kn.wino_kernel(kflip, pl.C, pl.O, pl.Opad, o, o + 1, U);
+  }
+}
+
+// w[(c,p,q), o] = k[o,c,p,q] for the direct kernels, zero in the padding channels
+// o >= C_out: an omp for over the taps (c,p,q), from every thread of a team; the caller
+// waits at its barrier before any image reads w.
+template <class T>
+void direct_weights_in_team(const T* k, std::size_t CKK, std::size_t O, std::size_t Opad, T* w) {
+#pragma omp for schedule(static)
+  for (std::size_t t = 0; t < CKK; ++t)
+    for (std::size_t o = 0; o < Opad; ++o) w[t * Opad + o] = o < O ? k[o * CKK + t] : T(0);
+}
+
 // dK[o, c] += G^T M[c][o] G (5x5 from 6x6) for every input channel c, M the sum in
 // thread order of the team's dJ/dK partials (each (36, C, Opad), `part` apart); G is
 // F(2x2, 5x5)'s kernel transform (ops/conv2d_simd.inc, winograd_g), applied in double.
@@ -338,17 +363,18 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
   }
   const std::shared_ptr<const DirectPlan> plan = direct_plan(g, it.chan(kn, g.O));
   const DirectPlan& pl = *plan;
-  // w[(c,p,q), o] = k[o,c,p,q], zero for the padding channels o >= C_out
   T* w = scratch<T>(CKK * pl.Opad, 4);
-  for (std::size_t t = 0; t < CKK; ++t)
-    for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
-#pragma omp parallel for schedule(static) if (it.parallel)
-  for (std::size_t i = 0; i < items; ++i) {
-    const std::size_t n = i / it.parts;
-    const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
-    T* xp = scratch<T>(pl.padded_size(), 0);
-    T* yt = scratch<T>(P * pl.Opad, 1);
-    kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt, oa, ob);
+#pragma omp parallel if (it.parallel)
+  {
+    direct_weights_in_team(kp, CKK, g.O, pl.Opad, w);
+#pragma omp for schedule(static)
+    for (std::size_t i = 0; i < items; ++i) {
+      const std::size_t n = i / it.parts;
+      const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
+      T* xp = scratch<T>(pl.padded_size(), 0);
+      T* yt = scratch<T>(P * pl.Opad, 1);
+      kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt, oa, ob);
+    }
   }
 }
 
@@ -387,15 +413,17 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
   }
   const std::shared_ptr<const DirectPlan> plan = direct_plan(g, it.chan(kn, g.O));
   const DirectPlan& pl = *plan;
-  T* w = scratch<T>(CKK * pl.Opad, 4);  // w[(c,p,q), o] = k[o,c,p,q], as conv2d_forward
-  for (std::size_t t = 0; t < CKK; ++t)
-    for (std::size_t o = 0; o < pl.Opad; ++o) w[t * pl.Opad + o] = o < g.O ? kp[o * CKK + t] : T(0);
-#pragma omp parallel for schedule(static) if (it.parallel)
-  for (std::size_t i = 0; i < items; ++i) {
-    const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
-    T* yt = scratch<T>(P * pl.Opad, 1);
-    kn.conv_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, w, scratch<T>(pl.padded_size(), 0), yt, oa, ob);
-    out(i / it.parts, yt, pl.Opad, oa, ob);
+  T* w = scratch<T>(CKK * pl.Opad, 4);  // as conv2d_forward
+#pragma omp parallel if (it.parallel)
+  {
+    direct_weights_in_team(kp, CKK, g.O, pl.Opad, w);
+#pragma omp for schedule(static)
+    for (std::size_t i = 0; i < items; ++i) {
+      const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
+      T* yt = scratch<T>(P * pl.Opad, 1);
+      kn.conv_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, w, scratch<T>(pl.padded_size(), 0), yt, oa, ob);
+      out(i / it.parts, yt, pl.Opad, oa, ob);
+    }
   }
   return true;
 }
@@ -433,28 +461,18 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   std::shared_ptr<const DirectPlan> plx;
   T* wflip = nullptr;
   // ... by Winograd where it applies: the flipped kernel kflip[c, o, p, q] = k[o, c, KH-1-p, KW-1-q]
-  // (C_in, C_out, 5, 5), transformed in the parallel region below.
+  // (C_in, C_out, 5, 5), flipped and transformed in the parallel region below.
   std::optional<WinogradPlan> plw;
   T* kflip = nullptr;
   if (dx_direct && winograd_for(kn, g.O, g.KH, g.KW, 1, 1)) {
     if constexpr (std::is_same_v<T, float>)
       plw.emplace(winograd_plan(kn, g.O, g.OH, g.OW, g.C, g.KH - 1 - g.ph, g.KW - 1 - g.pw, it.chan(kn, g.C)));
     kflip = scratch<T>(g.C * g.O * 25, 6);
-    for (std::size_t c = 0; c < g.C; ++c)
-      for (std::size_t o = 0; o < g.O; ++o)
-        for (std::size_t t = 0; t < 25; ++t) kflip[(c * g.O + o) * 25 + t] = kp[(o * g.C + c) * 25 + 24 - t];
     wflip = scratch<T>(36 * g.O * plw->Opad, 4);  // U of kflip
   } else if (dx_direct) {
     plx = direct_plan(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, it.chan(kn, g.C));
-    // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q]
+    // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q], filled in the parallel region below
     wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);
-    for (std::size_t o = 0; o < g.O; ++o)
-      for (std::size_t p = 0; p < g.KH; ++p)
-        for (std::size_t q = 0; q < g.KW; ++q) {
-          T* dst = wflip + ((o * g.KH + p) * g.KW + q) * plx->Opad;
-          for (std::size_t c = 0; c < plx->Opad; ++c)
-            dst[c] = c < g.C ? kp[((o * g.C + c) * g.KH + g.KH - 1 - p) * g.KW + g.KW - 1 - q] : T(0);
-        }
   }
 
   // dJ/dK by Winograd where the forward would use it (float) and the batch is small
@@ -489,7 +507,17 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
     double* gm = mpartial + static_cast<std::size_t>(omp_get_thread_num()) * mpart;
     std::fill(gm, gm + mpart, 0.0);
     if constexpr (std::is_same_v<T, float>)
-      if (plw) winograd_kernels_in_team(kn, *plw, kflip, wflip);
+      if (plw) winograd_flipped_kernels_in_team(kn, *plw, kp, kflip, wflip);
+    if (plx) {
+#pragma omp for schedule(static)
+      for (std::size_t o = 0; o < g.O; ++o)
+        for (std::size_t p = 0; p < g.KH; ++p)
+          for (std::size_t q = 0; q < g.KW; ++q) {
+            T* dst = wflip + ((o * g.KH + p) * g.KW + q) * plx->Opad;
+            for (std::size_t c = 0; c < plx->Opad; ++c)
+              dst[c] = c < g.C ? kp[((o * g.C + c) * g.KH + g.KH - 1 - p) * g.KW + g.KW - 1 - q] : T(0);
+          }
+    }
 #pragma omp for schedule(static)
     for (std::size_t i = 0; i < items; ++i) {
       const std::size_t n = i / it.parts;

@@ -12,6 +12,7 @@
 
 #include "autodiff/gradcheck.hpp"
 #include "nn/train.hpp"
+#include "ops/blas.hpp"
 #include "tests/nn/nn_test_util.hpp"
 
 namespace nn::test_train {
@@ -137,6 +138,71 @@ TEST(Optimizer, AdamMatchesHandComputedSteps) {
   const double m = 0.9 * 0.3 + 0.1 * -1.0, v = 0.999 * 0.009 + 0.001 * 1.0;
   const double mhat = m / (1 - 0.81), vhat = v / (1 - 0.999 * 0.999);
   EXPECT_NEAR(p.value(0), 0.5 - 0.01 * 3.0 / (3.0 + 1e-8) - 0.01 * mhat / (std::sqrt(vhat) + 1e-8), 1e-6);
+}
+
+// Above 64K elements in all the updates run on every thread (nn/optim.cpp,
+// for_each_element): every element of every parameter, whatever its size (one of 7),
+// must get the same update as the formula on one thread, at any thread count.
+TEST(Optimizer, LargeModelsUpdateEveryElementOnAnyThreadCount) {
+  const std::size_t sizes[] = {40000, 7, 30001};
+  auto make = [&] {
+    std::vector<ad::Parameter<float>> ps;
+    for (std::size_t k = 0; k < std::size(sizes); ++k) {
+      ad::Tensor<float> v = xt::zeros<float>({sizes[k]}), g = v;
+      for (std::size_t i = 0; i < sizes[k]; ++i) {
+        v(i) = std::sin(0.001f * static_cast<float>(i + 7 * k));
+        g(i) = std::cos(0.003f * static_cast<float>(i) + static_cast<float>(k));
+      }
+      ps.emplace_back("p" + std::to_string(k), v);
+      ps.back().grad = g;
+    }
+    return ps;
+  };
+  auto pointers = [](std::vector<ad::Parameter<float>>& ps) {
+    std::vector<ad::Parameter<float>*> out;
+    for (auto& p : ps) out.push_back(&p);
+    return out;
+  };
+  const int threads_before = ad::num_threads();
+  for (const int kind : {0, 1, 2}) {  // SGD with momentum, Nesterov, Adam
+    SCOPED_TRACE(kind == 0 ? "momentum" : kind == 1 ? "nesterov" : "adam");
+    std::vector<std::vector<ad::Tensor<float>>> results;
+    for (const int threads : {1, 2, 3}) {
+      ad::set_num_threads(threads);
+      std::vector<ad::Parameter<float>> ps = make();
+      if (kind < 2) {
+        Sgd<float> opt(pointers(ps), {.lr = 0.1, .momentum = 0.9, .nesterov = kind == 1, .weight_decay = 0.01});
+        opt.step(), opt.step();
+      } else {
+        Adam<float> opt(pointers(ps), {.lr = 0.01});
+        opt.step(), opt.step();
+      }
+      results.emplace_back();
+      for (auto& p : ps) results.back().push_back(p.value);
+    }
+    // the formula, element by element, in double (two steps with the same gradient)
+    std::vector<ad::Parameter<float>> ps = make();
+    for (std::size_t k = 0; k < ps.size(); ++k)
+      for (std::size_t i = 0; i < sizes[k]; ++i) {
+        double w = ps[k].value(i), m = 0, v = 0;
+        const double g0 = ps[k].grad(i);
+        for (int t = 1; t <= 2; ++t) {
+          if (kind < 2) {
+            const double g = g0 + 0.01 * w;
+            m = 0.9 * m + g;
+            w -= 0.1 * (kind == 1 ? g + 0.9 * m : m);
+          } else {
+            m = 0.9 * m + 0.1 * g0, v = 0.999 * v + 0.001 * g0 * g0;
+            w -= 0.01 * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.999, t))) + 1e-8);
+          }
+        }
+        ASSERT_NEAR(results[0][k](i), w, 1e-5) << "parameter " << k << " element " << i;
+      }
+    for (std::size_t r = 1; r < results.size(); ++r)
+      for (std::size_t k = 0; k < ps.size(); ++k)
+        EXPECT_EQ(results[r][k], results[0][k]) << r + 1 << " threads, parameter " << k;
+  }
+  ad::set_num_threads(threads_before);
 }
 
 // lr = NaN or < 0, momentum = 2, ... would train on silently (or diverge): refused,
