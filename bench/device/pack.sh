@@ -24,6 +24,11 @@ for f in "$dest"/bin/*; do
   strip "$f"
   patchelf --set-interpreter "$(basename "$dest")/lib/ld-linux-x86-64.so.2" --force-rpath --set-rpath '$ORIGIN/../lib' "$f"
 done
+# the LD_PRELOAD library of run.sh's serial-time phase (bench/serial_time.cpp)
+[ -e "$build/bench/libserial_time.so" ] || { echo "pack.sh: $build/bench/libserial_time.so missing" >&2; exit 1; }
+cp "$build/bench/libserial_time.so" "$dest/bin/"
+strip "$dest/bin/libserial_time.so"
+patchelf --force-rpath --set-rpath '$ORIGIN/../lib' "$dest/bin/libserial_time.so"
 tar -czf "$dest/libs.tgz" -C "$stage" .
 rm -rf "$stage"
 python3 - "$dest/data" <<'PY'

@@ -30,6 +30,11 @@ stamp start
   echo "cores: $(nproc)"
   grep -m1 'model name' /proc/cpuinfo
   echo "avx512 flags: $(grep -o 'avx512[a-z0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  # hardware threads against cores: with two threads a core, 16 threads run on 8 cores'
+  # vector units (a limit on the 16-thread figures that no program removes)
+  echo "cores (distinct package:core ids): $(for c in /sys/devices/system/cpu/cpu[0-9]*/topology; do
+    echo "$(cat $c/physical_package_id):$(cat $c/core_id)"; done | sort -u | wc -l)"
+  echo "thread siblings of cpu0: $(cat /sys/devices/system/cpu/cpu0/topology/thread_siblings_list 2>/dev/null)"
   echo "load: $(cat /proc/loadavg)"
   $B/bench_ours --mode infer --threads 1 --warmup 0 --blocks 0 --data $DATA >/dev/null && echo "bench_ours starts"
 } 2>&1 | tee "$OUT/info.txt"
@@ -70,6 +75,15 @@ med() { grep '^block' | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print 
     done
   done
 } 2>&1 | tee "$OUT/ab.txt"
+
+stamp serial
+# Serial time (bench/README.md, "Serial time"): wall time between parallel regions, by
+# call site; symbolize here with bench/serial_time.sh and the unstripped build/portable.
+for t in 1 16; do
+  LD_PRELOAD=$B/libserial_time.so AD_SERIAL_TIME_OUT="$OUT/serial_$t.txt" $B/bench_ours --mode train \
+    --threads $t --blocks 1 --steps $([ "$QUICK" = 1 ] && echo 20 || echo 200) --data $DATA >/dev/null
+  head -1 "$OUT/serial_$t.txt"
+done
 
 stamp ops
 # Per-op times, ours (the profile of a step), 1 and 16 threads.
