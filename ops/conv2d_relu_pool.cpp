@@ -187,7 +187,8 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
       tape.record(OpKind::Conv2dReluMaxPool2d, {x, k, b}, y, Attrs::of(Conv2dReluMaxPool2dAttrs{conv, pool}), loc);
   int32_t* switches = nullptr;
   if (node && tape.requires_grad(y)) {
-    switches = tape.saved_index_for_overwrite(*node, std::accumulate(ys.begin(), ys.end(), std::size_t{1}, std::multiplies<>()));
+    const std::size_t n = std::accumulate(ys.begin(), ys.end(), std::size_t{1}, std::multiplies<>());
+    switches = tape.saved_index_for_overwrite(*node, n);
   }
   conv2d_relu_max_pool2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, conv, pool,
                                  tape.mutable_value(y), switches);
