@@ -1,7 +1,6 @@
 // Tensors, shapes and the error types shared by the tape and every op.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -9,6 +8,8 @@
 
 #include <fmt/format.h>
 #include <xtensor/xarray.hpp>
+
+#include "autodiff/parallel.hpp"
 
 namespace ad {
 
@@ -60,35 +61,21 @@ template <class... Args>
 
 // Sets every element of t to zero, on every OpenMP thread above 64K elements. The tape
 // zeroes each gradient buffer with it (11.2 MB a step for ref-CNN at batch 64; one thread
-// filling them measured 9.6% of a 2-thread step).
-// Below that, no parallel region at all: one whose `if` clause is false still costs
-// microseconds (the loss's and the logits' gradients are zeroed every step).
+// filling them measured 9.6% of a 2-thread step). Below that, no parallel region at all
+// (the loss's and the logits' gradients are zeroed every step).
 template <class T>
 void zero_fill(Tensor<T>& t) {
   T* p = t.data();
-  const std::size_t n = t.size();
-  if (n > 65536) {
-#pragma omp parallel for simd schedule(static)
-    for (std::size_t i = 0; i < n; ++i) p[i] = T(0);
-  } else {
-    std::fill(p, p + n, T(0));
-  }
+  for_each_index(t.size(), [=](std::size_t i) { p[i] = T(0); });
 }
 
 // dst[i] = src[i] for i < n, on every OpenMP thread above 16K elements: the tape's copy
 // of an input and reshape's copy, serial time between the ops' parallel regions
 // otherwise (bench/README.md, "Serial time"; the ref-CNN's batch of 64 images is 50K
-// floats: 15 us a step on one thread, 10-14 us in a region of two). The branch is in
-// C++, not an `if` clause: a parallel region costs microseconds even when its `if` is
-// false.
+// floats: 15 us a step on one thread, 10-14 us in a region of two).
 template <class T>
 void parallel_copy(const T* src, std::size_t n, T* dst) {
-  if (n > 16384) {
-#pragma omp parallel for simd schedule(static)
-    for (std::size_t i = 0; i < n; ++i) dst[i] = src[i];
-  } else {
-    std::copy(src, src + n, dst);
-  }
+  for_each_index(n, [=](std::size_t i) { dst[i] = src[i]; }, 16384);
 }
 
 }  // namespace ad

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "autodiff/tensor.hpp"
-#include "ops/parallel.hpp"
+#include "autodiff/parallel.hpp"
 
 namespace ad {
 

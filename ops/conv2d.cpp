@@ -203,6 +203,22 @@ void direct_weights_in_team(const T* k, std::size_t CKK, std::size_t O, std::siz
     for (std::size_t o = 0; o < Opad; ++o) w[t * Opad + o] = o < O ? k[o * CKK + t] : T(0);
 }
 
+// wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q], zero in the padding channels c >= C_in:
+// dJ/dx's weights for the direct kernels, whose input channels are the forward's C_out
+// (k is (C_out, C_in, KH, KW)); an omp for over o, as direct_weights_in_team.
+template <class T>
+void direct_flipped_weights_in_team(const T* k, std::size_t O, std::size_t C, std::size_t KH, std::size_t KW,
+                                    std::size_t Cpad, T* wflip) {
+#pragma omp for schedule(static)
+  for (std::size_t o = 0; o < O; ++o)
+    for (std::size_t p = 0; p < KH; ++p)
+      for (std::size_t q = 0; q < KW; ++q) {
+        T* dst = wflip + ((o * KH + p) * KW + q) * Cpad;
+        for (std::size_t c = 0; c < Cpad; ++c)
+          dst[c] = c < C ? k[((o * C + c) * KH + KH - 1 - p) * KW + KW - 1 - q] : T(0);
+      }
+}
+
 // dK[o, c] += G^T M[c][o] G (5x5 from 6x6) for every input channel c, M (36, C, Opad)
 // the sum in thread order of the team's dJ/dK partials; G is F(2x2, 5x5)'s kernel
 // transform (ops/conv2d_simd.inc, winograd_g), applied in double. dk points at dK[o]
@@ -468,8 +484,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
     wflip = scratch<T>(36 * g.O * plw->Opad, 4);  // U of kflip
   } else if (dx_direct) {
     plx = direct_plan(g.O, g.OH, g.OW, g.C, g.KH, g.KW, 1, 1, g.KH - 1 - g.ph, g.KW - 1 - g.pw, it.chan(kn, g.C));
-    // wflip[(o,p,q), c] = k[o, c, KH-1-p, KW-1-q], filled in the parallel region below
-    wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);
+    wflip = scratch<T>(g.O * g.KH * g.KW * plx->Opad, 4);  // filled in the region below
   }
 
   // dJ/dK by Winograd where the forward would use it (float) and the batch is small
@@ -505,16 +520,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
     std::fill(gm, gm + mpart, 0.0);
     if constexpr (std::is_same_v<T, float>)
       if (plw) winograd_flipped_kernels_in_team(kn, *plw, kp, kflip, wflip);
-    if (plx) {
-#pragma omp for schedule(static)
-      for (std::size_t o = 0; o < g.O; ++o)
-        for (std::size_t p = 0; p < g.KH; ++p)
-          for (std::size_t q = 0; q < g.KW; ++q) {
-            T* dst = wflip + ((o * g.KH + p) * g.KW + q) * plx->Opad;
-            for (std::size_t c = 0; c < plx->Opad; ++c)
-              dst[c] = c < g.C ? kp[((o * g.C + c) * g.KH + g.KH - 1 - p) * g.KW + g.KW - 1 - q] : T(0);
-          }
-    }
+    if (plx) direct_flipped_weights_in_team(kp, g.O, g.C, g.KH, g.KW, plx->Opad, wflip);
 #pragma omp for schedule(static)
     for (std::size_t i = 0; i < items; ++i) {
       const std::size_t n = i / it.parts;

@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "ops/parallel.hpp"  // global_avg_pool2d (the end of the file)
+#include "autodiff/parallel.hpp"  // global_avg_pool2d (the end of the file)
 #include "autodiff/higher_order.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/shape_check.hpp"

@@ -14,7 +14,7 @@
 #include <numeric>
 
 #include "autodiff/higher_order.hpp"
-#include "ops/parallel.hpp"
+#include "autodiff/parallel.hpp"
 #include "ops/shape_check.hpp"
 
 namespace ad {

@@ -13,7 +13,7 @@
 
 #include <cmath>
 
-#include "ops/parallel.hpp"
+#include "autodiff/parallel.hpp"
 #include "autodiff/higher_order.hpp"
 #include "ops/elementwise.hpp"
 

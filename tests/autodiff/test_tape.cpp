@@ -282,8 +282,12 @@ TEST(Tape, RecycledSwitchBuffersGiveTheGradientsOfAFreshTape) {
     EXPECT_EQ(gx, fx) << "input " << st.hw << "x" << st.hw;
     EXPECT_EQ(gw, fw) << "input " << st.hw << "x" << st.hw;
     for (const Node<double>& n : reused.nodes()) {
-      if (n.op == OpKind::SoftmaxCrossEntropy) EXPECT_EQ(n.saved_index, (std::vector<int32_t>{0, 4, 2, 1, 3, 0}));
-      if (n.op == OpKind::MaxPool2d) EXPECT_EQ(n.saved_index.size(), reused.value(reused.handle(n.output)).size());
+      if (n.op == OpKind::SoftmaxCrossEntropy) {
+        EXPECT_EQ(n.saved_index, (std::vector<int32_t>{0, 4, 2, 1, 3, 0}));
+      }
+      if (n.op == OpKind::MaxPool2d) {
+        EXPECT_EQ(n.saved_index.size(), reused.value(reused.handle(n.output)).size());
+      }
     }
   }
 }

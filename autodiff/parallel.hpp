@@ -1,4 +1,5 @@
-// The loops of the elementwise op families on OpenMP threads, above a size threshold.
+// The elementwise loops on OpenMP threads above a size threshold: the op families', the
+// tape's zeroing and copies (autodiff/tensor.hpp).
 //
 // The branch is in C++ rather than in an OpenMP `if` clause: a parallel region costs a
 // few microseconds even when its `if` clause is false (libgomp still builds a team of
@@ -26,11 +27,11 @@ void parallel_for(std::size_t n, bool parallel, F f) {
   }
 }
 
-// f(i) for i = 0 .. n-1, a vectorizable elementwise loop, in parallel above
-// kParallelElements.
+// f(i) for i = 0 .. n-1, a vectorizable elementwise loop, in parallel above `threshold`
+// elements.
 template <class F>
-void for_each_index(std::size_t n, F f) {
-  if (n > kParallelElements) {
+void for_each_index(std::size_t n, F f, std::size_t threshold = kParallelElements) {
+  if (n > threshold) {
 #pragma omp parallel for simd schedule(static)
     for (std::size_t i = 0; i < n; ++i) f(i);
   } else {
