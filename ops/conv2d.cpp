@@ -449,9 +449,12 @@ namespace {
 // or, where grad_image is set, written image by image into a buffer of the calling
 // thread by (*grad_image)(n, buffer) (detail::conv2d_vjp_images).
 template <class T>
-void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn)>* grad_image, const Tensor<T>& x,
-                      const Tensor<T>& k, const Conv2dOptions& a, Tensor<T>* grad_x, Tensor<T>* grad_k,
-                      Tensor<T>* grad_b) {
+using GradPixels = std::function<void(std::size_t n, T* gt, std::size_t Opad)>;
+
+template <class T>
+void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn)>* grad_image,
+                      const GradPixels<T>* grad_pixels, const Tensor<T>& x, const Tensor<T>& k,
+                      const Conv2dOptions& a, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
@@ -533,8 +536,17 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
       const bool want_k = (grad_k || grad_b) && oa < ob, want_x = grad_x && (one || !dx_direct || ca < cb);
       if (!want_k && !want_x) continue;
       const T* xn = x.data() + n * g.C * HW;
-      const T* gn = nullptr;
-      if (grad_image) {
+      const T* gn = nullptr;  // image n's dJ/dy, planar (C_out, OH*OW), where a path reads it so
+      T* gt = nullptr;        // ... and pixel-major (OH*OW, Opad)
+      if (grad_pixels) {
+        gt = scratch<T>(P * pl.Opad, 2);
+        (*grad_pixels)(n, gt, pl.Opad);
+        if (one || (want_x && !plw)) {
+          T* buf = scratch<T>(g.O * P, 7);
+          kn.pixels_to_planes(gt, P, pl.Opad, g.O, nullptr, false, buf);
+          gn = buf;
+        }
+      } else if (grad_image) {
         T* buf = scratch<T>(g.O * P, 7);
         (*grad_image)(n, buf);
         gn = buf;
@@ -549,8 +561,10 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
             for (std::size_t s = 0; s < P; ++s) gb[o] += gn[o * P + s];
         if (grad_k) gemm<T>(false, true, g.O, CKK, P, T(1), gn, xn, T(1), gk);  // (C_out, C_in) += g_n x_n^T
       } else if (want_k) {
-        T* gt = scratch<T>(P * pl.Opad, 2);
-        kn.planes_to_pixels(gn, g.O, P, pl.Opad, gt);
+        if (!gt) {
+          gt = scratch<T>(P * pl.Opad, 2);
+          kn.planes_to_pixels(gn, g.O, P, pl.Opad, gt);
+        }
         if (grad_b) kn.bias_sum(gt, P, pl.Opad, gb, oa, ob);
         if (plk) {
           if constexpr (std::is_same_v<T, float>)
@@ -568,9 +582,13 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         if (one) {
           gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, T(1), gxn);
         } else if (plw) {
-          if constexpr (std::is_same_v<T, float>)
-            kn.wino_image(*plw, gn, wflip, nullptr, true, gxn, scratch<float>(plw->grid_size(), 0),
-                          scratch<float>(plw->block_scratch(), 5), scratch<float>(HW * plw->Opad, 1), ca, cb);
+          if constexpr (std::is_same_v<T, float>) {
+            float* grid = scratch<float>(plw->grid_size(), 0);
+            float* blk = scratch<float>(plw->block_scratch(), 5);
+            float* yt = scratch<float>(HW * plw->Opad, 1);
+            if (gt) kn.wino_image_px(*plw, gt, pl.Opad, wflip, nullptr, true, gxn, grid, blk, yt, ca, cb);
+            else kn.wino_image(*plw, gn, wflip, nullptr, true, gxn, grid, blk, yt, ca, cb);
+          }
         } else if (dx_direct) {
           T* gpad = scratch<T>(plx->padded_size(), 0);
           T* yt = scratch<T>(HW * plx->Opad, 1);
@@ -629,7 +647,7 @@ template <class T>
 void conv2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                 Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
   if (!is_plain(a)) return conv2d_general_vjp(grad_out, x, k, a, grad_x, grad_k, grad_b);  // conv2d_general.cpp
-  conv2d_vjp_plain<T>(grad_out.data(), nullptr, x, k, a, grad_x, grad_k, grad_b);
+  conv2d_vjp_plain<T>(grad_out.data(), nullptr, nullptr, x, k, a, grad_x, grad_k, grad_b);
 }
 
 namespace detail {
@@ -639,7 +657,15 @@ bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptio
                        const std::function<void(std::size_t n, T* gn)>& grad_image, Tensor<T>* grad_x,
                        Tensor<T>* grad_k, Tensor<T>* grad_b) {
   if (!is_plain(a)) return false;
-  conv2d_vjp_plain<T>(nullptr, &grad_image, x, k, a, grad_x, grad_k, grad_b);
+  conv2d_vjp_plain<T>(nullptr, &grad_image, nullptr, x, k, a, grad_x, grad_k, grad_b);
+  return true;
+}
+
+template <class T>
+bool conv2d_vjp_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
+                       const GradPixels<T>& grad_pixels, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
+  if (!is_plain(a)) return false;
+  conv2d_vjp_plain<T>(nullptr, nullptr, &grad_pixels, x, k, a, grad_x, grad_k, grad_b);
   return true;
 }
 
@@ -810,6 +836,9 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
   template bool detail::conv2d_vjp_images<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
                                              const std::function<void(std::size_t, T*)>&, Tensor<T>*, Tensor<T>*, \
                                              Tensor<T>*);                                                   \
+  template bool detail::conv2d_vjp_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
+                                             const std::function<void(std::size_t, T*, std::size_t)>&,      \
+                                             Tensor<T>*, Tensor<T>*, Tensor<T>*);                           \
   template Value conv2d_backward_kernel<T>(Tape<T>&, Value, Value, std::size_t, std::size_t, const Conv2dOptions&, \
                                            std::source_location);                                          \
   template Value conv2d_backward_input<T>(Tape<T>&, Value, Value, const Shape&, const Conv2dOptions&,     \

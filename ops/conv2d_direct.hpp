@@ -213,6 +213,17 @@ struct Kernels {
   // integers of T's size).
   void (*relu_pool_planes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t Oc,
                            std::size_t O, const T* bias, T* out, int32_t* argmax, T* pt, void* it) = nullptr;
+  // Its VJP's dJ/dz of one image, pixel-major: gt (OH*OW, Opad) gets each window's
+  // gradient g at its winner am where y passed ReLU, +0 elsewhere (g, y, am: (O, PH*PW);
+  // 2*PH <= OH, 2*PW <= OW). scratch: 2 * PH*PW * (O + Opad + 1) elements.
+  void (*unpool_pixels)(const T* g, const T* y, const int32_t* am, std::size_t O, std::size_t OH, std::size_t OW,
+                        std::size_t PH, std::size_t PW, std::size_t Opad, T* gt, T* scratch) = nullptr;
+  // out (O, P) = [accumulate ? out : bias or 0] + yt transposed; yt is (P, Opad).
+  void (*pixels_to_planes)(const T* yt, std::size_t P, std::size_t Opad, std::size_t O, const T* bias,
+                           bool accumulate, T* out) = nullptr;
+  // wino_image of a pixel-major input, in[(h*W + w) * S + c], S >= C (float).
+  void (*wino_image_px)(const WinogradPlan& pl, const T* in, std::size_t S, const T* U, const T* bias,
+                        bool accumulate, T* out, T* grid, T* blk, T* yt, std::size_t oa, std::size_t ob) = nullptr;
 };
 
 // The kernels of the instruction set in use (ad::active_isa()).

@@ -159,8 +159,24 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   };
   // Image by image inside conv2d's VJP where its plain path applies: each image's gz
   // is made in a buffer of the thread that then reads it, in cache, and the batch's gz
-  // is never written in full.
+  // is never written in full. Pixel-major, the layout conv2d's kernels read, where each
+  // window has a 2x2 block of z to itself (unpool_pixels in ops/conv2d_simd.inc);
+  // planar otherwise.
   const std::size_t C = zs[1];
+  const std::size_t PH = grad_out.shape()[2], PW = grad_out.shape()[3];
+  if (2 * PH <= zs[2] && 2 * PW <= zs[3] && out_plane > 0) {
+    const conv::Kernels<T>& kn = conv::kernels<T>();
+    if (detail::conv2d_vjp_pixels<T>(
+            x, k, conv,
+            [&](std::size_t n, T* gt, std::size_t Opad) {
+              thread_local std::vector<T> sc;
+              const std::size_t off = n * C * out_plane;
+              kn.unpool_pixels(gp + off, yp + off, argmax.data() + off, C, zs[2], zs[3], PH, PW, Opad, gt,
+                               grow(sc, 2 * out_plane * (C + Opad + 1)));
+            },
+            grad_x, grad_k, grad_b))
+      return;
+  }
   if (detail::conv2d_vjp_images<T>(
           x, k, conv,
           [&](std::size_t n, T* gzn) {

@@ -35,6 +35,13 @@ const FusedCase kCases[] = {
     // the fallback: pools the output pass does not do, and convolutions off its paths
     {"pool_3x3_s2_p1", {2, 3, 9, 9}, {4, 3, 3, 3}, true, {.padding = {1, 1}}, {.window = {3, 3}, .stride = {2, 2}, .padding = {1, 1}}},
     {"pool_overlapping", {2, 2, 7, 6}, {3, 2, 3, 3}, true, {.padding = {1, 1}}, {.window = {2, 2}, .stride = {1, 1}}},
+    // other pools with at most half the conv output's rows and columns of windows: the
+    // VJP's pixel-major dJ/dz, whose winners outside a window's 2x2 block are summed in
+    // window order (overlapping 3x3 windows), non-overlapping 3x3 windows, and -1
+    // switches (a padding zero won)
+    {"pool_3x3_s2_p1_even", {2, 3, 10, 10}, {4, 3, 3, 3}, true, {.padding = {1, 1}}, {.window = {3, 3}, .stride = {2, 2}, .padding = {1, 1}}},
+    {"pool_3x3_s3", {2, 3, 9, 9}, {4, 3, 3, 3}, true, {.padding = {1, 1}}, {.window = {3, 3}, .stride = {3, 3}}},
+    {"pool_zero_padding_3x3", {2, 2, 8, 8}, {3, 2, 3, 3}, true, {.padding = {1, 1}}, {.window = {3, 3}, .stride = {2, 2}, .padding = {1, 1}, .max_padding = MaxPoolPadding::Zero}},
     {"pool_zero_padding", {1, 2, 6, 6}, {3, 2, 3, 3}, true, {}, {.padding = {1, 1}, .max_padding = MaxPoolPadding::Zero}},
     {"conv_1x1", {2, 8, 6, 6}, {4, 8, 1, 1}, true, {}, {}},
     {"conv_grouped_dilated", {2, 4, 9, 9}, {6, 2, 3, 3}, true, {.padding = {2, 2}, .dilation = {2, 2}, .groups = 2}, {}},
