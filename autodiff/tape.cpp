@@ -315,6 +315,22 @@ Tensor<T>* Tape<T>::grad_buffer(Value v) {
 }
 
 template <class T>
+Tensor<T>* Tape<T>::grad_buffer_for_overwrite(Value v, bool* overwrite) {
+  *overwrite = false;
+  if (!v.valid()) return nullptr;
+  Slot<T>& s = slot_mut(v);
+  if (!s.requires_grad) return nullptr;
+  if (s.param || s.grad_ready) return grad_buffer(v);
+  s.grad.resize(s.data.shape());
+#ifndef NDEBUG
+  std::fill(s.grad.begin(), s.grad.end(), std::numeric_limits<T>::quiet_NaN());
+#endif
+  s.grad_ready = true;
+  *overwrite = true;
+  return &s.grad;
+}
+
+template <class T>
 void Tape<T>::backward(Value loss, BackwardOptions opt) {
   if (opt.create_graph) {
     const Tensor<T>& y = value(loss);

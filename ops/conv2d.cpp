@@ -454,7 +454,8 @@ using GradPixels = std::function<void(std::size_t n, T* gt, std::size_t Opad)>;
 template <class T>
 void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn)>* grad_image,
                       const GradPixels<T>* grad_pixels, const Tensor<T>& x, const Tensor<T>& k,
-                      const Conv2dOptions& a, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
+                      const Conv2dOptions& a, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
+                      bool overwrite_x = false) {
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
@@ -580,23 +581,24 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         // dx[n,c,i*sh+p-ph,j*sw+q-pw] += sum_o k[o,c,p,q] * g[n,o,i,j]
         T* gxn = grad_x->data() + n * g.C * HW;
         if (one) {
-          gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, T(1), gxn);
+          gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, overwrite_x ? T(0) : T(1), gxn);
         } else if (plw) {
           if constexpr (std::is_same_v<T, float>) {
             float* grid = scratch<float>(plw->grid_size(), 0);
             float* blk = scratch<float>(plw->block_scratch(), 5);
             float* yt = scratch<float>(HW * plw->Opad, 1);
-            if (gt) kn.wino_image_px(*plw, gt, pl.Opad, wflip, nullptr, true, gxn, grid, blk, yt, ca, cb);
-            else kn.wino_image(*plw, gn, wflip, nullptr, true, gxn, grid, blk, yt, ca, cb);
+            if (gt) kn.wino_image_px(*plw, gt, pl.Opad, wflip, nullptr, !overwrite_x, gxn, grid, blk, yt, ca, cb);
+            else kn.wino_image(*plw, gn, wflip, nullptr, !overwrite_x, gxn, grid, blk, yt, ca, cb);
           }
         } else if (dx_direct) {
           T* gpad = scratch<T>(plx->padded_size(), 0);
           T* yt = scratch<T>(HW * plx->Opad, 1);
-          kn.conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), true, gxn, gpad, yt, ca, cb);
+          kn.conv_image(*plx, gn, wflip, static_cast<const T*>(nullptr), !overwrite_x, gxn, gpad, yt, ca, cb);
         } else {
           // dcol (CKK, P) = K^T (CKK, C_out) x g_n (C_out, P), then col2im adds it up.
           T* dcol = scratch<T>(CKK * P, 1);
           gemm<T>(true, false, CKK, P, g.O, T(1), kp, gn, T(0), dcol);
+          if (overwrite_x) std::fill(gxn, gxn + g.C * HW, T(0));
           col2im_add(dcol, g, gxn);
         }
       }
@@ -663,9 +665,10 @@ bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptio
 
 template <class T>
 bool conv2d_vjp_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
-                       const GradPixels<T>& grad_pixels, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b) {
+                       const GradPixels<T>& grad_pixels, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
+                       bool overwrite_x) {
   if (!is_plain(a)) return false;
-  conv2d_vjp_plain<T>(nullptr, nullptr, &grad_pixels, x, k, a, grad_x, grad_k, grad_b);
+  conv2d_vjp_plain<T>(nullptr, nullptr, &grad_pixels, x, k, a, grad_x, grad_k, grad_b, overwrite_x);
   return true;
 }
 
@@ -838,7 +841,7 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
                                              Tensor<T>*);                                                   \
   template bool detail::conv2d_vjp_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
                                              const std::function<void(std::size_t, T*, std::size_t)>&,      \
-                                             Tensor<T>*, Tensor<T>*, Tensor<T>*);                           \
+                                             Tensor<T>*, Tensor<T>*, Tensor<T>*, bool);                     \
   template Value conv2d_backward_kernel<T>(Tape<T>&, Value, Value, std::size_t, std::size_t, const Conv2dOptions&, \
                                            std::source_location);                                          \
   template Value conv2d_backward_input<T>(Tape<T>&, Value, Value, const Shape&, const Conv2dOptions&,     \

@@ -106,11 +106,12 @@ bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptio
 // The same with dJ/dy made pixel-major: grad_pixels(n, gt, Opad) writes image n's dJ/dy
 // as gt[(i*OW + j) * Opad + o] (OH*OW rows of Opad >= C_out entries, zero for o >=
 // C_out), the layout the VJP's kernels read it in; a planar copy is made only where a
-// path needs one (a 1x1 kernel, dJ/dx not by Winograd). Same results as conv2d_vjp.
+// path needs one (a 1x1 kernel, dJ/dx not by Winograd). Same results as conv2d_vjp;
+// overwrite_x: grad_x is written, not added to (Tape::grad_buffer_for_overwrite).
 template <class T>
 bool conv2d_vjp_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                        const std::function<void(std::size_t n, T* gt, std::size_t Opad)>& grad_pixels,
-                       Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b);
+                       Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x = false);
 }  // namespace detail
 
 // ---- conv2d's VJPs as ops, for higher-order gradients (autodiff/higher_order.hpp) ----

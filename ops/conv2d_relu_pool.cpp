@@ -143,7 +143,7 @@ void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, cons
 template <class T>
 void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax,
                                 const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x,
-                                Tensor<T>* grad_k, Tensor<T>* grad_b) {
+                                Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x) {
   if (!grad_x && !grad_k && !grad_b) return;
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
@@ -174,9 +174,10 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
               kn.unpool_pixels(gp + off, yp + off, argmax.data() + off, C, zs[2], zs[3], PH, PW, Opad, gt,
                                grow(sc, 2 * out_plane * (C + Opad + 1)));
             },
-            grad_x, grad_k, grad_b))
+            grad_x, grad_k, grad_b, overwrite_x))
       return;
   }
+  if (overwrite_x && grad_x) zero_fill(*grad_x);  // the other paths add
   if (detail::conv2d_vjp_images<T>(
           x, k, conv,
           [&](std::size_t n, T* gzn) {
@@ -217,10 +218,12 @@ namespace {
 
 template <class T>
 void conv2d_relu_max_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
+  bool overwrite = false;  // x's first gradient: written by the VJP, not added to a zeroed buffer
+  Tensor<T>* gx = tape->input_grad_for_overwrite(node, 0, &overwrite);
   conv2d_relu_max_pool2d_vjp(tape->grad_out(node), tape->value(Value{node.output}), node.saved_index,
                              tape->input_value(node, 0), tape->input_value(node, 1),
-                             attrs_as<Conv2dReluMaxPool2dAttrs>(node.attrs).conv, tape->input_grad(node, 0),
-                             tape->input_grad(node, 1), tape->input_grad(node, 2));
+                             attrs_as<Conv2dReluMaxPool2dAttrs>(node.attrs).conv, gx, tape->input_grad(node, 1),
+                             tape->input_grad(node, 2), overwrite);
 }
 
 // Recorded VJP (derivation at the top).
@@ -329,7 +332,7 @@ AD_REGISTER_OP(conv2d_relu_max_pool2d_op);
                                                   const Conv2dOptions&, const Pool2dOptions&, Tensor<T>&, int32_t*); \
   template void conv2d_relu_max_pool2d_vjp<T>(const Tensor<T>&, const Tensor<T>&, const std::vector<int32_t>&,   \
                                               const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, Tensor<T>*, \
-                                              Tensor<T>*, Tensor<T>*);                                           \
+                                              Tensor<T>*, Tensor<T>*, bool);                                     \
   template Value conv2d_relu_max_pool2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, const Pool2dOptions&, \
                                            std::source_location);
 AD_INSTANTIATE(float)

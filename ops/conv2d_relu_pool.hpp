@@ -51,12 +51,13 @@ void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, cons
                                     int32_t* argmax);
 
 // Adds dJ/dx, dJ/dk, dJ/db (the non-null ones) for dJ/dy = grad_out, given the forward's
-// output y and switches. On conv2d's plain path dJ/dz (the convolution output's gradient)
-// is scattered image by image inside conv2d's VJP (detail::conv2d_vjp_images), so it
-// too never exists for the whole batch.
+// output y and switches; dJ/dx is written instead where overwrite_x (its buffer's
+// contents then do not matter: Tape::grad_buffer_for_overwrite). On conv2d's plain path
+// dJ/dz (the convolution output's gradient) is made image by image inside conv2d's VJP
+// (detail::conv2d_vjp_pixels), so it too never exists for the whole batch.
 template <class T>
 void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax,
                                 const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x,
-                                Tensor<T>* grad_k, Tensor<T>* grad_b);
+                                Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x = false);
 
 }  // namespace ad

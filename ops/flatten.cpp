@@ -37,7 +37,9 @@ template <class T> Value flatten(Tape<T>& tape, Value x, std::source_location lo
 
 namespace {
 template <class T> void flatten_node_vjp(Tape<T>* tape, const Node<T>& node) {
-  flatten_vjp(tape->grad_out(node), tape->input_grad(node, 0));
+  bool overwrite = false;  // the first gradient of x: copied, not added to a zeroed buffer
+  Tensor<T>* gx = tape->input_grad_for_overwrite(node, 0, &overwrite);
+  reshape_vjp(tape->grad_out(node), gx, overwrite);
 }
 Value flatten_replay(Tape<double>& t, const ReplayArgs& r) { return flatten(t, r.inputs[0]); }
 // Recorded VJP (higher-order gradients): gx = reshape(g, x's shape), itself linear.

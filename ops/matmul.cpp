@@ -110,12 +110,14 @@ void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, 
 
 template <class T>
 void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a,
-                Tensor<T>* grad_b) {
+                Tensor<T>* grad_b, bool overwrite_a) {
   const std::size_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
-  // grad_a (M, K) += g (M, N) b^T (N, K), rows in parallel
+  // grad_a (M, K) += g (M, N) b^T (N, K), rows in parallel (beta 0 when overwriting: BLAS
+  // then does not read grad_a)
+  const T beta = overwrite_a ? T(0) : T(1);
   if (grad_a)
     by_row_blocks(M, M * K * N, [&](std::size_t m0, std::size_t m1) {
-      gemm<T>(false, true, m1 - m0, K, N, T(1), grad_out.data() + m0 * N, b.data(), T(1), grad_a->data() + m0 * K);
+      gemm<T>(false, true, m1 - m0, K, N, T(1), grad_out.data() + m0 * N, b.data(), beta, grad_a->data() + m0 * K);
     });
   // grad_b (K, N) += a^T (K, M) g (M, N), summed over row blocks of a and g in parallel
   if (grad_b) add_at_b(M, K, N, a.data(), grad_out.data(), grad_b->data());
@@ -123,8 +125,8 @@ void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& 
 
 template <class T>
 void linear_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& w, Tensor<T>* grad_x,
-                Tensor<T>* grad_w, Tensor<T>* grad_b) {
-  matmul_vjp(grad_out, x, w, grad_x, grad_w);
+                Tensor<T>* grad_w, Tensor<T>* grad_b, bool overwrite_x) {
+  matmul_vjp(grad_out, x, w, grad_x, grad_w, overwrite_x);
   if (grad_b) {
     // db[d] += sum_n g[n,d]   (dJ/db = dJ/dZ, summed over samples)
     const std::size_t N = grad_out.shape()[0], Dout = grad_out.shape()[1];
@@ -155,8 +157,10 @@ Value matmul(Tape<T>& tape, Value a, Value b, std::source_location loc) {
 
 namespace {
 template <class T> void linear_node_vjp(Tape<T>* tape, const Node<T>& node) {
-  linear_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), tape->input_grad(node, 0),
-             tape->input_grad(node, 1), tape->input_grad(node, 2));
+  bool overwrite = false;  // x's first gradient: written by the GEMM, not added to a zeroed buffer
+  Tensor<T>* gx = tape->input_grad_for_overwrite(node, 0, &overwrite);
+  linear_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), gx,
+             tape->input_grad(node, 1), tape->input_grad(node, 2), overwrite);
 }
 template <class T> void matmul_node_vjp(Tape<T>* tape, const Node<T>& node) {
   matmul_vjp(tape->grad_out(node), tape->input_value(node, 0), tape->input_value(node, 1), tape->input_grad(node, 0),
@@ -193,8 +197,9 @@ AD_REGISTER_OP(matmul_op);
 #define AD_INSTANTIATE(T)                                                                                 \
   template void linear_forward<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>*, Tensor<T>&);    \
   template void linear_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*,         \
-                              Tensor<T>*, Tensor<T>*);                                                  \
-  template void matmul_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*, Tensor<T>*); \
+                              Tensor<T>*, Tensor<T>*, bool);                                            \
+  template void matmul_vjp<T>(const Tensor<T>&, const Tensor<T>&, const Tensor<T>&, Tensor<T>*, Tensor<T>*, \
+                              bool);                                                                    \
   template Value linear<T>(Tape<T>&, Value, Value, Value, std::source_location);                        \
   template Value matmul<T>(Tape<T>&, Value, Value, std::source_location);
 AD_INSTANTIATE(float)

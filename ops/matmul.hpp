@@ -20,17 +20,18 @@ inline constexpr OpId Matmul = &matmul_op;
 Shape linear_output_shape(const Shape& x, const Shape& w, const Shape* b);
 template <class T>
 void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, Tensor<T>& y);
-// grad_x += g W^T, grad_w += x^T g, grad_b += sum over rows of g.
+// grad_x += g W^T (= where overwrite_x: Tape::grad_buffer_for_overwrite), grad_w += x^T g,
+// grad_b += sum over rows of g.
 template <class T>
 void linear_vjp(const Tensor<T>& grad_out, const Tensor<T>& x, const Tensor<T>& w, Tensor<T>* grad_x,
-                Tensor<T>* grad_w, Tensor<T>* grad_b);
+                Tensor<T>* grad_w, Tensor<T>* grad_b, bool overwrite_x = false);
 
 // c (M, N) = a (M, K) b (K, N).
 Shape matmul_output_shape(const Shape& a, const Shape& b);
-// grad_a += g b^T, grad_b += a^T g.
+// grad_a += g b^T (= where overwrite_a), grad_b += a^T g.
 template <class T>
 void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& b, Tensor<T>* grad_a,
-                Tensor<T>* grad_b);
+                Tensor<T>* grad_b, bool overwrite_a = false);
 
 // Record on the tape. Pass Value{} as b for a linear map without bias.
 template <class T>

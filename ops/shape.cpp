@@ -70,10 +70,11 @@ template <class T> void reshape_forward(const Tensor<T>& x, Tensor<T>& y) {
 }
 
 // dx[i] += g[i]: the same row-major element in x's shape.
-template <class T> void reshape_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x) {
+template <class T> void reshape_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x, bool overwrite) {
   if (!grad_x) return;
   const T* g = grad_out.data();
   T* gx = grad_x->data();
+  if (overwrite) return parallel_copy(g, grad_out.size(), gx);
   for_each_index(grad_out.size(), [=](std::size_t i) { gx[i] += g[i]; });
 }
 
@@ -354,7 +355,9 @@ namespace {
 std::vector<std::size_t> permute_dims(const PermuteAttrs& a) { return {a.dims.begin(), a.dims.begin() + a.rank}; }
 
 template <class T> void reshape_node_vjp(Tape<T>* tape, const Node<T>& node) {
-  reshape_vjp(tape->grad_out(node), tape->input_grad(node, 0));
+  bool overwrite = false;
+  Tensor<T>* gx = tape->input_grad_for_overwrite(node, 0, &overwrite);
+  reshape_vjp(tape->grad_out(node), gx, overwrite);
 }
 template <class T> void permute_node_vjp(Tape<T>* tape, const Node<T>& node) {
   permute_vjp(tape->grad_out(node), permute_dims(attrs_as<PermuteAttrs>(node.attrs)), tape->input_grad(node, 0));
@@ -495,7 +498,7 @@ AD_REGISTER_OP(narrow_op);
 
 #define AD_INSTANTIATE(T)                                                                                         \
   template void reshape_forward<T>(const Tensor<T>&, Tensor<T>&);                                                \
-  template void reshape_vjp<T>(const Tensor<T>&, Tensor<T>*);                                                    \
+  template void reshape_vjp<T>(const Tensor<T>&, Tensor<T>*, bool);                                                    \
   template void permute_forward<T>(const Tensor<T>&, std::span<const std::size_t>, Tensor<T>&);                  \
   template void permute_vjp<T>(const Tensor<T>&, std::span<const std::size_t>, Tensor<T>*);                      \
   template void concat_forward<T>(std::span<const Tensor<T>* const>, std::size_t, Tensor<T>&);                   \

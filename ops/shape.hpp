@@ -107,7 +107,8 @@ std::vector<Value> chunk(Tape<T>& tape, Value x, std::size_t chunks, int axis = 
 
 // The forwards (y already shaped) and VJPs (grad_x may be null: nothing to do).
 template <class T> void reshape_forward(const Tensor<T>& x, Tensor<T>& y);
-template <class T> void reshape_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x);
+// overwrite: grad_x is written, not added to (Tape::grad_buffer_for_overwrite).
+template <class T> void reshape_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x, bool overwrite = false);
 // dims as in permute, non-negative.
 template <class T> void permute_forward(const Tensor<T>& x, std::span<const std::size_t> dims, Tensor<T>& y);
 template <class T> void permute_vjp(const Tensor<T>& grad_out, std::span<const std::size_t> dims, Tensor<T>* grad_x);

@@ -292,6 +292,41 @@ TEST(Tape, RecycledSwitchBuffersGiveTheGradientsOfAFreshTape) {
   }
 }
 
+// grad_buffer_for_overwrite: the first contribution to a value's gradient may write it;
+// a later one, a parameter's, and a node input that is also another input of the node
+// (two gradients in one buffer) must add.
+TEST(Tape, GradBufferForOverwriteOnlyForAValuesFirstGradient) {
+  Tape<double> t;
+  Parameter<double> p("p", uniform({2, 3}, 1));
+  const Value x = t.param(p);
+  const Value y = exp(t, x);
+  const Value z = mul(t, y, y);  // y twice: one buffer for both of z's input gradients
+  t.backward(sum(t, z));
+  const Node<double>& mul_node = t.nodes()[static_cast<std::size_t>(t.slot(z).producer)];
+  bool overwrite = true;
+  EXPECT_EQ(t.input_grad_for_overwrite(mul_node, 0, &overwrite), &t.grad(y));
+  EXPECT_FALSE(overwrite);  // an input of the node twice
+  EXPECT_EQ(t.grad_buffer_for_overwrite(x, &overwrite), &p.grad);
+  EXPECT_FALSE(overwrite);  // a parameter's gradient adds up across passes
+
+  Tape<double> u;
+  const Value a = u.input(uniform({2, 3}, 2));
+  Parameter<double> q("q", uniform({2, 3}, 3));
+  const Value b = add(u, u.param(q), a);
+  u.backward(sum(u, b));  // b's gradient is ready now; `a` needs none (an input)
+  EXPECT_EQ(u.grad_buffer_for_overwrite(a, &overwrite), nullptr);
+  EXPECT_FALSE(overwrite);
+  EXPECT_EQ(u.grad_buffer_for_overwrite(b, &overwrite), &u.grad(b));
+  EXPECT_FALSE(overwrite);  // already has its gradient
+  const Value c = exp(u, u.param(q));
+  Tensor<double>* gc = u.grad_buffer_for_overwrite(c, &overwrite);
+  ASSERT_NE(gc, nullptr);
+  EXPECT_TRUE(overwrite);  // its first gradient
+  EXPECT_EQ(gc->shape(), u.value(c).shape());
+  EXPECT_EQ(u.grad_buffer_for_overwrite(c, &overwrite), gc);
+  EXPECT_FALSE(overwrite);  // the second asks to add
+}
+
 TEST(Tape, SavedIndexForOverwriteRefusesANodeOfAnotherTape) {
   Tape<float> a, b;
   const Tensor<float> x = xt::ones<float>({1, 1, 4, 4});

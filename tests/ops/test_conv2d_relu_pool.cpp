@@ -138,6 +138,48 @@ TEST(Conv2dReluMaxPool2d, PropagatesNanAndInfinityAsTheThreeOps) {
   }
 }
 
+// The VJPs that write their input's first gradient instead of adding it to a zeroed
+// buffer (Tape::grad_buffer_for_overwrite: the fused op's dJ/dx on each of its paths,
+// flatten, linear) write all of it: a tape reused with other data, whose buffers still
+// hold the last step's gradients, gives a fresh tape's gradients bit for bit, for the
+// parameters and for the values between them.
+TEST(Conv2dReluMaxPool2d, OverwrittenGradientsOfAReusedTapeAreAFreshTapes) {
+  IsaGuard guard;
+  // conv2 (Winograd dJ/dx), conv1 (direct), strided (GEMM and col2im), Winograd with odd
+  // outputs, 3x3 pools (planar dJ/dz; pixel-major with winners outside the blocks), 1x1
+  // (GEMM), grouped and dilated (conv2d's general VJP)
+  for (const std::size_t ci : {1, 0, 3, 4, 5, 7, 11, 12})
+    for (WinogradMode wino : {WinogradMode::On, WinogradMode::Off}) {
+      set_conv2d_winograd(wino);
+      const FusedCase& c = kCases[ci];
+      const Shape ys = conv2d_relu_max_pool2d_output_shape(c.x, c.k, nullptr, c.conv, c.pool);
+      Parameter<float> px("x", Tensor<float>(c.x)), pk("k", xt::cast<float>(uniform(c.k, 1, -0.5, 0.5)));
+      Parameter<float> pb("b", xt::cast<float>(uniform({c.k[0]}, 2)));
+      Parameter<float> pw("w", xt::cast<float>(uniform({ys[1] * ys[2] * ys[3], 3}, 3)));
+      // h = x * x (a value with a gradient, not a parameter) -> fused -> flatten -> linear
+      auto run = [&](Tape<float>& t, uint64_t seed) {
+        px.value = xt::cast<float>(uniform(c.x, seed));
+        for (Parameter<float>* p : {&px, &pk, &pb, &pw}) p->zero_grad();
+        const Value x = t.param(px);
+        const Value h = mul(t, x, x);
+        const Value f = conv2d_relu_max_pool2d(t, h, t.param(pk), t.param(pb), c.conv, c.pool);
+        const Value flat = flatten(t, f);
+        const Value logits = linear(t, flat, t.param(pw), Value{});
+        t.backward(sum(t, mul(t, logits, logits)));
+        return std::vector<Tensor<float>>{t.grad(h), t.grad(f), t.grad(flat), t.grad(logits),
+                                          px.grad,   pk.grad,   pb.grad,      pw.grad};
+      };
+      Tape<float> reused, fresh;
+      run(reused, 10);
+      reused.reset();
+      const std::vector<Tensor<float>> again = run(reused, 11), first = run(fresh, 11);
+      const char* what[] = {"h", "fused", "flatten", "logits", "x", "k", "b", "w"};
+      for (std::size_t i = 0; i < again.size(); ++i)
+        EXPECT_TRUE(same_bits(again[i], first[i])) << c.name << ", Winograd " << static_cast<int>(wino) << ", dJ/d"
+                                                   << what[i];
+    }
+}
+
 // A bias that makes every ReLU input negative: the output is all zeros and no gradient
 // reaches anything but... nothing: dJ/dx, dJ/dk and dJ/db are zero.
 TEST(Conv2dReluMaxPool2d, AllNegativeGivesZerosAndNoGradient) {
