@@ -447,7 +447,9 @@ namespace {
 
 // conv2d_vjp on the plain path (is_plain): dJ/dy is grad_out's data gp (N, C_out, OH, OW)
 // or, where grad_image is set, written image by image into a buffer of the calling
-// thread by (*grad_image)(n, buffer) (detail::conv2d_vjp_images).
+// thread by (*grad_image)(n, buffer) (detail::conv2d_vjp_images), or where grad_pixels
+// is set, pixel-major by (*grad_pixels)(n, gt, Opad) (detail::conv2d_vjp_pixels).
+// overwrite_x: grad_x is written, not added to (Tape::grad_buffer_for_overwrite).
 template <class T>
 using GradPixels = std::function<void(std::size_t n, T* gt, std::size_t Opad)>;
 
