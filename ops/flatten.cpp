@@ -24,7 +24,9 @@ Shape flatten_output_shape(const Shape& x) {
 template <class T> void flatten_forward(const Tensor<T>& x, Tensor<T>& y) { reshape_forward(x, y); }
 
 // dx[n,c,h,w] += g[n, (c*H + h)*W + w]
-template <class T> void flatten_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x) { reshape_vjp(grad_out, grad_x); }
+template <class T> void flatten_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x, bool overwrite) {
+  reshape_vjp(grad_out, grad_x, overwrite);
+}
 
 template <class T> Value flatten(Tape<T>& tape, Value x, std::source_location loc) {
   Value y = tape.new_value(flatten_output_shape(tape.shape(x)), tape.any_requires_grad({x}));
@@ -39,7 +41,7 @@ namespace {
 template <class T> void flatten_node_vjp(Tape<T>* tape, const Node<T>& node) {
   bool overwrite = false;  // the first gradient of x: copied, not added to a zeroed buffer
   Tensor<T>* gx = tape->input_grad_for_overwrite(node, 0, &overwrite);
-  reshape_vjp(tape->grad_out(node), gx, overwrite);
+  flatten_vjp(tape->grad_out(node), gx, overwrite);
 }
 Value flatten_replay(Tape<double>& t, const ReplayArgs& r) { return flatten(t, r.inputs[0]); }
 // Recorded VJP (higher-order gradients): gx = reshape(g, x's shape), itself linear.
@@ -58,7 +60,7 @@ AD_REGISTER_OP(flatten_op);
 
 #define AD_INSTANTIATE(T)                                               \
   template void flatten_forward<T>(const Tensor<T>&, Tensor<T>&);      \
-  template void flatten_vjp<T>(const Tensor<T>&, Tensor<T>*);          \
+  template void flatten_vjp<T>(const Tensor<T>&, Tensor<T>*, bool);          \
   template Value flatten<T>(Tape<T>&, Value, std::source_location);
 AD_INSTANTIATE(float)
 AD_INSTANTIATE(double)

@@ -20,7 +20,8 @@ Shape flatten_output_shape(const Shape& x);
 // other (the document's vec stacks columns; see the README for the mapping).
 template <class T> void flatten_forward(const Tensor<T>& x, Tensor<T>& y);
 // grad_x += grad_out seen in x's shape (the document's reshape of dJ/dB into dJ/d_vA).
-template <class T> void flatten_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x);
+// overwrite: grad_x is written, not added to (Tape::grad_buffer_for_overwrite).
+template <class T> void flatten_vjp(const Tensor<T>& grad_out, Tensor<T>* grad_x, bool overwrite = false);
 
 template <class T>
 Value flatten(Tape<T>& tape, Value x, std::source_location loc = std::source_location::current());
