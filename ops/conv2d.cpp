@@ -441,6 +441,38 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
   return true;
 }
 
+template <class T>
+bool conv2d_relu_pool_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a, const T* bias,
+                             const std::function<void(std::size_t n, const T* pt, std::size_t Opad, std::size_t oa,
+                                                      std::size_t ob)>& out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!is_plain(a)) return false;
+    const ConvGeom g = geom(x, k, a);
+    const conv::Kernels<T>& kn = conv::kernels<T>();
+    if (g.one_by_one() || !kn.wino_relu_pool_pixels || !winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) return false;
+    const WorkItems it = work_items(kn, g, g.O);  // as conv2d_forward_pixels
+    const std::size_t items = g.N * it.parts, PP = (g.OH / 2) * (g.OW / 2);
+    const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan(kn, g.O));
+    float* U = scratch<float>(36 * g.C * pl.Opad, 4);
+#pragma omp parallel if (it.parallel)
+    {
+      winograd_kernels_in_team(kn, pl, k.data(), U);
+#pragma omp for schedule(static)
+      for (std::size_t i = 0; i < items; ++i) {
+        const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
+        float* pt = scratch<float>(PP * pl.Opad, 1);
+        kn.wino_relu_pool_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, U, bias,
+                                 scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5), pt, oa, ob);
+        out(i / it.parts, pt, pl.Opad, oa, ob);
+      }
+    }
+    return true;
+  } else {
+    (void)x, (void)k, (void)a, (void)bias, (void)out;
+    return false;
+  }
+}
+
 }  // namespace detail
 
 namespace {
@@ -838,6 +870,9 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
   template bool detail::conv2d_forward_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,   \
                                                  const std::function<void(std::size_t, const T*, std::size_t,      \
                                                                           std::size_t, std::size_t)>&);            \
+  template bool detail::conv2d_relu_pool_pixels<T>(                                                         \
+      const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, const T*,                                   \
+      const std::function<void(std::size_t, const T*, std::size_t, std::size_t, std::size_t)>&);            \
   template bool detail::conv2d_vjp_images<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
                                              const std::function<void(std::size_t, T*)>&, Tensor<T>*, Tensor<T>*, \
                                              Tensor<T>*);                                                   \

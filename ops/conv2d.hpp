@@ -92,6 +92,17 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
                            const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
                                                     std::size_t ob)>& out);
 
+// The same with ReLU and 2x2/2 max pooling as the output pass, for inference (no
+// switches), where conv2d runs as Winograd (float; false, calling nothing, elsewhere):
+// calls out(n, pt, Opad, oa, ob) with pt (PH*PW, Opad) = relu(max_2x2(conv + bias)) of
+// image n, pixel-major, valid in the columns [oa, ob), in a buffer of the calling thread;
+// bias has Opad entries (zero past C_out). The values are relu_pool_planes' on
+// conv2d_forward_pixels' yt, bit for bit, without yt written and read.
+template <class T>
+bool conv2d_relu_pool_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a, const T* bias,
+                             const std::function<void(std::size_t n, const T* pt, std::size_t Opad, std::size_t oa,
+                                                      std::size_t ob)>& out);
+
 // conv2d_vjp with dJ/dy made image by image instead of read from a tensor: in the VJP's
 // parallel loop over the images, grad_image(n, gn) writes image n's dJ/dy (C_out, OH,
 // OW) into gn, a buffer of the calling thread (contents unspecified before), which the

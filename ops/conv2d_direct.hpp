@@ -213,6 +213,16 @@ struct Kernels {
   // integers of T's size).
   void (*relu_pool_planes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t Oc,
                            std::size_t O, const T* bias, T* out, int32_t* argmax, T* pt, void* it) = nullptr;
+  // Its two halves: pt (PH*PW, Opad) the pooled values pixel-major, `it` their winners
+  // (integers of T's size), then
+  //   out (O, PH*PW) = pt transposed, argmax (if not null) = it transposed.
+  void (*pooled_to_planes)(const T* pt, const void* it, std::size_t PP, std::size_t Opad, std::size_t O, T* out,
+                           int32_t* argmax) = nullptr;
+  // Winograd with the pooling as its output pass, for inference (float): pt (PH*PW, Opad)
+  // = relu(max_2x2(conv(in) + bias)) in the channels [oa, ob), no switches; bias has Opad
+  // entries.
+  void (*wino_relu_pool_pixels)(const WinogradPlan& pl, const T* in, const T* U, const T* bias, T* grid, T* blk,
+                                T* pt, std::size_t oa, std::size_t ob) = nullptr;
   // Its VJP's dJ/dz of one image, pixel-major: gt (OH*OW, Opad) gets each window's
   // gradient g at its winner am where y passed ReLU, +0 elsewhere (g, y, am: (O, PH*PW);
   // 2*PH <= OH, 2*PW <= OW). scratch: 2 * PH*PW * (O + Opad + 1) elements.

@@ -9,7 +9,10 @@
 // NaN wins in both); where y_i = 0 they may differ, and there the gradient is zero
 // (below). With a 2x2 window at stride 2 and no padding the max and ReLU are the
 // convolution kernels' output pass (relu_pool_planes in ops/conv2d_simd.inc), image by
-// image on the pixel-major result while it is in cache, so z and r are never stored.
+// image on the pixel-major result while it is in cache, so z and r are never stored;
+// for inference on the Winograd path, whose 2x2 output tiles are the pool's windows,
+// inside its output transform (wino_relu_pool_pixels), so z is not even written
+// pixel-major.
 // Any other pool (or a convolution off the direct and Winograd paths) runs the three
 // ops' own forwards one after the other.
 //
@@ -123,6 +126,16 @@ void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, cons
     if (b) std::copy(b->begin(), b->end(), bias.begin());
     const conv::Kernels<T>& kn = conv::kernels<T>();
     T* yp = y.data();
+    // Inference on the Winograd path: the pool inside its output pass, no pixel-major z
+    // at all (with the switches, training, it measured slower: ops/conv2d_simd.inc)
+    if (!argmax && detail::conv2d_relu_pool_pixels<T>(
+                       x, k, conv, bias.data(),
+                       [&](std::size_t n, const T* pt, std::size_t Opad, std::size_t oa, std::size_t ob) {
+                         const std::size_t off = (n * O + std::min(oa, O)) * PP;
+                         kn.pooled_to_planes(pt + oa, nullptr, PP, Opad, std::min(ob, O) - std::min(oa, O),
+                                             yp + off, nullptr);
+                       }))
+      return;
     const bool done = detail::conv2d_forward_pixels<T>(
         x, k, conv, [&](std::size_t n, const T* yt, std::size_t Opad, std::size_t oa, std::size_t ob) {
           // the output channels [oa, min(ob, O)) of image n

@@ -164,7 +164,8 @@ TEST(Threads, FusedConvReluPoolAgreesWithOneThread) {
 // forward's output channels; in the VJP, C_out for dJ/dK and dJ/db and C_in for dJ/dx.
 // The same operations compute every element of the forward and of dJ/dx, so those are
 // the one thread's bit for bit; dJ/dK and dJ/db are per-thread partial sums (the float
-// path's 1e-5 here). The plain convolution and the fused op, direct and Winograd, a
+// path's 1e-5 here). The plain convolution and the fused op (also its forward without
+// switches, inference's own Winograd output pass), direct and Winograd, a
 // channel count that leaves the last range partly padding, and conv1's single input
 // channel (16 output channels: one vector with AVX-512, so not split there); on every
 // kernel variant the processor runs.
@@ -237,6 +238,14 @@ TEST(Threads, SmallBatchSplitsImagesByChannel) {
             << what[i];
       }
       EXPECT_EQ(many.sw, one.sw) << "the pool's switches";
+      // inference (no switches wanted): Winograd's own output pass, split the same way
+      Tensor<float> y_infer(ys);
+      const int team_infer =
+          team_size_during([&] { conv2d_relu_max_pool2d_forward(x, k, &b, conv, pool, y_infer, nullptr); });
+      if (c.k[0] > conv::kernels<float>().lanes) {
+        EXPECT_GE(team_infer, 2);
+      }
+      EXPECT_TRUE(all_close(xt::cast<double>(y_infer), xt::cast<double>(one.t[1]), 0, 0)) << "without switches";
     }
   }
 }
