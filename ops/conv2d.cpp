@@ -299,6 +299,28 @@ void col2im_add(const T* dcol, const ConvGeom& g, T* grad_x) {
       }
 }
 
+// The plain path's Winograd forward over its work items (float; the caller has checked
+// winograd_for): the team transforms the kernel into U, then item(pl, U, in, n, oa, ob)
+// runs for each item, `in` image n's input and [oa, ob) the item's output channels.
+// conv2d_forward, conv2d_forward_pixels and conv2d_relu_pool_pixels differ only in item.
+template <class F>
+void winograd_forward_items(const ConvGeom& g, const float* x, const float* k, F item) {
+  const conv::Kernels<float>& kn = conv::kernels<float>();
+  const WorkItems it = work_items(kn, g, g.O);
+  const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan(kn, g.O));
+  float* U = scratch<float>(36 * g.C * pl.Opad, 4);
+#pragma omp parallel if (it.parallel)
+  {
+    winograd_kernels_in_team(kn, pl, k, U);
+#pragma omp for schedule(static)
+    for (std::size_t i = 0; i < g.N * it.parts; ++i) {
+      const std::size_t n = i / it.parts;
+      const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
+      item(pl, U, x + n * g.C * g.H * g.W, n, oa, ob);
+    }
+  }
+}
+
 }  // namespace
 
 WinogradMode conv2d_winograd() {
@@ -357,20 +379,11 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
   const std::size_t items = g.N * it.parts;
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {
-      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan(kn, g.O));
-      float* U = scratch<float>(36 * g.C * pl.Opad, 4);
-#pragma omp parallel if (it.parallel)
-      {
-        winograd_kernels_in_team(kn, pl, kp, U);
-#pragma omp for schedule(static)
-        for (std::size_t i = 0; i < items; ++i) {
-          const std::size_t n = i / it.parts;
-          const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
-          kn.wino_image(pl, x.data() + n * g.C * g.H * g.W, U, bp, false, y.data() + n * g.O * P,
-                        scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5),
-                        scratch<float>(P * pl.Opad, 1), oa, ob);
-        }
-      }
+      winograd_forward_items(g, x.data(), kp, [&](const WinogradPlan& pl, const float* U, const float* in,
+                                                   std::size_t n, std::size_t oa, std::size_t ob) {
+        kn.wino_image(pl, in, U, bp, false, y.data() + n * g.O * P, scratch<float>(pl.grid_size(), 0),
+                      scratch<float>(pl.block_scratch(), 5), scratch<float>(P * pl.Opad, 1), oa, ob);
+      });
       return;
     }
   }
@@ -407,20 +420,13 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
   const std::size_t items = g.N * it.parts;
   if constexpr (std::is_same_v<T, float>) {
     if (winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) {  // as conv2d_forward
-      const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan(kn, g.O));
-      float* U = scratch<float>(36 * g.C * pl.Opad, 4);
-#pragma omp parallel if (it.parallel)
-      {
-        winograd_kernels_in_team(kn, pl, kp, U);
-#pragma omp for schedule(static)
-        for (std::size_t i = 0; i < items; ++i) {
-          const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
-          float* yt = scratch<float>(P * pl.Opad, 1);
-          kn.wino_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, U, scratch<float>(pl.grid_size(), 0),
-                         scratch<float>(pl.block_scratch(), 5), yt, oa, ob);
-          out(i / it.parts, yt, pl.Opad, oa, ob);
-        }
-      }
+      winograd_forward_items(g, x.data(), kp, [&](const WinogradPlan& pl, const float* U, const float* in,
+                                                   std::size_t n, std::size_t oa, std::size_t ob) {
+        float* yt = scratch<float>(P * pl.Opad, 1);
+        kn.wino_pixels(pl, in, U, scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5), yt,
+                       oa, ob);
+        out(n, yt, pl.Opad, oa, ob);
+      });
       return true;
     }
   }
@@ -449,23 +455,15 @@ bool conv2d_relu_pool_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2
     if (!is_plain(a)) return false;
     const ConvGeom g = geom(x, k, a);
     const conv::Kernels<T>& kn = conv::kernels<T>();
-    if (g.one_by_one() || !kn.wino_relu_pool_pixels || !winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) return false;
-    const WorkItems it = work_items(kn, g, g.O);  // as conv2d_forward_pixels
-    const std::size_t items = g.N * it.parts, PP = (g.OH / 2) * (g.OW / 2);
-    const WinogradPlan pl = winograd_plan(kn, g.C, g.H, g.W, g.O, g.ph, g.pw, it.chan(kn, g.O));
-    float* U = scratch<float>(36 * g.C * pl.Opad, 4);
-#pragma omp parallel if (it.parallel)
-    {
-      winograd_kernels_in_team(kn, pl, k.data(), U);
-#pragma omp for schedule(static)
-      for (std::size_t i = 0; i < items; ++i) {
-        const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
-        float* pt = scratch<float>(PP * pl.Opad, 1);
-        kn.wino_relu_pool_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, U, bias,
-                                 scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5), pt, oa, ob);
-        out(i / it.parts, pt, pl.Opad, oa, ob);
-      }
-    }
+    if (g.one_by_one() || !winograd_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) return false;
+    const std::size_t PP = (g.OH / 2) * (g.OW / 2);
+    winograd_forward_items(g, x.data(), k.data(), [&](const WinogradPlan& pl, const float* U, const float* in,
+                                                      std::size_t n, std::size_t oa, std::size_t ob) {
+      float* pt = scratch<float>(PP * pl.Opad, 1);
+      kn.wino_relu_pool_pixels(pl, in, U, bias, scratch<float>(pl.grid_size(), 0),
+                               scratch<float>(pl.block_scratch(), 5), pt, oa, ob);
+      out(n, pt, pl.Opad, oa, ob);
+    });
     return true;
   } else {
     (void)x, (void)k, (void)a, (void)bias, (void)out;
