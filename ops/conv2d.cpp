@@ -406,13 +406,17 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
 
 namespace detail {
 
+bool conv2d_pixels_path(const Shape& k, const Conv2dOptions& a) {
+  return is_plain(a) && !(k[2] == 1 && k[3] == 1 && a.stride[0] == 1 && a.stride[1] == 1 && a.padding[0] == 0 &&
+                          a.padding[1] == 0);  // not ConvGeom::one_by_one
+}
+
 template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                            const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
                                                     std::size_t ob)>& out) {
-  if (!is_plain(a)) return false;
+  if (!conv2d_pixels_path(Shape(k.shape().begin(), k.shape().end()), a)) return false;
   const ConvGeom g = geom(x, k, a);
-  if (g.one_by_one()) return false;
   const std::size_t CKK = g.ckk(), P = g.p();
   const T* kp = k.data();
   const conv::Kernels<T>& kn = conv::kernels<T>();

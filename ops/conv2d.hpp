@@ -78,6 +78,10 @@ Value conv2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& opt 
              std::source_location loc = std::source_location::current());
 
 namespace detail {
+// Whether conv2d_forward_pixels and conv2d_vjp_pixels apply to a kernel of shape k
+// (C_out, C_in, KH, KW) with these options: the plain path, not a 1x1 GEMM.
+bool conv2d_pixels_path(const Shape& k, const Conv2dOptions& a);
+
 // conv2d's plain path (is_plain, not a 1x1 GEMM) image by image, without its output
 // pass: calls out(n, yt, Opad, oa, ob) in parallel for every image n and every range
 // [oa, ob) of its output channels (all of [0, Opad) in one call, or, where the batch

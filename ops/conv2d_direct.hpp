@@ -19,6 +19,10 @@ namespace ad::conv {
 
 inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
+// A switch code's flag for a pooling window whose output did not pass ReLU (Kernels::
+// relu_pool_codes); the code's low two bits are the winner's place in the 2x2 window.
+inline constexpr int32_t kSwitchDead = 4;
+
 // out[o, i, j] = sum_{c,p,q} w[(c*KH+p)*KW+q][o] * in[c, i*sh+p-ph, j*sw+q-pw] over the
 // taps inside the image. Input rows in the padding are skipped by grouping output rows
 // into classes with the same valid window rows; input columns in the padding by
@@ -223,6 +227,16 @@ struct Kernels {
   // entries.
   void (*wino_relu_pool_pixels)(const WinogradPlan& pl, const T* in, const T* U, const T* bias, T* grid, T* blk,
                                 T* pt, std::size_t oa, std::size_t ob) = nullptr;
+  // relu_pool_planes with the switches as codes (the tape's form, ops/conv2d_relu_pool.cpp):
+  // codes (PH*PW, rows cs apart) gets, for the first O channels, each window's winner as
+  // its place in the window (0-3, row-major) plus kSwitchDead where y did not pass ReLU.
+  void (*relu_pool_codes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t Oc,
+                          std::size_t O, const T* bias, T* out, int32_t* codes, std::size_t cs, T* pt,
+                          void* it) = nullptr;
+  // Its VJP's dJ/dz of one image from g (O, PH*PW) and the codes (PH*PW, O), PH = OH/2,
+  // PW = OW/2: gt (OH*OW, Opad) as unpool_pixels makes it. scratch: 2 * PH*PW * Opad.
+  void (*unpool_codes)(const T* g, const int32_t* codes, std::size_t O, std::size_t OH, std::size_t OW,
+                       std::size_t Opad, T* gt, T* scratch) = nullptr;
   // Its VJP's dJ/dz of one image, pixel-major: gt (OH*OW, Opad) gets each window's
   // gradient g at its winner am where y passed ReLU, +0 elsewhere (g, y, am: (O, PH*PW);
   // 2*PH <= OH, 2*PW <= OW). scratch: 2 * PH*PW * (O + Opad + 1) elements.

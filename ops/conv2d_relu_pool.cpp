@@ -114,13 +114,43 @@ Shape conv2d_relu_max_pool2d_output_shape(const Shape& x, const Shape& k, const 
   }
 }
 
+namespace {
+
+// The switches on the tape. Where the pool runs in the convolution's output pass
+// (fused_pool on conv2d's pixel path), the node keeps them as codes, pixel-major: for
+// the window s of channel o of image n, element (n * PH*PW + s) * C_out + o holds the
+// winner's place in the window (0-3, row-major) plus conv::kSwitchDead where the
+// window's output did not pass ReLU. That is what the VJP's unpool_codes reads as it
+// stands, with neither the indices' transposes (forward and VJP) nor their per-window
+// decoding against y; recorded VJPs turn them into indices (switch_indices). Elsewhere
+// the switches are max_pool2d's indices h*OW + w, planar.
+bool switch_codes(const Shape& ks, const Conv2dOptions& conv, const Pool2dOptions& pool) {
+  return fused_pool(pool) && detail::conv2d_pixels_path(ks, conv);
+}
+
+// The codes (N, PH*PW, C) as max_pool2d's switches (N, C, PH*PW), zs the conv's output shape.
+std::vector<int32_t> switch_indices(const std::vector<int32_t>& codes, const Shape& zs) {
+  const std::size_t N = zs[0], C = zs[1], OW = zs[3], PW = zs[3] / 2, PP = (zs[2] / 2) * PW;
+  std::vector<int32_t> idx(codes.size());
+  for (std::size_t n = 0; n < N; ++n)
+    for (std::size_t s = 0; s < PP; ++s) {
+      const std::size_t top = 2 * (s / PW) * OW + 2 * (s % PW);
+      for (std::size_t o = 0; o < C; ++o) {
+        const int32_t c = codes[(n * PP + s) * C + o];
+        idx[(n * C + o) * PP + s] = static_cast<int32_t>(top + (c & 1) + ((c >> 1) & 1) * OW);
+      }
+    }
+  return idx;
+}
+
+// The forward, with the switches as codes where `codes` (switch_codes says where).
 template <class T>
-void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b,
-                                    const Conv2dOptions& conv, const Pool2dOptions& pool, Tensor<T>& y,
-                                    int32_t* argmax) {
+void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& conv,
+             const Pool2dOptions& pool, Tensor<T>& y, int32_t* argmax, bool codes) {
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
   const std::size_t O = zs[1], OH = zs[2], OW = zs[3], PP = (OH / 2) * (OW / 2);
+  if (zs[0] == 0) codes = false;  // no switches to write
   if (fused_pool(pool) && zs[0] > 0) {
     std::vector<T> bias(O + 64, T(0));  // Opad entries (at most O + 63), zero past C_out
     if (b) std::copy(b->begin(), b->end(), bias.begin());
@@ -141,11 +171,18 @@ void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, cons
           // the output channels [oa, min(ob, O)) of image n
           thread_local std::vector<T> pt, it;
           const std::size_t off = (n * O + std::min(oa, O)) * PP;
-          kn.relu_pool_planes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
-                              yp + off, argmax ? argmax + off : nullptr, grow(pt, PP * Opad), grow(it, PP * Opad));
+          if (codes)
+            kn.relu_pool_codes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
+                               yp + off, argmax + n * PP * O + std::min(oa, O), O, grow(pt, PP * Opad),
+                               grow(it, PP * Opad));
+          else
+            kn.relu_pool_planes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O),
+                                bias.data() + oa, yp + off, argmax ? argmax + off : nullptr, grow(pt, PP * Opad),
+                                grow(it, PP * Opad));
         });
     if (done) return;
   }
+  if (codes) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
   // The three ops one after the other.
   Tensor<T> z(zs), r(zs);
   conv2d_forward(x, k, b, conv, z);
@@ -153,10 +190,11 @@ void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, cons
   max_pool2d_forward(r, pool, y, argmax);
 }
 
+// The VJP, with the switches as codes where `codes`.
 template <class T>
-void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax,
-                                const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x,
-                                Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x) {
+void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax, const Tensor<T>& x,
+         const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
+         bool overwrite_x, bool codes) {
   if (!grad_x && !grad_k && !grad_b) return;
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
@@ -177,8 +215,24 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   // planar otherwise.
   const std::size_t C = zs[1];
   const std::size_t PH = grad_out.shape()[2], PW = grad_out.shape()[3];
+  const conv::Kernels<T>& kn = conv::kernels<T>();
+  if (codes) {  // PH = OH/2, PW = OW/2, the pixel path (switch_codes)
+    if (out_plane > 0 &&
+        detail::conv2d_vjp_pixels<T>(
+            x, k, conv,
+            [&](std::size_t n, T* gt, std::size_t Opad) {
+              thread_local std::vector<T> sc;
+              kn.unpool_codes(gp + n * C * out_plane, argmax.data() + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
+                              grow(sc, 2 * out_plane * Opad));
+            },
+            grad_x, grad_k, grad_b, overwrite_x))
+      return;
+    // no window: dJ/dz is zero
+    if (overwrite_x && grad_x) zero_fill(*grad_x);
+    if (out_plane == 0) return;
+    throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
+  }
   if (2 * PH <= zs[2] && 2 * PW <= zs[3] && out_plane > 0) {
-    const conv::Kernels<T>& kn = conv::kernels<T>();
     if (detail::conv2d_vjp_pixels<T>(
             x, k, conv,
             [&](std::size_t n, T* gt, std::size_t Opad) {
@@ -206,6 +260,22 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   conv2d_vjp(gz, x, k, conv, grad_x, grad_k, grad_b);
 }
 
+}  // namespace
+
+template <class T>
+void conv2d_relu_max_pool2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b,
+                                    const Conv2dOptions& conv, const Pool2dOptions& pool, Tensor<T>& y,
+                                    int32_t* argmax) {
+  forward(x, k, b, conv, pool, y, argmax, false);
+}
+
+template <class T>
+void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax,
+                                const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x,
+                                Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x) {
+  vjp(grad_out, y, argmax, x, k, conv, grad_x, grad_k, grad_b, overwrite_x, false);
+}
+
 template <class T>
 Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& conv,
                              const Pool2dOptions& pool, std::source_location loc) {
@@ -220,8 +290,8 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
     const std::size_t n = std::accumulate(ys.begin(), ys.end(), std::size_t{1}, std::multiplies<>());
     switches = tape.saved_index_for_overwrite(*node, n);
   }
-  conv2d_relu_max_pool2d_forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, conv, pool,
-                                 tape.mutable_value(y), switches);
+  forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, conv, pool, tape.mutable_value(y),
+          switches, switches && switch_codes(tape.shape(k), conv, pool));
   return y;
 }
 
@@ -233,10 +303,11 @@ template <class T>
 void conv2d_relu_max_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
   bool overwrite = false;  // x's first gradient: written by the VJP, not added to a zeroed buffer
   Tensor<T>* gx = tape->input_grad_for_overwrite(node, 0, &overwrite);
-  conv2d_relu_max_pool2d_vjp(tape->grad_out(node), tape->value(Value{node.output}), node.saved_index,
-                             tape->input_value(node, 0), tape->input_value(node, 1),
-                             attrs_as<Conv2dReluMaxPool2dAttrs>(node.attrs).conv, gx, tape->input_grad(node, 1),
-                             tape->input_grad(node, 2), overwrite);
+  const auto& a = attrs_as<Conv2dReluMaxPool2dAttrs>(node.attrs);
+  const Tensor<T>& k = tape->input_value(node, 1);
+  vjp(tape->grad_out(node), tape->value(Value{node.output}), node.saved_index, tape->input_value(node, 0), k, a.conv,
+      gx, tape->input_grad(node, 1), tape->input_grad(node, 2), overwrite,
+      switch_codes(Shape(k.shape().begin(), k.shape().end()), a.conv, a.pool));
 }
 
 // Recorded VJP (derivation at the top).
@@ -244,10 +315,11 @@ template <class T>
 void conv2d_relu_max_pool2d_record_vjp(Tape<T>& t, int32_t n, Value g, uint32_t want, std::span<Value> gi) {
   if (!wants(want, 0) && !wants(want, 1) && !wants(want, 2)) return;
   const auto a = attrs_as<Conv2dReluMaxPool2dAttrs>(t.nodes()[static_cast<std::size_t>(n)].attrs);
-  const std::vector<int32_t> switches = t.nodes()[static_cast<std::size_t>(n)].saved_index;  // a copy: nodes grow
+  std::vector<int32_t> switches = t.nodes()[static_cast<std::size_t>(n)].saved_index;  // a copy: nodes grow
   const Value x = node_input(t, n, 0), k = node_input(t, n, 1), y = node_output(t, n);
   const Shape xs = t.shape(x), ks = t.shape(k);
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, a.conv);
+  if (switch_codes(ks, a.conv, a.pool)) switches = switch_indices(switches, zs);
   const Value gz = max_pool2d_backward(t, relu_backward(t, g, y), std::span<const int32_t>(switches), zs[2], zs[3], a.pool);
   if (wants(want, 0)) gi[0] = conv2d_backward_input(t, gz, k, xs, a.conv);
   if (wants(want, 1)) gi[1] = conv2d_backward_kernel(t, x, gz, ks[2], ks[3], a.conv);

@@ -196,10 +196,12 @@ TEST(Threads, SmallBatchSplitsImagesByChannel) {
       const Shape ys = conv2d_relu_max_pool2d_output_shape(c.x, c.k, nullptr, conv, pool);
       const Tensor<float> gz = xt::cast<float>(uniform(zs, seed++)), gy = xt::cast<float>(uniform(ys, seed++));
       // [0] z, [1] y (fused), [2..4] conv2d's dJ/dx, dJ/dk, dJ/db, [5..7] the fused op's,
-      // [8..9] conv2d's dJ/dk, dJ/db without dJ/dx; and the switches
+      // [8..9] conv2d's dJ/dk, dJ/db without dJ/dx, [10..13] the fused op on a tape (whose
+      // node keeps the switches as codes, pixel-major: ops/conv2d_relu_pool.cpp): y, dJ/dx,
+      // dJ/dk, dJ/db; and the switches, of the direct call and of the tape
       struct Out {
         std::vector<Tensor<float>> t;
-        std::vector<int32_t> sw;
+        std::vector<int32_t> sw, codes;
       };
       auto zeros = [](const Tensor<float>& like) { return Tensor<float>(xt::zeros<float>(like.shape())); };
       auto forward = [&](Out& o) {
@@ -213,6 +215,13 @@ TEST(Threads, SmallBatchSplitsImagesByChannel) {
         conv2d_vjp(gz, x, k, conv, &o.t[2], &o.t[3], &o.t[4]);
         conv2d_relu_max_pool2d_vjp(gy, o.t[1], o.sw, x, k, conv, &o.t[5], &o.t[6], &o.t[7]);
         conv2d_vjp(gz, x, k, conv, static_cast<Tensor<float>*>(nullptr), &o.t[8], &o.t[9]);
+        Tape<float> t;
+        Parameter<float> px("x", x), pk("k", k), pb("b", b);
+        const Value y = conv2d_relu_max_pool2d(t, t.param(px), t.param(pk), t.param(pb), conv, pool);
+        o.codes = t.nodes().back().saved_index;
+        t.backward(y, gy);
+        for (const Tensor<float>* r : std::initializer_list<const Tensor<float>*>{&t.value(y), &px.grad, &pk.grad, &pb.grad})
+          o.t.push_back(*r);
       };
       Out one, many;
       {
@@ -231,13 +240,20 @@ TEST(Threads, SmallBatchSplitsImagesByChannel) {
       }
       const char* what[] = {"conv2d",         "conv2d_relu_max_pool2d", "conv2d dJ/dx",     "conv2d dJ/dk",
                             "conv2d dJ/db",   "fused dJ/dx",            "fused dJ/dk",      "fused dJ/db",
-                            "conv2d dJ/dk (no dJ/dx)", "conv2d dJ/db (no dJ/dx)"};
+                            "conv2d dJ/dk (no dJ/dx)", "conv2d dJ/db (no dJ/dx)", "taped y", "taped dJ/dx",
+                            "taped dJ/dk",    "taped dJ/db"};
+      ASSERT_EQ(one.t.size(), std::size(what));
       for (std::size_t i = 0; i < one.t.size(); ++i) {
-        const bool exact = i <= 2 || i == 5;  // outputs and dJ/dx
+        const bool exact = i <= 2 || i == 5 || i == 10 || i == 11;  // outputs and dJ/dx
         EXPECT_TRUE(all_close(xt::cast<double>(many.t[i]), xt::cast<double>(one.t[i]), exact ? 0 : 1e-5, exact ? 0 : 1e-5))
             << what[i];
       }
       EXPECT_EQ(many.sw, one.sw) << "the pool's switches";
+      EXPECT_EQ(many.codes, one.codes) << "the tape's switch codes";
+      // the tape's results are the direct calls' (the same kernels, switches in another form)
+      for (std::size_t i = 10; i < 14; ++i)
+        EXPECT_TRUE(all_close(xt::cast<double>(one.t[i]), xt::cast<double>(one.t[i == 10 ? 1 : i - 6]), 0, 0))
+            << what[i];
       // inference (no switches wanted): Winograd's own output pass, split the same way
       Tensor<float> y_infer(ys);
       const int team_infer =
