@@ -219,36 +219,43 @@ void direct_flipped_weights_in_team(const T* k, std::size_t O, std::size_t C, st
       }
 }
 
-// dK[o, c] += G^T M[c][o] G (5x5 from 6x6) for every input channel c, M (36, C, Opad)
-// the sum in thread order of the team's dJ/dK partials; G is F(2x2, 5x5)'s kernel
-// transform (ops/conv2d_simd.inc, winograd_g), applied in double. dk points at dK[o]
-// (C, 5, 5).
+// dK[o, c] += G^T M[c][o] G (5x5 from 6x6) for every input channel c and the output
+// channels o0 <= o < min(o0 + kDkOut, O), M (36, C, Opad) the sum in thread order of the
+// team's dJ/dK partials; G is F(2x2, 5x5)'s kernel transform (ops/conv2d_simd.inc,
+// winograd_g), applied in double, kDkOut output channels side by side in a vector
+// (M's rows hold them next to each other). dk is dK (O, C, 5, 5).
+constexpr std::size_t kDkOut = 8;
 template <class T>
-void wino_dk_output(const double* M, std::size_t C, std::size_t Opad, std::size_t o, T* dk) {
-  static constexpr double G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
-                                     {1.0 / 6, 1.0 / 6, 1.0 / 6, 1.0 / 6, 1.0 / 6},
-                                     {1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6},
-                                     {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
-                                     {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
-                                     {0, 0, 0, 0, 1}};
+void wino_dk_output(const double* M, std::size_t C, std::size_t O, std::size_t Opad, std::size_t o0, T* dk) {
+  typedef double D __attribute__((vector_size(kDkOut * sizeof(double))));
+  // out[k] = sum_a G[a][k] in[a*s], k < 5: G^T's rows, by sums and differences
+  auto gt = [](const D* in, std::size_t s, D* out, std::size_t so) {
+    const D s12 = in[s] + in[2 * s], d12 = in[s] - in[2 * s], s34 = in[3 * s] + in[4 * s], d34 = in[3 * s] - in[4 * s];
+    out[0] = in[0] * (1.0 / 4) + s12 * (1.0 / 6) + s34 * (1.0 / 24);
+    out[so] = d12 * (1.0 / 6) + d34 * (1.0 / 12);
+    out[2 * so] = (s12 + s34) * (1.0 / 6);
+    out[3 * so] = d12 * (1.0 / 6) + d34 * (1.0 / 3);
+    out[4 * so] = s12 * (1.0 / 6) + s34 * (2.0 / 3) + in[5 * s];
+  };
+  const std::size_t n = std::min(kDkOut, O - o0);
   for (std::size_t c = 0; c < C; ++c) {
-    double m[6][6];
+    D m[36];
     for (std::size_t xi = 0; xi < 36; ++xi) {
-      m[xi / 6][xi % 6] = M[(xi * C + c) * Opad + o];
+      const double* row = M + (xi * C + c) * Opad + o0;
+      if (n == kDkOut) {
+        std::memcpy(&m[xi], row, sizeof(D));
+      } else {
+        m[xi] = D{};
+        for (std::size_t l = 0; l < n; ++l) m[xi][l] = row[l];
+      }
     }
-    double mg[6][5];  // M G
-    for (std::size_t a = 0; a < 6; ++a)
-      for (std::size_t q = 0; q < 5; ++q) {
-        double s = 0;
-        for (std::size_t b = 0; b < 6; ++b) s += m[a][b] * G[b][q];
-        mg[a][q] = s;
-      }
-    for (std::size_t p = 0; p < 5; ++p)
-      for (std::size_t q = 0; q < 5; ++q) {
-        double s = 0;
-        for (std::size_t a = 0; a < 6; ++a) s += G[a][p] * mg[a][q];
-        dk[(c * 5 + p) * 5 + q] += static_cast<T>(s);
-      }
+    D t[5][6], r[5][5];
+    for (std::size_t b = 0; b < 6; ++b) gt(m + b, 6, &t[0][b], 6);   // G^T M (5x6), down the columns
+    for (std::size_t p = 0; p < 5; ++p) gt(&t[p][0], 1, &r[p][0], 1);  // (G^T M) G, along the rows
+    for (std::size_t l = 0; l < n; ++l) {
+      T* d = dk + ((o0 + l) * C + c) * 25;
+      for (std::size_t e = 0; e < 25; ++e) d[e] += static_cast<T>(r[e / 5][e % 5][l]);
+    }
   }
 }
 
@@ -664,9 +671,13 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         for (std::size_t t = 0; t < team; ++t) dst += partial[t * part + e];
       }
     }
+    if (plk) {  // (then no 1x1 kernel: the loop below does not write grad_k)
+#pragma omp for schedule(static) nowait
+      for (std::size_t ob = 0; ob < (g.O + kDkOut - 1) / kDkOut; ++ob)
+        wino_dk_output(mpartial, g.C, g.O, pl.Opad, ob * kDkOut, grad_k->data());
+    }
 #pragma omp for schedule(static)
     for (std::size_t o = 0; o < g.O; ++o) {
-      if (plk) wino_dk_output(mpartial, g.C, pl.Opad, o, grad_k->data() + o * CKK);
       for (std::size_t t = 0; t < team; ++t) {
         const T* pk = partial + t * part;
         if (grad_k && one) {
