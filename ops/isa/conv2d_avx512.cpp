@@ -10,6 +10,7 @@
 #include "ops/conv2d_direct.hpp"
 
 #if defined(__x86_64__)
+#include <immintrin.h>  // one conversion GCC's vector extensions split (ops/conv2d_simd.inc)
 
 // Only the functions defined between push and pop use the wider instructions (every
 // header is included above): see ops/conv2d_simd.inc.
@@ -29,7 +30,9 @@ constexpr Isa kIsa = Isa::Avx512;
 // 1Ah, Zen 5) Winograd gave 8-16% more ref-CNN training and inference img/s at 1 and
 // 2 threads. AD_WINOGRAD=0|1 overrides the choice.
 bool winograd_preferred() { return cpu_vendor_amd(); }
+#define AD_CONV_AVX512_INTRINSICS
 #include "ops/conv2d_simd.inc"
+#undef AD_CONV_AVX512_INTRINSICS
 }  // namespace ad::conv::isa_avx512
 #if defined(__clang__)
 #pragma clang attribute pop
