@@ -121,8 +121,8 @@ struct DirectPlan {
 struct WinogradPlan {
   std::size_t C, H, W, O, ph, pw, OH, OW;
   std::size_t TH, TW;  // tiles down and across: ceil(OH / 2), ceil(OW / 2)
-  std::size_t GH, GW;  // the padded input grid the tiles read: 2*TH + 4, 2*TW + 4
-  std::size_t Cpad;    // C rounded up to whole vectors (the grid is pixel-major, (GH, GW, Cpad))
+  std::size_t GH, GW;  // the padded input the tiles read: 2*TH + 4 rows, 2*TW + 4 columns
+  std::size_t Cpad;    // C rounded up to whole vectors (the input is pixel-major, (H, W, Cpad))
   std::size_t chan;    // output channels per register tile
   std::size_t Opad;    // O rounded up to chan
   std::size_t block;   // tiles per block (the register tile's pixel count)
@@ -150,9 +150,10 @@ struct WinogradPlan {
   // other, and the transforms took longer than the block's FMAs.
   static constexpr std::size_t kDkBlock = 64;
   std::size_t tiles() const { return TH * TW; }
-  // the padded input grid (GH, GW, Cpad), then its column transforms per tile row
-  // (TH, 6, GW, Cpad): B^T applied down each column of the tile row's 6 input rows
-  std::size_t grid_elems() const { return GH * GW * Cpad; }
+  // the input, pixel-major (H, W, Cpad) (the padding is not stored), then its column
+  // transforms per tile row (TH, Cpad / L, GW, 6, L): B^T applied down each column of
+  // the tile row's 6 rows of the padded input
+  std::size_t grid_elems() const { return H * W * Cpad; }
   std::size_t grid_size() const { return grid_elems() + TH * 6 * GW * Cpad; }
   // transformed input and products of one block: 36 x block x Cpad and 36 x block x Opad
   std::size_t block_scratch() const { return 36 * block * (Cpad + Opad); }
