@@ -22,6 +22,9 @@
 // z_w. Hence
 //   dJ/dz = M^T (g .* [!(y <= 0)])     (the mask read at the output, one per window)
 // and the switches of either forward serve (where they may differ, the mask is 0).
+// On the tape, with the pool in the output pass, the forward folds the mask into the
+// switches (switch codes, below): each window's code names its winner's place in the
+// window, or none where y <= 0, so the VJP reads neither y nor the indices.
 // Then conv2d's VJP of section 3.1.5 on dJ/dz: dJ/dx, dJ/dK, dJ/db.
 //   Recorded (higher order): gz = max_pool2d_backward(relu_backward(g, y)), then
 // conv2d's recorded VJP on gz (conv2d_backward_input, conv2d_backward_kernel, sum_to).
