@@ -7,7 +7,7 @@
 #   bench/ab_samples.sh N OLD NEW [ARGS...]
 #   e.g. cp build/bench/bench/bench_ours /tmp/old; (change, rebuild)
 #        bench/ab_samples.sh 4 /tmp/old build/bench/bench/bench_ours --mode train --threads 1 --steps 300
-# Prints: OLD samples, NEW samples, NEW/OLD, function; the 30 largest, then the totals.
+# Prints: OLD samples, NEW samples, NEW/OLD, function; the 30 largest (by both), then the totals.
 set -euo pipefail
 n=$1 old=$2 new=$3
 shift 3
@@ -22,6 +22,7 @@ for _ in $(seq "$n"); do
   done
 done
 awk -F'\t' '{ v[$3, $1] += $2; f[$3] = 1 }
-  END { for (k in f) printf "%9d %9d %6.3f %s\n", v[k, "old"], v[k, "new"], v[k, "old"] ? v[k, "new"] / v[k, "old"] : 0, k }' \
-  "$out" | sort -k1,1 -n -r | head -30
+  END { for (k in f) printf "%d %9d %9d %6.3f %s\n", v[k, "old"] + v[k, "new"], v[k, "old"], v[k, "new"],
+                             v[k, "old"] ? v[k, "new"] / v[k, "old"] : 0, k }' \
+  "$out" | sort -k1,1 -n -r | cut -d' ' -f2- | awk 'NR <= 30'
 awk -F'\t' '{ t[$1] += $2 } END { printf "%9d %9d %6.3f TOTAL\n", t["old"], t["new"], t["new"] / t["old"] }' "$out"

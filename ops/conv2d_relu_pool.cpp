@@ -219,21 +219,21 @@ void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_
   const std::size_t C = zs[1];
   const std::size_t PH = grad_out.shape()[2], PW = grad_out.shape()[3];
   const conv::Kernels<T>& kn = conv::kernels<T>();
-  if (codes) {  // PH = OH/2, PW = OW/2, the pixel path (switch_codes)
-    if (out_plane > 0 &&
-        detail::conv2d_vjp_pixels<T>(
-            x, k, conv,
-            [&](std::size_t n, T* gt, std::size_t Opad) {
-              thread_local std::vector<T> sc;
-              kn.unpool_codes(gp + n * C * out_plane, argmax.data() + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
-                              grow(sc, 2 * out_plane * Opad));
-            },
-            grad_x, grad_k, grad_b, overwrite_x))
+  if (codes) {  // PH = OH/2, PW = OW/2 on the pixel path (switch_codes)
+    if (out_plane == 0) {  // no window: dJ/dz is zero
+      if (overwrite_x && grad_x) zero_fill(*grad_x);
       return;
-    // no window: dJ/dz is zero
-    if (overwrite_x && grad_x) zero_fill(*grad_x);
-    if (out_plane == 0) return;
-    throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
+    }
+    const bool done = detail::conv2d_vjp_pixels<T>(
+        x, k, conv,
+        [&](std::size_t n, T* gt, std::size_t Opad) {
+          thread_local std::vector<T> sc;
+          kn.unpool_codes(gp + n * C * out_plane, argmax.data() + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
+                          grow(sc, 2 * out_plane * Opad));
+        },
+        grad_x, grad_k, grad_b, overwrite_x);
+    if (!done) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
+    return;
   }
   if (2 * PH <= zs[2] && 2 * PW <= zs[3] && out_plane > 0) {
     if (detail::conv2d_vjp_pixels<T>(
