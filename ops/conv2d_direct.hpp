@@ -235,11 +235,11 @@ struct Kernels {
   // its place in the window (0-3, row-major) plus kSwitchDead where y did not pass ReLU;
   // px (null: not wanted) the O channels' pooled values pixel-major, rows cs apart too.
   void (*relu_pool_codes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t Oc,
-                          std::size_t O, const T* bias, T* out, int32_t* codes, std::size_t cs, T* px, T* pt,
+                          std::size_t O, const T* bias, T* out, int8_t* codes, std::size_t cs, T* px, T* pt,
                           void* it) = nullptr;
   // Its VJP's dJ/dz of one image from g (O, PH*PW) and the codes (PH*PW, O), PH = OH/2,
   // PW = OW/2: gt (OH*OW, Opad) as unpool_pixels makes it. scratch: 2 * PH*PW * Opad.
-  void (*unpool_codes)(const T* g, const int32_t* codes, std::size_t O, std::size_t OH, std::size_t OW,
+  void (*unpool_codes)(const T* g, const int8_t* codes, std::size_t O, std::size_t OH, std::size_t OW,
                        std::size_t Opad, T* gt, T* scratch) = nullptr;
   // Its VJP's dJ/dz of one image, pixel-major: gt (OH*OW, Opad) gets each window's
   // gradient g at its winner am where y passed ReLU, +0 elsewhere (g, y, am: (O, PH*PW);

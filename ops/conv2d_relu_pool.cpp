@@ -120,10 +120,11 @@ Shape conv2d_relu_max_pool2d_output_shape(const Shape& x, const Shape& k, const 
 namespace {
 
 // The switches on the tape. Where the pool runs in the convolution's output pass
-// (fused_pool on conv2d's pixel path), the node keeps them as codes, pixel-major: for
-// the window s of channel o of image n, element (n * PH*PW + s) * C_out + o holds the
-// winner's place in the window (0-3, row-major) plus conv::kSwitchDead where the
-// window's output did not pass ReLU. That is what the VJP's unpool_codes reads as it
+// (fused_pool on conv2d's pixel path), the node keeps them as codes, one byte each,
+// pixel-major, packed four to an element of saved_index (codes_of): for the window s
+// of channel o of image n, byte (n * PH*PW + s) * C_out + o holds the winner's place in
+// the window (0-3, row-major) plus conv::kSwitchDead where the window's output did not
+// pass ReLU. That is what the VJP's unpool_codes reads as it
 // stands, with neither the indices' transposes (forward and VJP) nor their per-window
 // decoding against y; recorded VJPs turn them into indices (switch_indices). Elsewhere
 // the switches are max_pool2d's indices h*OW + w, planar.
@@ -131,10 +132,15 @@ bool switch_codes(const Shape& ks, const Conv2dOptions& conv, const Pool2dOption
   return fused_pool(pool) && detail::conv2d_pixels_path(ks, conv);
 }
 
+// The codes' bytes in saved_index (codes_count of them, in ceil(count / 4) elements).
+std::size_t codes_elements(std::size_t count) { return (count + 3) / 4; }
+const int8_t* codes_of(const std::vector<int32_t>& saved) { return reinterpret_cast<const int8_t*>(saved.data()); }
+
 // The codes (N, PH*PW, C) as max_pool2d's switches (N, C, PH*PW), zs the conv's output shape.
-std::vector<int32_t> switch_indices(const std::vector<int32_t>& codes, const Shape& zs) {
+std::vector<int32_t> switch_indices(const std::vector<int32_t>& saved, const Shape& zs) {
   const std::size_t N = zs[0], C = zs[1], OW = zs[3], PW = zs[3] / 2, PP = (zs[2] / 2) * PW;
-  std::vector<int32_t> idx(codes.size());
+  const int8_t* codes = codes_of(saved);
+  std::vector<int32_t> idx(N * C * PP);
   for (std::size_t n = 0; n < N; ++n)
     for (std::size_t s = 0; s < PP; ++s) {
       const std::size_t top = 2 * (s / PW) * OW + 2 * (s % PW);
@@ -173,7 +179,8 @@ const T* pixel_copy(const Tape<T>& tape, int32_t id) {
   return c[0] == v[0] && c[1] == v[2] * v[3] && c[2] == v[1] ? p.saved.data() : nullptr;
 }
 
-// The forward, with the switches as codes where `codes` (switch_codes says where); px
+// The forward, with the switches as codes where `codes` (switch_codes says where: then
+// argmax holds their bytes, codes_of); px
 // (null: not wanted) gets y pixel-major (keeps_pixel_copy); xpx (null: none) is x
 // pixel-major, read instead of x where conv2d runs by Winograd.
 template <class T>
@@ -206,7 +213,7 @@ void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const C
           const std::size_t off = (n * O + std::min(oa, O)) * PP;
           if (codes)
             kn.relu_pool_codes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
-                               yp + off, argmax + n * PP * O + std::min(oa, O), O,
+                               yp + off, reinterpret_cast<int8_t*>(argmax) + n * PP * O + std::min(oa, O), O,
                                px ? px + n * PP * O + std::min(oa, O) : nullptr, grow(pt, PP * Opad),
                                grow(it, PP * Opad));
           else
@@ -260,7 +267,7 @@ void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_
         x, k, conv,
         [&](std::size_t n, T* gt, std::size_t Opad) {
           thread_local std::vector<T> sc;
-          kn.unpool_codes(gp + n * C * out_plane, argmax.data() + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
+          kn.unpool_codes(gp + n * C * out_plane, codes_of(argmax) + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
                           grow(sc, 2 * out_plane * Opad));
         },
         grad_x, grad_k, grad_b, overwrite_x, xpx);
@@ -316,6 +323,10 @@ bool conv2d_relu_max_pool2d_keeps_output_copy(const Shape& k, const Conv2dOption
   return keeps_copy<T>(k, conv, pool);
 }
 
+std::size_t conv2d_relu_max_pool2d_switch_bytes(const Shape& k, const Conv2dOptions& conv, const Pool2dOptions& pool) {
+  return switch_codes(k, conv, pool) ? 1 : sizeof(int32_t);
+}
+
 template <class T>
 Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& conv,
                              const Pool2dOptions& pool, std::source_location loc) {
@@ -326,11 +337,12 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
   Node<T>* node =
       tape.record(OpKind::Conv2dReluMaxPool2d, {x, k, b}, y, Attrs::of(Conv2dReluMaxPool2dAttrs{conv, pool}), loc);
   int32_t* switches = nullptr;
+  const bool codes = node && tape.requires_grad(y) && switch_codes(tape.shape(k), conv, pool);
   if (node && tape.requires_grad(y)) {
     const std::size_t n = std::accumulate(ys.begin(), ys.end(), std::size_t{1}, std::multiplies<>());
-    switches = tape.saved_index_for_overwrite(*node, n);
+    switches = tape.saved_index_for_overwrite(*node, codes ? codes_elements(n) : n);
+    if (codes && n % 4) switches[n / 4] = 0;  // the last element's unused bytes: zero, not stale
   }
-  const bool codes = switches && switch_codes(tape.shape(k), conv, pool);
   T* px = nullptr;
   if (node) {  // saved: the copy, or empty (never a buffer of an earlier step's node, stale)
     const bool keep = codes && ys[0] > 0 && keeps_copy<T>(tape.shape(k), conv, pool);

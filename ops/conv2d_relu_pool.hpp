@@ -47,6 +47,11 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
 // shape k (C_out, C_in, KH, KW) on a tape of T (with the kernels and WinogradMode in use):
 template <class T>
 bool conv2d_relu_max_pool2d_keeps_output_copy(const Shape& k, const Conv2dOptions& conv, const Pool2dOptions& pool);
+// The bytes a switch takes on the tape (Node::saved_index): 1 where the pool runs in the
+// convolution's output pass (the switches are then codes: the winner's place in its
+// window, four to an element of saved_index, whose last element is padded with zeros),
+// else 4 (max_pool2d's indices).
+std::size_t conv2d_relu_max_pool2d_switch_bytes(const Shape& k, const Conv2dOptions& conv, const Pool2dOptions& pool);
 
 // The output shape (N, C_out, PH, PW); throws ShapeError naming conv2d_relu_max_pool2d.
 Shape conv2d_relu_max_pool2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& conv,

@@ -235,12 +235,23 @@ TEST(Conv2dReluMaxPool2d, IsOneNodeThatKeepsOnlyItsOutputAndSwitches) {
   ASSERT_EQ(t.shape(y), (Shape{2, 4, 4, 4}));
   const Node<float>& n = t.nodes().back();
   EXPECT_EQ(op_name(n.op), "conv2d_relu_max_pool2d");
-  EXPECT_EQ(n.saved_index.size(), 2u * 4 * 4 * 4);
+  EXPECT_EQ(n.saved_index.size(), 2u * 4 * 4 * 4 / 4);  // one byte a switch (codes), four to an element
   EXPECT_NE(format_node(t, t.nodes().size() - 1).find("stride=1x1 pad=1x1 pool=2x2/2x2 pool_pad=0x0"), std::string::npos)
       << format_node(t, t.nodes().size() - 1);
   Tape<float> t2;
   conv2d_relu_max_pool2d(t2, t2.input(xt::cast<float>(uniform({2, 1, 8, 8}, 2))), t2.input(k.value), Value{});
   EXPECT_TRUE(t2.nodes().back().saved_index.empty());  // no gradient: no switches
+  // 27 codes after a reset: seven elements in the buffer the first node had (32 of them,
+  // recycled with their contents), the last one's fourth byte zero, not left over
+  const int8_t stale = reinterpret_cast<const int8_t*>(n.saved_index.data())[27];
+  ASSERT_NE(stale, 0) << "the check needs a nonzero byte to be recycled";
+  t.reset();
+  Parameter<float> k3("k3", xt::cast<float>(uniform({3, 1, 3, 3}, 3)));
+  conv2d_relu_max_pool2d(t, t.input(xt::cast<float>(uniform({1, 1, 6, 6}, 4))), t.param(k3), Value{},
+                         {.padding = {1, 1}});
+  const std::vector<int32_t>& codes = t.nodes().back().saved_index;
+  ASSERT_EQ(codes.size(), 7u);
+  EXPECT_EQ(reinterpret_cast<const int8_t*>(codes.data())[27], 0);
 }
 
 // A chain of two fused ops (ref-CNN's conv1 and conv2): the first node keeps its output
