@@ -192,9 +192,8 @@ std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_sh
 CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes) {
   // The model make_cnn builds, layer by layer, with the ops' own shape rules; per
   // example, what step_bytes_per_example counts on its tape: the input (no gradient),
-  // every op's output and its gradient, max pooling's switches (int32 indices, or the
-  // fused op's one-byte codes), and the fused op's saved copy of its output
-  // (ops/conv2d_relu_pool.hpp).
+  // every op's output and its gradient, and max pooling's switches (int32 indices, or
+  // the fused op's one-byte codes: ops/conv2d_relu_pool.hpp).
   const ad::Conv2dOptions conv{.padding = {cfg.padding, cfg.padding}, .stride = {cfg.stride, cfg.stride}};
   const ad::Pool2dOptions pool{.window = {cfg.pool_window, cfg.pool_window}, .stride = {cfg.pool_stride, cfg.pool_stride}};
   const bool max_pool = cfg.pool == PoolKind::Max;
@@ -215,10 +214,6 @@ CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes) {
     else with_grad += 2 * size(s);  // conv, activation
     s = ad::pool2d_output_shape(max_pool ? "max_pool2d" : "avg_pool2d", s, pool);
     with_grad += size(s);
-    // the fused node's pixel-major copy of its output, where it keeps one (float)
-    if (fused && element_bytes == sizeof(float) &&
-        ad::conv2d_relu_max_pool2d_keeps_output_copy<float>({c_out, c_in, k, k}, conv, pool))
-      f.step_bytes_per_example += size(s) * element_bytes;
     if (max_pool) {  // the switches: int32 indices, or one-byte codes four to an int32 (the fused op's)
       const std::size_t b = fused ? ad::conv2d_relu_max_pool2d_switch_bytes({c_out, c_in, k, k}, conv, pool) : 4;
       f.step_bytes_per_example += (size(s) * b + 3) / 4 * 4;

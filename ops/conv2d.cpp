@@ -419,16 +419,9 @@ bool conv2d_pixels_path(const Shape& k, const Conv2dOptions& a) {
 }
 
 template <class T>
-bool conv2d_winograd_input(std::size_t C) {
-  if constexpr (std::is_same_v<T, float>) return winograd_for(conv::kernels<float>(), C, 5, 5, 1, 1);
-  else return (void)C, false;
-}
-
-template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                            const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
-                                                    std::size_t ob)>& out,
-                           const T* xpx) {
+                                                    std::size_t ob)>& out) {
   if (!conv2d_pixels_path(Shape(k.shape().begin(), k.shape().end()), a)) return false;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p();
@@ -441,10 +434,8 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
       winograd_forward_items(g, x.data(), kp, [&](const WinogradPlan& pl, const float* U, const float* in,
                                                    std::size_t n, std::size_t oa, std::size_t ob) {
         float* yt = scratch<float>(P * pl.Opad, 1);
-        // x's pixel-major copy where the caller has one (read in place: no transpose)
-        const float* src = xpx ? xpx + n * g.H * g.W * g.C : in;
-        kn.wino_pixels(pl, src, xpx ? g.C : 0, U, scratch<float>(pl.grid_size(), 0),
-                       scratch<float>(pl.block_scratch(), 5), yt, oa, ob);
+        kn.wino_pixels(pl, in, U, scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5), yt,
+                       oa, ob);
         out(n, yt, pl.Opad, oa, ob);
       });
       return true;
@@ -507,7 +498,7 @@ template <class T>
 void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn)>* grad_image,
                       const GradPixels<T>* grad_pixels, const Tensor<T>& x, const Tensor<T>& k,
                       const Conv2dOptions& a, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
-                      bool overwrite_x = false, const T* xpx = nullptr) {
+                      bool overwrite_x = false) {
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
@@ -621,8 +612,8 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         if (grad_b) kn.bias_sum(gt, P, pl.Opad, gb, oa, ob);
         if (plk) {
           if constexpr (std::is_same_v<T, float>)
-            kn.wino_dk_image(*plk, xpx ? xpx + n * HW * g.C : xn, xpx ? g.C : 0, gt,
-                             scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5), gm, oa, ob);
+            kn.wino_dk_image(*plk, xn, gt, scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5),
+                             gm, oa, ob);
         } else if (grad_k) {
           T* xp = scratch<T>(pl.padded_size(), 0);
           kn.pad_columns(xn, pl, xp);
@@ -722,9 +713,9 @@ bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptio
 template <class T>
 bool conv2d_vjp_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                        const GradPixels<T>& grad_pixels, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
-                       bool overwrite_x, const T* xpx) {
+                       bool overwrite_x) {
   if (!is_plain(a)) return false;
-  conv2d_vjp_plain<T>(nullptr, nullptr, &grad_pixels, x, k, a, grad_x, grad_k, grad_b, overwrite_x, xpx);
+  conv2d_vjp_plain<T>(nullptr, nullptr, &grad_pixels, x, k, a, grad_x, grad_k, grad_b, overwrite_x);
   return true;
 }
 
@@ -891,9 +882,7 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
   template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);    \
   template bool detail::conv2d_forward_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,   \
                                                  const std::function<void(std::size_t, const T*, std::size_t,      \
-                                                                          std::size_t, std::size_t)>&,             \
-                                                 const T*);                                                        \
-  template bool detail::conv2d_winograd_input<T>(std::size_t);                                              \
+                                                                          std::size_t, std::size_t)>&);            \
   template bool detail::conv2d_relu_pool_pixels<T>(                                                         \
       const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, const T*,                                   \
       const std::function<void(std::size_t, const T*, std::size_t, std::size_t, std::size_t)>&);            \
@@ -902,7 +891,7 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
                                              Tensor<T>*);                                                   \
   template bool detail::conv2d_vjp_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
                                              const std::function<void(std::size_t, T*, std::size_t)>&,      \
-                                             Tensor<T>*, Tensor<T>*, Tensor<T>*, bool, const T*);           \
+                                             Tensor<T>*, Tensor<T>*, Tensor<T>*, bool);                     \
   template Value conv2d_backward_kernel<T>(Tape<T>&, Value, Value, std::size_t, std::size_t, const Conv2dOptions&, \
                                            std::source_location);                                          \
   template Value conv2d_backward_input<T>(Tape<T>&, Value, Value, const Shape&, const Conv2dOptions&,     \

@@ -90,20 +90,11 @@ bool conv2d_pixels_path(const Shape& k, const Conv2dOptions& a);
 // a buffer of the calling thread, valid in the columns [oa, ob) (Opad: C_out rounded up
 // to the kernels' channel block, those extra channels zero). The fused ops' output
 // passes use it (ops/conv2d_relu_pool.cpp). Returns false, calling nothing, where the
-// path does not apply. xpx (null: none): the same input pixel-major, xpx[(n*H*W + h*W +
-// w) * C_in + c] = x[n, c, h, w], which Winograd then reads instead of transposing x
-// (conv2d_winograd_input).
+// path does not apply.
 template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                            const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
-                                                    std::size_t ob)>& out,
-                           const T* xpx = nullptr);
-
-// Whether a 5x5 convolution at stride 1 of an input of C channels of T would run by
-// Winograd (with the kernels and WinogradMode in use), which is where a pixel-major
-// copy of the input (xpx above) is read.
-template <class T>
-bool conv2d_winograd_input(std::size_t C);
+                                                    std::size_t ob)>& out);
 
 // The same with ReLU and 2x2/2 max pooling as the output pass, for inference (no
 // switches), where conv2d runs as Winograd (float; false, calling nothing, elsewhere):
@@ -131,13 +122,11 @@ bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptio
 // as gt[(i*OW + j) * Opad + o] (OH*OW rows of Opad >= C_out entries, zero for o >=
 // C_out), the layout the VJP's kernels read it in; a planar copy is made only where a
 // path needs one (a 1x1 kernel, dJ/dx not by Winograd). Same results as conv2d_vjp;
-// overwrite_x: grad_x is written, not added to (Tape::grad_buffer_for_overwrite); xpx
-// (null: none): x pixel-major, as conv2d_forward_pixels', for dJ/dK by Winograd.
+// overwrite_x: grad_x is written, not added to (Tape::grad_buffer_for_overwrite).
 template <class T>
 bool conv2d_vjp_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                        const std::function<void(std::size_t n, T* gt, std::size_t Opad)>& grad_pixels,
-                       Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x = false,
-                       const T* xpx = nullptr);
+                       Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x = false);
 }  // namespace detail
 
 // ---- conv2d's VJPs as ops, for higher-order gradients (autodiff/higher_order.hpp) ----

@@ -203,16 +203,14 @@ struct Kernels {
   // then the transpose).
   void (*conv_pixels)(const DirectPlan& pl, const T* in, const T* w, T* xp, T* yt, std::size_t oa,
                       std::size_t ob) = nullptr;
-  // (wino_pixels: `in` planar (C, H, W) where S = 0, else pixel-major, in[(h*W + w) * S
-  // + c], S >= C; float.)
-  void (*wino_pixels)(const WinogradPlan& pl, const T* in, std::size_t S, const T* U, T* grid, T* blk, T* yt,
-                      std::size_t oa, std::size_t ob) = nullptr;
+  void (*wino_pixels)(const WinogradPlan& pl, const T* in, const T* U, T* grid, T* blk, T* yt, std::size_t oa,
+                      std::size_t ob) = nullptr;  // float
   // dJ/dK by Winograd (float): M (36, C, Opad) += sum over in's tiles of (A U A^T) (.)
   // (B^T D B), U from gt (OH*OW, Opad) = dJ/dy pixel-major; dK = G^T M G (conv2d.cpp).
-  // M in double. grid: grid_size() scratch, blk: dk_scratch() scratch. `in` and S as
-  // wino_pixels'. For the output channels [oa, ob) (multiples of chan).
-  void (*wino_dk_image)(const WinogradPlan& pl, const T* in, std::size_t S, const T* gt, T* grid, T* blk, double* M,
-                        std::size_t oa, std::size_t ob) = nullptr;
+  // M in double. grid: grid_size() scratch, blk: dk_scratch() scratch.
+  // For the output channels [oa, ob) (multiples of chan).
+  void (*wino_dk_image)(const WinogradPlan& pl, const T* in, const T* gt, T* grid, T* blk, double* M, std::size_t oa,
+                        std::size_t ob) = nullptr;
   // ReLU and 2x2/2 max pooling as the output pass (ops/conv2d_relu_pool.cpp):
   // out (O, PH*PW) = relu(max_2x2(yt + bias)), argmax (null: not wanted) the winners'
   // indices h*OW + w; yt's rows are Opad apart, of which the first Oc (a multiple of the
@@ -232,10 +230,10 @@ struct Kernels {
                                 T* pt, std::size_t oa, std::size_t ob) = nullptr;
   // relu_pool_planes with the switches as codes (the tape's form, ops/conv2d_relu_pool.cpp):
   // codes (PH*PW, rows cs apart) gets, for the first O channels, each window's winner as
-  // its place in the window (0-3, row-major) plus kSwitchDead where y did not pass ReLU;
-  // px (null: not wanted) the O channels' pooled values pixel-major, rows cs apart too.
+  // its place in the window (0-3, row-major) plus kSwitchDead where y did not pass ReLU,
+  // one byte each.
   void (*relu_pool_codes)(const T* yt, std::size_t OH, std::size_t OW, std::size_t Opad, std::size_t Oc,
-                          std::size_t O, const T* bias, T* out, int8_t* codes, std::size_t cs, T* px, T* pt,
+                          std::size_t O, const T* bias, T* out, int8_t* codes, std::size_t cs, T* pt,
                           void* it) = nullptr;
   // Its VJP's dJ/dz of one image from g (O, PH*PW) and the codes (PH*PW, O), PH = OH/2,
   // PW = OW/2: gt (OH*OW, Opad) as unpool_pixels makes it. scratch: 2 * PH*PW * Opad.

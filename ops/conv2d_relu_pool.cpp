@@ -124,15 +124,15 @@ namespace {
 // pixel-major, packed four to an element of saved_index (codes_of): for the window s
 // of channel o of image n, byte (n * PH*PW + s) * C_out + o holds the winner's place in
 // the window (0-3, row-major) plus conv::kSwitchDead where the window's output did not
-// pass ReLU. That is what the VJP's unpool_codes reads as it
-// stands, with neither the indices' transposes (forward and VJP) nor their per-window
-// decoding against y; recorded VJPs turn them into indices (switch_indices). Elsewhere
-// the switches are max_pool2d's indices h*OW + w, planar.
+// pass ReLU. That is what the VJP's unpool_codes reads as it stands, with neither the
+// indices' transposes (forward and VJP) nor their per-window decoding against y;
+// recorded VJPs turn them into indices (switch_indices). Elsewhere the switches are
+// max_pool2d's indices h*OW + w, planar.
 bool switch_codes(const Shape& ks, const Conv2dOptions& conv, const Pool2dOptions& pool) {
   return fused_pool(pool) && detail::conv2d_pixels_path(ks, conv);
 }
 
-// The codes' bytes in saved_index (codes_count of them, in ceil(count / 4) elements).
+// `count` codes take ceil(count / 4) elements of saved_index; their bytes.
 std::size_t codes_elements(std::size_t count) { return (count + 3) / 4; }
 const int8_t* codes_of(const std::vector<int32_t>& saved) { return reinterpret_cast<const int8_t*>(saved.data()); }
 
@@ -152,41 +152,11 @@ std::vector<int32_t> switch_indices(const std::vector<int32_t>& saved, const Sha
   return idx;
 }
 
-// The pixel-major copy of the output y (N, C_out, PH, PW) that a fused node keeps in
-// Node::saved, as (N, PH*PW, C_out), for a Winograd convolution after it (a chain of
-// fused ops: conv2 reads conv1's pooled output as its kernels want it, with no
-// transpose of it in its forward or in its dJ/dK). Kept where the switches are codes
-// (the output pooled in the convolution's output pass, written pixel-major there
-// first), of float, with the channels a Winograd convolution takes
-// (detail::conv2d_winograd_input): 4 bytes an element more, 0.8 MB a batch of
-// ref-CNN's conv1 (and 0.4 MB of its conv2, which no convolution reads: the op cannot
-// know what follows it). Measured on a Zen 4 (bench/README.md): -2.6% of a 1-thread
-// training step's samples with AVX-512 and with AVX2, level at 2 threads.
-template <class T>
-bool keeps_copy(const Shape& ks, const Conv2dOptions& conv, const Pool2dOptions& pool) {
-  return std::is_same_v<T, float> && switch_codes(ks, conv, pool) && detail::conv2d_winograd_input<T>(ks[0]);
-}
-
-// The pixel-major copy of value `id` that the fused node producing it kept, or null.
-template <class T>
-const T* pixel_copy(const Tape<T>& tape, int32_t id) {
-  const Slot<T>& s = tape.slot(tape.handle(id));
-  if (s.producer < 0 || s.param) return nullptr;
-  const Node<T>& p = tape.nodes()[static_cast<std::size_t>(s.producer)];
-  if (p.op != OpKind::Conv2dReluMaxPool2d || p.output != id || p.saved.dimension() != 3) return nullptr;
-  const auto& v = s.data.shape();
-  const auto& c = p.saved.shape();
-  return c[0] == v[0] && c[1] == v[2] * v[3] && c[2] == v[1] ? p.saved.data() : nullptr;
-}
-
 // The forward, with the switches as codes where `codes` (switch_codes says where: then
-// argmax holds their bytes, codes_of); px
-// (null: not wanted) gets y pixel-major (keeps_pixel_copy); xpx (null: none) is x
-// pixel-major, read instead of x where conv2d runs by Winograd.
+// argmax holds their bytes, codes_of).
 template <class T>
 void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& conv,
-             const Pool2dOptions& pool, Tensor<T>& y, int32_t* argmax, bool codes, T* px = nullptr,
-             const T* xpx = nullptr) {
+             const Pool2dOptions& pool, Tensor<T>& y, int32_t* argmax, bool codes) {
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
   const std::size_t O = zs[1], OH = zs[2], OW = zs[3], PP = (OH / 2) * (OW / 2);
@@ -214,17 +184,15 @@ void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const C
           if (codes)
             kn.relu_pool_codes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
                                yp + off, reinterpret_cast<int8_t*>(argmax) + n * PP * O + std::min(oa, O), O,
-                               px ? px + n * PP * O + std::min(oa, O) : nullptr, grow(pt, PP * Opad),
-                               grow(it, PP * Opad));
+                               grow(pt, PP * Opad), grow(it, PP * Opad));
           else
             kn.relu_pool_planes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O),
                                 bias.data() + oa, yp + off, argmax ? argmax + off : nullptr, grow(pt, PP * Opad),
                                 grow(it, PP * Opad));
-        },
-        xpx);
+        });
     if (done) return;
   }
-  if (codes || px) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
+  if (codes) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
   // The three ops one after the other.
   Tensor<T> z(zs), r(zs);
   conv2d_forward(x, k, b, conv, z);
@@ -232,11 +200,11 @@ void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const C
   max_pool2d_forward(r, pool, y, argmax);
 }
 
-// The VJP, with the switches as codes where `codes`; xpx as forward's.
+// The VJP, with the switches as codes where `codes`.
 template <class T>
 void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax, const Tensor<T>& x,
          const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
-         bool overwrite_x, bool codes, const T* xpx = nullptr) {
+         bool overwrite_x, bool codes) {
   if (!grad_x && !grad_k && !grad_b) return;
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
@@ -270,7 +238,7 @@ void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_
           kn.unpool_codes(gp + n * C * out_plane, codes_of(argmax) + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
                           grow(sc, 2 * out_plane * Opad));
         },
-        grad_x, grad_k, grad_b, overwrite_x, xpx);
+        grad_x, grad_k, grad_b, overwrite_x);
     if (!done) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
     return;
   }
@@ -318,11 +286,6 @@ void conv2d_relu_max_pool2d_vjp(const Tensor<T>& grad_out, const Tensor<T>& y, c
   vjp(grad_out, y, argmax, x, k, conv, grad_x, grad_k, grad_b, overwrite_x, false);
 }
 
-template <class T>
-bool conv2d_relu_max_pool2d_keeps_output_copy(const Shape& k, const Conv2dOptions& conv, const Pool2dOptions& pool) {
-  return keeps_copy<T>(k, conv, pool);
-}
-
 std::size_t conv2d_relu_max_pool2d_switch_bytes(const Shape& k, const Conv2dOptions& conv, const Pool2dOptions& pool) {
   return switch_codes(k, conv, pool) ? 1 : sizeof(int32_t);
 }
@@ -343,14 +306,8 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
     switches = tape.saved_index_for_overwrite(*node, codes ? codes_elements(n) : n);
     if (codes && n % 4) switches[n / 4] = 0;  // the last element's unused bytes: zero, not stale
   }
-  T* px = nullptr;
-  if (node) {  // saved: the copy, or empty (never a buffer of an earlier step's node, stale)
-    const bool keep = codes && ys[0] > 0 && keeps_copy<T>(tape.shape(k), conv, pool);
-    node->saved.resize(keep ? std::vector<std::size_t>{ys[0], ys[2] * ys[3], ys[1]} : std::vector<std::size_t>{0});
-    px = keep ? node->saved.data() : nullptr;
-  }
   forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, conv, pool, tape.mutable_value(y),
-          switches, codes, px, pixel_copy(tape, x.id));
+          switches, codes);
   return y;
 }
 
@@ -366,7 +323,7 @@ void conv2d_relu_max_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
   const Tensor<T>& k = tape->input_value(node, 1);
   vjp(tape->grad_out(node), tape->value(Value{node.output}), node.saved_index, tape->input_value(node, 0), k, a.conv,
       gx, tape->input_grad(node, 1), tape->input_grad(node, 2), overwrite,
-      switch_codes(Shape(k.shape().begin(), k.shape().end()), a.conv, a.pool), pixel_copy(*tape, node.inputs[0]));
+      switch_codes(Shape(k.shape().begin(), k.shape().end()), a.conv, a.pool));
 }
 
 // Recorded VJP (derivation at the top).
@@ -477,8 +434,6 @@ AD_REGISTER_OP(conv2d_relu_max_pool2d_op);
   template void conv2d_relu_max_pool2d_vjp<T>(const Tensor<T>&, const Tensor<T>&, const std::vector<int32_t>&,   \
                                               const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, Tensor<T>*, \
                                               Tensor<T>*, Tensor<T>*, bool);                                     \
-  template bool conv2d_relu_max_pool2d_keeps_output_copy<T>(const Shape&, const Conv2dOptions&,                   \
-                                                            const Pool2dOptions&);                                \
   template Value conv2d_relu_max_pool2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, const Pool2dOptions&, \
                                            std::source_location);
 AD_INSTANTIATE(float)

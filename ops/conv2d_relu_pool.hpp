@@ -38,15 +38,6 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
                              const Pool2dOptions& pool = {},
                              std::source_location loc = std::source_location::current());
 
-// On a tape, where its output needs a gradient and the pool runs in the convolution's
-// output pass (a 2x2/2 pool without padding, conv2d's direct or Winograd path), the node
-// also keeps its output pixel-major in Node::saved, (N, PH*PW, C_out), when that many
-// channels would go through a Winograd convolution (float): a fused op reading this
-// output then reads the copy, laid out as its kernels want it, instead of transposing
-// the planar output in its forward and in its dJ/dK. Whether it does, for a kernel of
-// shape k (C_out, C_in, KH, KW) on a tape of T (with the kernels and WinogradMode in use):
-template <class T>
-bool conv2d_relu_max_pool2d_keeps_output_copy(const Shape& k, const Conv2dOptions& conv, const Pool2dOptions& pool);
 // The bytes a switch takes on the tape (Node::saved_index): 1 where the pool runs in the
 // convolution's output pass (the switches are then codes: the winner's place in its
 // window, four to an element of saved_index, whose last element is padded with zeros),

@@ -451,24 +451,14 @@ TEST(Checkpoint, RefusesValuesThatCannotBeAModel) {
 }
 
 TEST(StepMemory, RefCnnValuesGradientsAndSavedIndicesPerImage) {
-  struct WinogradGuard {
-    ad::WinogradMode before = ad::conv2d_winograd();
-    ~WinogradGuard() { ad::set_conv2d_winograd(before); }
-  } guard;
   Sequential<float> m = make_cnn<float>(CnnConfig{}, 1);
   // Fused (Sequential's default): the input (no gradient); the two conv layers' pooled
   // outputs 16x14x14 and 32x7x7, flatten 1568 and the logits 10, each with its
   // gradient; each layer's switches (a one-byte code per pooled output) and its VJP's
-  // dJ/dz (16x28x28 and 32x14x14); where Winograd runs, each layer's pixel-major copy of
-  // its pooled output (ops/conv2d_relu_pool.hpp).
+  // dJ/dz (16x28x28 and 32x14x14).
   const std::size_t fused = 3136 + 1568 + 1568 + 10;
-  ad::set_conv2d_winograd(ad::WinogradMode::Off);
   EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), (784 + 2 * fused + 12544 + 6272) * sizeof(float) + 3136 + 1568);
-  ad::set_conv2d_winograd(ad::WinogradMode::On);
-  EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}),
-            (784 + 2 * fused + 12544 + 6272 + 3136 + 1568) * sizeof(float) + 3136 + 1568);
   EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), cnn_footprint(CnnConfig{}, sizeof(float)).step_bytes_per_example);
-  ad::set_conv2d_winograd(guard.before);
   // The three ops apart: also conv1 and its ReLU 16x28x28, conv2 and its ReLU 32x14x14
   // with their gradients, and no dJ/dz buffers.
   m.set_fusion(false);

@@ -254,62 +254,6 @@ TEST(Conv2dReluMaxPool2d, IsOneNodeThatKeepsOnlyItsOutputAndSwitches) {
   EXPECT_EQ(reinterpret_cast<const int8_t*>(codes.data())[27], 0);
 }
 
-// A chain of two fused ops (ref-CNN's conv1 and conv2): the first node keeps its output
-// pixel-major (Node::saved, (N, PH*PW, C_out)) where the next convolution would run by
-// Winograd, and the second reads it instead of the planar output, in its forward and its
-// dJ/dK: the same bits as the second op on a copy of the first one's output, a leaf
-// that has no such copy. On every kernel variant, Winograd on (the copy read) and off
-// (none kept), one image (split by channels where the team has more threads than
-// images) and three, 16 channels between the two (ref-CNN's) and 20 (padding channels:
-// the copy is made apart from the pooled values and read through a padded grid).
-TEST(Conv2dReluMaxPool2d, AChainReadsThePixelMajorCopyOfItsInputBitForBit) {
-  IsaGuard guard;
-  const Conv2dOptions conv{.padding = {2, 2}};
-  for (Isa isa : kernel_variants()) {
-    set_isa(isa);
-    for (WinogradMode wino : {WinogradMode::On, WinogradMode::Off})
-      for (std::size_t N : {1u, 3u})
-      for (std::size_t C : {16u, 20u}) {
-        set_conv2d_winograd(wino);
-        SCOPED_TRACE(fmt::format("{}, Winograd {}, N = {}, C = {}", isa_name(isa), wino == WinogradMode::On, N, C));
-        uint64_t seed = 7;
-        Parameter<float> k1("k1", xt::cast<float>(uniform({C, 1, 5, 5}, seed++, -0.5, 0.5)));
-        Parameter<float> b1("b1", xt::cast<float>(uniform({C}, seed++)));
-        Parameter<float> k2("k2", xt::cast<float>(uniform({32, C, 5, 5}, seed++, -0.2, 0.2)));
-        Parameter<float> b2("b2", xt::cast<float>(uniform({32}, seed++)));
-        const Tensor<float> x = xt::cast<float>(uniform({N, 1, 28, 28}, seed++));
-        const Tensor<float> g = xt::cast<float>(uniform({N, 32, 7, 7}, seed++));
-        Tape<float> chain;
-        const Value y1 = conv2d_relu_max_pool2d(chain, chain.input(x), chain.param(k1), chain.param(b1), conv);
-        const std::size_t node1 = chain.nodes().size() - 1;
-        const Value y2 = conv2d_relu_max_pool2d(chain, y1, chain.param(k2), chain.param(b2), conv);
-        const Node<float>& first = chain.nodes()[node1];
-        if (wino == WinogradMode::On) {
-          // the copy: y1 pixel-major
-          ASSERT_EQ(to_shape(first.saved.shape()), (Shape{N, 196, C}));
-          const Tensor<float>& v1 = chain.value(y1);
-          Tensor<float> px(Shape{N, 196, C});
-          for (std::size_t n = 0; n < N; ++n)
-            for (std::size_t s = 0; s < 196; ++s)
-              for (std::size_t c = 0; c < C; ++c) px(n, s, c) = v1(n, c, s / 14, s % 14);
-          EXPECT_TRUE(same_bits(first.saved, px)) << "the kept copy";
-        } else {
-          EXPECT_EQ(first.saved.size(), 0u) << "no copy kept off Winograd";
-        }
-        chain.backward(y2, g);
-        const Tensor<float> gk2 = k2.grad, gb2 = b2.grad;
-        k2.zero_grad(), b2.zero_grad();
-        Tape<float> leaf;
-        Parameter<float> p1("y1", chain.value(y1));
-        const Value z2 = conv2d_relu_max_pool2d(leaf, leaf.param(p1), leaf.param(k2), leaf.param(b2), conv);
-        leaf.backward(z2, g);
-        EXPECT_TRUE(same_bits(chain.value(y2), leaf.value(z2))) << "output";
-        EXPECT_TRUE(same_bits(gk2, k2.grad)) << "dJ/dk";
-        EXPECT_TRUE(same_bits(gb2, b2.grad)) << "dJ/db";
-      }
-  }
-}
-
 TEST(Conv2dReluMaxPool2d, ShapeErrorsNameTheOpAndThePart) {
   Tape<double> t;
   const Value x = t.input(uniform({1, 3, 6, 6}, 1));
