@@ -5,7 +5,8 @@ Run from the repo root:  /usr/bin/python3 tools/winograd_tile_error.py [--quick]
 
 conv2d's float path runs 5x5 convolutions as Winograd F(2x2, 5x5) (ops/conv2d_simd.inc):
 36 multiplies per input/output channel pair for 4 outputs, against 100 for the direct
-sum. Larger output tiles need fewer: F(3x3, 5x5) 49 for 9, F(4x4, 5x5) 64 for 16; but
+sum. Larger output tiles need fewer: F(3x3, 5x5) 49 for 9, F(4x4, 5x5) 64 for 16, the
+mixed F(4x2, 5x5) (F(4, 5) down the columns, F(2, 5) along the rows) 48 for 8; but
 their transforms have larger entries, so the float result drifts further from the exact
 one. This script builds each F(m, 5) from its interpolation points by Toom-Cook (exact
 rationals; the 1-D identity is checked exactly), runs the 2-D algorithm in float32 on
@@ -84,8 +85,11 @@ def winograd(m, r, points):
     return to(AT), to(G), to(BT)
 
 
-def worst_error(m, points, C, O, H, rng, r=5):
-    """Worst |error| / (1e-4 + 1e-4 |exact|) of one float32 Winograd convolution."""
+def worst_error(m, points, C, O, H, rng, r=5, mc=None, points_c=None):
+    """Worst |error| / (1e-4 + 1e-4 |exact|) of one float32 Winograd convolution: F(m x m)
+    or, with mc and points_c for the columns, the mixed F(m x mc) (m x mc output tiles)."""
+    if mc is not None:
+        return worst_error_mixed(m, points, mc, points_c, C, O, H, rng, r)
     AT, G, BT = (M.astype(np.float32) for M in winograd(m, r, points))
     n = m + r - 1
     x = rng.uniform(-1, 1, (C, H + r - 1, H + r - 1))  # input with its padding of 2
@@ -109,24 +113,53 @@ def worst_error(m, points, C, O, H, rng, r=5):
     return float((err / (1e-4 + 1e-4 * np.abs(exact))).max())
 
 
+def worst_error_mixed(m, points, mc, points_c, C, O, H, rng, r=5):
+    """worst_error of F(m x mc): the rows' transforms of F(m, r), the columns' of F(mc, r)."""
+    A1, G1, B1 = (M.astype(np.float32) for M in winograd(m, r, points))
+    A2, G2, B2 = (M.astype(np.float32) for M in winograd(mc, r, points_c))
+    n1, n2 = m + r - 1, mc + r - 1
+    x = rng.uniform(-1, 1, (C, H + r - 1, H + r - 1))
+    k = rng.uniform(-1, 1, (O, C, r, r))
+    exact = np.zeros((O, H, H))
+    for p in range(r):
+        for q in range(r):
+            exact += np.einsum("oc,chw->ohw", k[:, :, p, q], x[:, p:p + H, q:q + H])
+    T1, T2 = -(-H // m), -(-H // mc)
+    xp = np.zeros((C, T1 * m + r - 1, T2 * mc + r - 1), np.float32)
+    xp[:, :H + r - 1, :H + r - 1] = x
+    U = np.einsum("ik,ockl,jl->ijoc", G1, k.astype(np.float32), G2).astype(np.float32)
+    y = np.zeros((O, T1 * m, T2 * mc), np.float32)
+    for ti in range(T1):
+        for tj in range(T2):
+            d = xp[:, ti * m:ti * m + n1, tj * mc:tj * mc + n2]
+            V = np.einsum("ik,ckl,jl->ijc", B1, d, B2).astype(np.float32)
+            M = np.einsum("ijoc,ijc->ijo", U, V).astype(np.float32)
+            y[:, ti * m:ti * m + m, tj * mc:tj * mc + mc] = np.einsum("ai,ijo,bj->oab", A1, M, A2)
+    err = np.abs(y[:, :H, :H].astype(np.float64) - exact)
+    return float((err / (1e-4 + 1e-4 * np.abs(exact))).max())
+
+
 def main():
     quick = "--quick" in sys.argv
     rng = np.random.default_rng(2026)
-    tiles = [
-        ("F(2x2, 5x5)", 2, [0, 1, -1, 2, -2]),
-        ("F(3x3, 5x5)", 3, [0, 1, -1, 2, -2, Fraction(1, 2)]),
-        ("F(4x4, 5x5)", 4, [0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)]),
-    ]
+    p2, p3 = [0, 1, -1, 2, -2], [0, 1, -1, 2, -2, Fraction(1, 2)]
+    p4 = [0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)]
+    tiles = [  # (name, rows' m and points, columns' m and points)
+        ("F(2x2, 5x5)", 2, p2, 2, p2),
+        ("F(3x3, 5x5)", 3, p3, 3, p3),
+        ("F(4x4, 5x5)", 4, p4, 4, p4),
+        ("F(4x2, 5x5)", 4, p4, 2, p2),  # mixed: 4x2 output tiles, 8x6 input tiles (last: the
+    ]                                   # draws of the rows above stay those bench/README quotes)
     base = None
     draws = 3 if quick else 10
     print(f"tile          conv2 multiplies vs F(2x2)   worst error / tolerance, max (median) of {draws} draws, x, k ~ U(-1, 1)")
-    for name, m, pts in tiles:
-        t = -(-14 // m)
-        mults = t * t * (m + 4) ** 2  # per channel pair, one 14x14 output
+    for name, m, pts, mc, pc in tiles:
+        mults = -(-14 // m) * -(-14 // mc) * (m + 4) * (mc + 4)  # per channel pair, one 14x14 output
         base = base or mults
         cells = []
         for C, O, H in ([(8, 7, 10), (32, 12, 10)] if quick else [(8, 7, 10), (16, 32, 14), (32, 12, 10)]):
-            w = sorted(worst_error(m, pts, C, O, H, rng) for _ in range(draws))
+            w = sorted(worst_error(m, pts, C, O, H, rng, mc=None if mc == m else mc, points_c=pc)
+                       for _ in range(draws))
             cells.append(f"C={C}: {w[-1]:.2f} ({w[len(w) // 2]:.2f})")
         print(f"{name}   {mults:5d} ({base / mults:.2f}x fewer)      {', '.join(cells)}")
 
