@@ -300,8 +300,9 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
   Node<T>* node =
       tape.record(OpKind::Conv2dReluMaxPool2d, {x, k, b}, y, Attrs::of(Conv2dReluMaxPool2dAttrs{conv, pool}), loc);
   int32_t* switches = nullptr;
-  const bool codes = node && tape.requires_grad(y) && switch_codes(tape.shape(k), conv, pool);
-  if (node && tape.requires_grad(y)) {
+  const bool saves = node && tape.requires_grad(y);
+  const bool codes = saves && switch_codes(tape.shape(k), conv, pool);
+  if (saves) {
     const std::size_t n = std::accumulate(ys.begin(), ys.end(), std::size_t{1}, std::multiplies<>());
     switches = tape.saved_index_for_overwrite(*node, codes ? codes_elements(n) : n);
     if (codes && n % 4) switches[n / 4] = 0;  // the last element's unused bytes: zero, not stale

@@ -86,45 +86,20 @@ def winograd(m, r, points):
 
 
 def worst_error(m, points, C, O, H, rng, r=5, mc=None, points_c=None):
-    """Worst |error| / (1e-4 + 1e-4 |exact|) of one float32 Winograd convolution: F(m x m)
-    or, with mc and points_c for the columns, the mixed F(m x mc) (m x mc output tiles)."""
-    if mc is not None:
-        return worst_error_mixed(m, points, mc, points_c, C, O, H, rng, r)
-    AT, G, BT = (M.astype(np.float32) for M in winograd(m, r, points))
-    n = m + r - 1
+    """Worst |error| / (1e-4 + 1e-4 |exact|) of one float32 Winograd convolution: F(m x m),
+    or, given mc and points_c, the mixed F(m x mc): F(m, r) down the columns, F(mc, r)
+    along the rows, m x mc output tiles."""
+    mc, points_c = (m, points) if mc is None else (mc, points_c)
+    A1, G1, B1 = (M.astype(np.float32) for M in winograd(m, r, points))
+    A2, G2, B2 = (M.astype(np.float32) for M in winograd(mc, r, points_c))
+    n1, n2 = m + r - 1, mc + r - 1
     x = rng.uniform(-1, 1, (C, H + r - 1, H + r - 1))  # input with its padding of 2
     k = rng.uniform(-1, 1, (O, C, r, r))
     exact = np.zeros((O, H, H))
     for p in range(r):
         for q in range(r):
             exact += np.einsum("oc,chw->ohw", k[:, :, p, q], x[:, p:p + H, q:q + H])
-    T = -(-H // m)  # tiles a side; a partial last tile reads zeros
-    xp = np.zeros((C, T * m + r - 1, T * m + r - 1), np.float32)
-    xp[:, :H + r - 1, :H + r - 1] = x
-    U = np.einsum("ik,ockl,jl->ijoc", G, k.astype(np.float32), G).astype(np.float32)
-    y = np.zeros((O, T * m, T * m), np.float32)
-    for ti in range(T):
-        for tj in range(T):
-            d = xp[:, ti * m:ti * m + n, tj * m:tj * m + n]
-            V = np.einsum("ik,ckl,jl->ijc", BT, d, BT).astype(np.float32)
-            M = np.einsum("ijoc,ijc->ijo", U, V).astype(np.float32)
-            y[:, ti * m:ti * m + m, tj * m:tj * m + m] = np.einsum("ai,ijo,bj->oab", AT, M, AT)
-    err = np.abs(y[:, :H, :H].astype(np.float64) - exact)
-    return float((err / (1e-4 + 1e-4 * np.abs(exact))).max())
-
-
-def worst_error_mixed(m, points, mc, points_c, C, O, H, rng, r=5):
-    """worst_error of F(m x mc): the rows' transforms of F(m, r), the columns' of F(mc, r)."""
-    A1, G1, B1 = (M.astype(np.float32) for M in winograd(m, r, points))
-    A2, G2, B2 = (M.astype(np.float32) for M in winograd(mc, r, points_c))
-    n1, n2 = m + r - 1, mc + r - 1
-    x = rng.uniform(-1, 1, (C, H + r - 1, H + r - 1))
-    k = rng.uniform(-1, 1, (O, C, r, r))
-    exact = np.zeros((O, H, H))
-    for p in range(r):
-        for q in range(r):
-            exact += np.einsum("oc,chw->ohw", k[:, :, p, q], x[:, p:p + H, q:q + H])
-    T1, T2 = -(-H // m), -(-H // mc)
+    T1, T2 = -(-H // m), -(-H // mc)  # tiles down and across; a partial last tile reads zeros
     xp = np.zeros((C, T1 * m + r - 1, T2 * mc + r - 1), np.float32)
     xp[:, :H + r - 1, :H + r - 1] = x
     U = np.einsum("ik,ockl,jl->ijoc", G1, k.astype(np.float32), G2).astype(np.float32)
@@ -158,8 +133,7 @@ def main():
         base = base or mults
         cells = []
         for C, O, H in ([(8, 7, 10), (32, 12, 10)] if quick else [(8, 7, 10), (16, 32, 14), (32, 12, 10)]):
-            w = sorted(worst_error(m, pts, C, O, H, rng, mc=None if mc == m else mc, points_c=pc)
-                       for _ in range(draws))
+            w = sorted(worst_error(m, pts, C, O, H, rng, mc=mc, points_c=pc) for _ in range(draws))
             cells.append(f"C={C}: {w[-1]:.2f} ({w[len(w) // 2]:.2f})")
         print(f"{name}   {mults:5d} ({base / mults:.2f}x fewer)      {', '.join(cells)}")
 
