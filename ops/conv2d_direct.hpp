@@ -144,10 +144,10 @@ struct WinogradPlan {
   // dJ/dK's blocks: long enough that its accumulators, added to M once a block, cost
   // little against the block's FMAs (ref-CNN's conv2, 49 tiles: one block of 49 trained
   // 5% faster than two of 25); short enough that a block's transforms (36 x 50 x (16 +
-  // 32) floats for conv2: 345 KB) stay in a core's L2. The 36 positions xi are
-  // dk_stride = dk_block + 1 tiles apart: 32 apart, a tile's 36 transformed gradients
-  // (32 x 128 bytes = 4 KB apart) fell into one set of the L1 cache and evicted each
-  // other, and the transforms took longer than the block's FMAs.
+  // 32) floats for conv2: 345 KB) stay in a core's L2. The block's vectors of channels
+  // are dk_stride = dk_block + 1 tiles apart (when the transformed gradients were laid
+  // out (36, tiles, Opad), 32 tiles apart put a tile's 36 of them 4 KB apart, into one
+  // set of the L1 cache, and the transforms took longer than the block's FMAs).
   static constexpr std::size_t kDkBlock = 64;
   std::size_t tiles() const { return TH * TW; }
   // the input, pixel-major (H, W, Cpad) (the padding is not stored), then its column
