@@ -183,12 +183,15 @@ void winograd_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan
 // (C_out, C_in, 5, 5): this plan's input channels are the forward's C_out, its outputs
 // the forward's C_in. Each thread writes kflip[:, o] for its o (the rows wino_kernel
 // then reads), so the flip needs no barrier and no serial loop before the region.
+// flip = false: transposed only, U[xi][o][c] = (G k[o, c] G^T)[xi], the U^T that
+// dJ/dx from dJ/dK's blocks multiplies by (wino_dk_dx_image).
 void winograd_flipped_kernels_in_team(const conv::Kernels<float>& kn, const WinogradPlan& pl, const float* k,
-                                      float* kflip, float* U) {
+                                      float* kflip, float* U, bool flip = true) {
 #pragma omp for schedule(static)
   for (std::size_t o = 0; o < pl.C; ++o) {
     for (std::size_t c = 0; c < pl.O; ++c)
-      for (std::size_t t = 0; t < 25; ++t) kflip[(c * pl.C + o) * 25 + t] = k[(o * pl.O + c) * 25 + 24 - t];
+      for (std::size_t t = 0; t < 25; ++t)
+        kflip[(c * pl.C + o) * 25 + t] = k[(o * pl.O + c) * 25 + (flip ? 24 - t : t)];
     kn.wino_kernel(kflip, pl.C, pl.O, pl.Opad, o, o + 1, U);
   }
 }
@@ -550,6 +553,13 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct
   // path, (36, C_in, Opad) by Winograd, (C_out, C_in) for a 1x1 kernel; dJ/db partials
   // have Opad entries.
+  // dJ/dx from dJ/dK's blocks (wino_dk_dx_image) where both are by Winograd: the
+  // forward's VJP tile by tile, on dJ/dK's transformed dJ/dy, instead of the convolution
+  // of dJ/dy with the flipped kernel (whose 6x6 transform of dJ/dy's C_out channels it
+  // saves); wflip then holds U^T, (36, C_out, plw->Opad). Where images are split by
+  // channels, each item transforms all of dJ/dy and takes its own channels of dJ/dx,
+  // summed in the same order: dJ/dx does not depend on the thread count.
+  const bool dx_in_dk = plk && plw && kn.wino_dk_dx_image;
   const std::size_t kpart = one ? g.O * CKK : plk ? 0 : CKK * pl.Opad;
   const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();
@@ -566,7 +576,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
     double* gm = mpartial + static_cast<std::size_t>(omp_get_thread_num()) * mpart;
     std::fill(gm, gm + mpart, 0.0);
     if constexpr (std::is_same_v<T, float>)
-      if (plw) winograd_flipped_kernels_in_team(kn, *plw, kp, kflip, wflip);
+      if (plw) winograd_flipped_kernels_in_team(kn, *plw, kp, kflip, wflip, !dx_in_dk);
     if (plx) direct_flipped_weights_in_team(kp, g.O, g.C, g.KH, g.KW, plx->Opad, wflip);
 #pragma omp for schedule(static)
     for (std::size_t i = 0; i < items; ++i) {
@@ -577,7 +587,8 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
       const auto [ca, cb] = plw ? it.channels(i, plw->Opad, plw->chan)
                             : plx ? it.channels(i, plx->Opad, plx->chan)
                                   : std::pair<std::size_t, std::size_t>{0, 0};
-      const bool want_k = (grad_k || grad_b) && oa < ob, want_x = grad_x && (one || !dx_direct || ca < cb);
+      const bool want_k = (grad_k || grad_b) && oa < ob;
+      bool want_x = grad_x && (one || !dx_direct || ca < cb);
       if (!want_k && !want_x) continue;
       const T* xn = x.data() + n * g.C * HW;
       const T* gn = nullptr;  // image n's dJ/dy, planar (C_out, OH*OW), where a path reads it so
@@ -604,13 +615,20 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
           for (std::size_t o = 0; o < g.O; ++o)
             for (std::size_t s = 0; s < P; ++s) gb[o] += gn[o * P + s];
         if (grad_k) gemm<T>(false, true, g.O, CKK, P, T(1), gn, xn, T(1), gk);  // (C_out, C_in) += g_n x_n^T
-      } else if (want_k) {
+      } else if (want_k || (dx_in_dk && want_x)) {
         if (!gt) {
           gt = scratch<T>(P * pl.Opad, 2);
           kn.planes_to_pixels(gn, g.O, P, pl.Opad, gt);
         }
-        if (grad_b) kn.bias_sum(gt, P, pl.Opad, gb, oa, ob);
-        if (plk) {
+        if (grad_b && want_k) kn.bias_sum(gt, P, pl.Opad, gb, oa, ob);
+        if (dx_in_dk && want_x) {
+          if constexpr (std::is_same_v<T, float>)
+            kn.wino_dk_dx_image(*plk, xn, gt, wflip, plw->chan, scratch<float>(plk->grid_size(), 0),
+                                scratch<float>(plk->dk_scratch(), 5), scratch<float>(plk->dx_scratch(plw->Opad), 1),
+                                gm, want_k ? oa : 0, want_k ? ob : 0, ca, cb, !overwrite_x,
+                                grad_x->data() + n * g.C * HW);
+          want_x = false;  // done
+        } else if (plk) {
           if constexpr (std::is_same_v<T, float>)
             kn.wino_dk_image(*plk, xn, gt, scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5),
                              gm, oa, ob);

@@ -159,6 +159,11 @@ struct WinogradPlan {
   std::size_t block_scratch() const { return 36 * block * (Cpad + Opad); }
   // dJ/dK's: transformed windows and output gradients of one block
   std::size_t dk_scratch() const { return 36 * dk_stride * (Cpad + Opad); }
+  // dJ/dx from dJ/dK's blocks (wino_dk_dx_image), for its Cx channels: the products of a
+  // sub-block of at most kDxTiles tiles, one tile row's column sums, dJ/dx pixel-major
+  // (H, W, Cx)
+  static constexpr std::size_t kDxTiles = 12;
+  std::size_t dx_scratch(std::size_t Cx) const { return (36 * kDxTiles + GW * 6 + H * W) * Cx; }
 };
 
 // The per-image kernels of one instruction set (ops/conv2d_simd.inc). The caller owns
@@ -211,6 +216,14 @@ struct Kernels {
   // For the output channels [oa, ob) (multiples of chan).
   void (*wino_dk_image)(const WinogradPlan& pl, const T* in, const T* gt, T* grid, T* blk, double* M, std::size_t oa,
                         std::size_t ob) = nullptr;
+  // wino_dk_image for the output channels [oa, ob) (may be empty), and with it, from the
+  // same transformed gradients, gx[c] (H, W) = [accumulate ? gx[c] : 0] + dJ/dx[c] for
+  // the channels [ca, cb) (multiples of chan, dJ/dx's channels per register tile). UT
+  // (36, O, Cx): the kernel's U with its channels' roles swapped, Cx = C rounded up to
+  // chan; dxs: dx_scratch(Cx) scratch. (float)
+  void (*wino_dk_dx_image)(const WinogradPlan& pl, const T* in, const T* gt, const T* UT, std::size_t chan,
+                           T* grid, T* blk, T* dxs, double* M, std::size_t oa, std::size_t ob, std::size_t ca,
+                           std::size_t cb, bool accumulate, T* gx) = nullptr;
   // ReLU and 2x2/2 max pooling as the output pass (ops/conv2d_relu_pool.cpp):
   // out (O, PH*PW) = relu(max_2x2(yt + bias)), argmax (null: not wanted) the winners'
   // indices h*OW + w; yt's rows are Opad apart, of which the first Oc (a multiple of the
