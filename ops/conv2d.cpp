@@ -50,6 +50,7 @@
 #include "ops/conv2d_general.hpp"
 #include "ops/conv_transpose2d.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/scratch.hpp"
 #include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
 
@@ -77,12 +78,13 @@ ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a) {
   return g;
 }
 
-// A growing per-thread scratch buffer, kept across calls (no malloc churn per step).
+// A growing per-thread scratch buffer, kept across calls (no malloc churn per step), at
+// its slot's offset within a page (ops/scratch.hpp).
 template <class T>
 T* scratch(std::size_t n, int which) {
-  thread_local std::vector<T> buf[8];
-  if (buf[which].size() < n) buf[which].resize(n);
-  return buf[which].data();
+  thread_local std::array<PageOffsetBuffer, 8> buf;
+  const auto slot = static_cast<std::size_t>(which);
+  return reinterpret_cast<T*>(buf.at(slot).get(n * sizeof(T), scratch_offset(slot, sizeof(T))));
 }
 
 // Worth a parallel region: below this many multiply-adds the team's start-up and
