@@ -35,6 +35,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -45,6 +46,7 @@
 #include "ops/activation.hpp"
 #include "ops/conv2d_direct.hpp"
 #include "ops/elementwise.hpp"
+#include "ops/scratch.hpp"
 #include "ops/shape.hpp"
 
 namespace ad {
@@ -59,11 +61,13 @@ bool fused_pool(const Pool2dOptions& p) {
          p.padding[1] == 0;
 }
 
-// A buffer of this thread that grows and is kept (no allocation per call).
+// Buffer `slot` of this thread, grown and kept (no allocation per call), at its offset
+// within a page in the second family of ops/scratch.hpp (beside conv2d's buffers, which
+// the output passes and the unpool run with).
 template <class T>
-T* grow(std::vector<T>& v, std::size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
+T* grow(std::size_t slot, std::size_t n) {
+  thread_local std::array<PageOffsetBuffer, 2> buffers;
+  return reinterpret_cast<T*>(buffers.at(slot).get(n * sizeof(T), scratch_offset(slot, sizeof(T), 1)));
 }
 
 // dJ/dz buffers, one per conv output shape of the last calls (two layers of a CNN: two
@@ -179,16 +183,15 @@ void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const C
     const bool done = detail::conv2d_forward_pixels<T>(
         x, k, conv, [&](std::size_t n, const T* yt, std::size_t Opad, std::size_t oa, std::size_t ob) {
           // the output channels [oa, min(ob, O)) of image n
-          thread_local std::vector<T> pt, it;
           const std::size_t off = (n * O + std::min(oa, O)) * PP;
           if (codes)
             kn.relu_pool_codes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
                                yp + off, reinterpret_cast<int8_t*>(argmax) + n * PP * O + std::min(oa, O), O,
-                               grow(pt, PP * Opad), grow(it, PP * Opad));
+                               grow<T>(0, PP * Opad), grow<T>(1, PP * Opad));
           else
             kn.relu_pool_planes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O),
-                                bias.data() + oa, yp + off, argmax ? argmax + off : nullptr, grow(pt, PP * Opad),
-                                grow(it, PP * Opad));
+                                bias.data() + oa, yp + off, argmax ? argmax + off : nullptr, grow<T>(0, PP * Opad),
+                                grow<T>(1, PP * Opad));
         });
     if (done) return;
   }
@@ -234,9 +237,8 @@ void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_
     const bool done = detail::conv2d_vjp_pixels<T>(
         x, k, conv,
         [&](std::size_t n, T* gt, std::size_t Opad) {
-          thread_local std::vector<T> sc;
           kn.unpool_codes(gp + n * C * out_plane, codes_of(argmax) + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
-                          grow(sc, 2 * out_plane * Opad));
+                          grow<T>(0, 2 * out_plane * Opad));
         },
         grad_x, grad_k, grad_b, overwrite_x);
     if (!done) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
@@ -246,10 +248,9 @@ void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_
     if (detail::conv2d_vjp_pixels<T>(
             x, k, conv,
             [&](std::size_t n, T* gt, std::size_t Opad) {
-              thread_local std::vector<T> sc;
               const std::size_t off = n * C * out_plane;
               kn.unpool_pixels(gp + off, yp + off, argmax.data() + off, C, zs[2], zs[3], PH, PW, Opad, gt,
-                               grow(sc, 2 * out_plane * (C + Opad + 1)));
+                               grow<T>(0, 2 * out_plane * (C + Opad + 1)));
             },
             grad_x, grad_k, grad_b, overwrite_x))
       return;

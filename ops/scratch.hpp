@@ -50,9 +50,10 @@ class PageOffsetBuffer {
 };
 
 // The offset of buffer `slot` of elements of `elem_size` bytes: slots 7 cache lines
-// apart, buffers of doubles 56 lines on from those of floats (mod the 64 lines of a page).
-constexpr std::size_t scratch_offset(std::size_t slot, std::size_t elem_size) {
-  return (slot * 7 + (elem_size == 8 ? 56 : 0)) % 64 * 64;
+// apart, buffers of doubles 56 lines on from those of floats, a second family of buffers
+// that kernels use beside the first (`family` 1) 3 lines on (mod the 64 lines of a page).
+constexpr std::size_t scratch_offset(std::size_t slot, std::size_t elem_size, std::size_t family = 0) {
+  return (slot * 7 + family * 3 + (elem_size == 8 ? 56 : 0)) % 64 * 64;
 }
 
 // ThreadScratch<T, Tag>::get(n, slot): at least n elements of the calling thread's
