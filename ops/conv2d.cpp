@@ -550,11 +550,6 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
           g.N * p.tiles() <= kWinogradDkMaxTiles)
         plk.emplace(p);
 
-  // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
-  // partials are added in thread order at the end of the same parallel region, so the
-  // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct
-  // path, (36, C_in, Opad) by Winograd, (C_out, C_in) for a 1x1 kernel; dJ/db partials
-  // have Opad entries.
   // dJ/dx from dJ/dK's blocks (wino_dk_dx_image) where both are by Winograd: the
   // forward's VJP tile by tile, on dJ/dK's transformed dJ/dy, instead of the convolution
   // of dJ/dy with the flipped kernel (whose 6x6 transform of dJ/dy's C_out channels it
@@ -562,6 +557,12 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   // channels, each item transforms all of dJ/dy and takes its own channels of dJ/dx,
   // summed in the same order: dJ/dx does not depend on the thread count.
   const bool dx_in_dk = plk && plw && kn.wino_dk_dx_image;
+
+  // Each thread sums dJ/dK and dJ/db over its images into its own partials; the
+  // partials are added in thread order at the end of the same parallel region, so the
+  // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct
+  // path, (36, C_in, Opad) by Winograd, (C_out, C_in) for a 1x1 kernel; dJ/db partials
+  // have Opad entries.
   const std::size_t kpart = one ? g.O * CKK : plk ? 0 : CKK * pl.Opad;
   const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();

@@ -134,6 +134,44 @@ TEST(Isa, EveryRunnableVariantMatchesTheDefinitionInDoubleAndDoubleInFloat) {
   }
 }
 
+// x feeding two convolutions: the one recorded last runs its VJP first and writes
+// dJ/dx (the tape gives a value's first contribution a fresh buffer to overwrite), the
+// other must add to it. Every variant, Winograd (dJ/dx from dJ/dK's blocks, and split
+// by channels where the batch has fewer images than threads) and direct.
+TEST(Isa, AConvolutionsInputGradientAddsToAnotherConsumers) {
+  const IsaGuard guard;
+  struct ModeGuard {
+    ~ModeGuard() { set_conv2d_winograd(WinogradMode::Auto); }
+  } mode;
+  const std::array<int, 2> pad{2, 2}, stride{1, 1};
+  const Conv2dOptions opt{.padding = pad, .stride = stride};
+  for (const std::size_t N : {std::size_t{1}, std::size_t{2}}) {
+    SCOPED_TRACE(fmt::format("batch {}", N));
+    const Shape xs{N, 8, 13, 11}, ks{7, 8, 5, 5};
+    const T64 x = uniform(xs, 900 + N), k1 = uniform(ks, 910 + N), k2 = uniform(ks, 920 + N);
+    const T64 b1 = uniform({7}, 930 + N), b2 = uniform({7}, 940 + N);
+    const T64 g = uniform(conv2d_output_shape(xs, ks, nullptr, opt), 950 + N);
+    const Reference r1 = reference(x, k1, b1, g, pad, stride), r2 = reference(x, k2, b2, g, pad, stride);
+    const T64 want_dx = r1.dx + r2.dx;
+    for (Isa isa : kernel_variants()) {
+      set_isa(isa);
+      for (const bool winograd : {true, false}) {
+        SCOPED_TRACE(fmt::format("{}, winograd {}", isa_name(isa), winograd ? "on" : "off"));
+        set_conv2d_winograd(winograd ? WinogradMode::On : WinogradMode::Off);
+        Tape<float> t;
+        Parameter<float> px("x", xt::cast<float>(x)), pk1("k1", xt::cast<float>(k1)), pk2("k2", xt::cast<float>(k2));
+        Parameter<float> pb1("b1", xt::cast<float>(b1)), pb2("b2", xt::cast<float>(b2));
+        const Value xv = t.param(px);
+        const Value y = add(t, conv2d(t, xv, t.param(pk1), t.param(pb1), opt), conv2d(t, xv, t.param(pk2), t.param(pb2), opt));
+        t.backward(y, Tensor<float>(xt::cast<float>(g)));
+        EXPECT_TRUE(all_close(xt::cast<double>(px.grad), want_dx, 1e-4, 1e-4)) << "dJ/dx";
+        EXPECT_TRUE(all_close(xt::cast<double>(pk1.grad), r1.dk, 1e-4, 1e-3)) << "dJ/dk1";
+        EXPECT_TRUE(all_close(xt::cast<double>(pk2.grad), r2.dk, 1e-4, 1e-3)) << "dJ/dk2";
+      }
+    }
+  }
+}
+
 // Avx512Emulated is the AVX-512 variant's code at its own width (16 float lanes), run
 // wherever AVX2 runs; it is a variant the tests check, never an instruction set chosen
 // by itself.
