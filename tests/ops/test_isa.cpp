@@ -48,6 +48,9 @@ const Geometry kGeometries[] = {
     {"winograd_odd", {2, 8, 13, 11}, {7, 8, 5, 5}, {2, 2}, {1, 1}},
     {"winograd_pad0_pad1", {1, 5, 12, 9}, {9, 5, 5, 5}, {0, 1}, {1, 1}},
     {"winograd_32_in", {1, 32, 10, 10}, {12, 32, 5, 5}, {2, 2}, {1, 1}},
+    // 20 input channels: dJ/dx's register tiles (from dJ/dK's blocks) over two vectors,
+    // the second partly padding
+    {"winograd_20_in", {2, 20, 9, 10}, {6, 20, 5, 5}, {2, 2}, {1, 1}},
     // 90 tiles an image: dJ/dK by Winograd in two blocks (WinogradPlan::kDkBlock)
     {"winograd_two_blocks", {2, 4, 20, 18}, {5, 4, 5, 5}, {2, 2}, {1, 1}},
 };
