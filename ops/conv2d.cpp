@@ -80,11 +80,10 @@ ConvGeom geom(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a) {
 
 // A growing per-thread scratch buffer, kept across calls (no malloc churn per step), at
 // its slot's offset within a page (ops/scratch.hpp).
+struct Conv2dScratch {};
 template <class T>
 T* scratch(std::size_t n, int which) {
-  thread_local std::array<PageOffsetBuffer, 8> buf;
-  const auto slot = static_cast<std::size_t>(which);
-  return reinterpret_cast<T*>(buf.at(slot).get(n * sizeof(T), scratch_offset(slot, sizeof(T))));
+  return ThreadScratch<T, Conv2dScratch, 8>::get(n, static_cast<std::size_t>(which));
 }
 
 // Worth a parallel region: below this many multiply-adds the team's start-up and
@@ -628,7 +627,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
           if constexpr (std::is_same_v<T, float>)
             kn.wino_dk_dx_image(*plk, xn, gt, wflip, plw->chan, scratch<float>(plk->grid_size(), 0),
                                 scratch<float>(plk->dk_scratch(), 5), scratch<float>(plk->dx_scratch(plw->Opad), 1),
-                                gm, want_k ? oa : 0, want_k ? ob : 0, ca, cb, !overwrite_x,
+                                gm, oa, ob, ca, cb, !overwrite_x,
                                 grad_x->data() + n * g.C * HW);
           want_x = false;  // done
         } else if (plk) {

@@ -35,7 +35,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -64,10 +63,10 @@ bool fused_pool(const Pool2dOptions& p) {
 // Buffer `slot` of this thread, grown and kept (no allocation per call), at its offset
 // within a page in the second family of ops/scratch.hpp (beside conv2d's buffers, which
 // the output passes and the unpool run with).
+struct PassScratch {};
 template <class T>
 T* grow(std::size_t slot, std::size_t n) {
-  thread_local std::array<PageOffsetBuffer, 2> buffers;
-  return reinterpret_cast<T*>(buffers.at(slot).get(n * sizeof(T), scratch_offset(slot, sizeof(T), 1)));
+  return ThreadScratch<T, PassScratch, 2, 1>::get(n, slot);
 }
 
 // dJ/dz buffers, one per conv output shape of the last calls (two layers of a CNN: two

@@ -59,12 +59,13 @@ constexpr std::size_t scratch_offset(std::size_t slot, std::size_t elem_size, st
 // ThreadScratch<T, Tag>::get(n, slot): at least n elements of the calling thread's
 // buffer `slot` (contents unspecified). `Tag` (an empty struct of the kernel's file)
 // gives each kernel family buffers of its own; `slot` tells apart the buffers one kernel
-// holds at the same time.
-template <class T, class Tag, std::size_t Slots = 2>
+// holds at the same time; `Family` picks the offsets (scratch_offset) of buffers used
+// beside another family's.
+template <class T, class Tag, std::size_t Slots = 2, std::size_t Family = 0>
 struct ThreadScratch {
   static T* get(std::size_t n, std::size_t slot) {
     thread_local std::array<PageOffsetBuffer, Slots> buffers;
-    return reinterpret_cast<T*>(buffers.at(slot).get(n * sizeof(T), scratch_offset(slot, sizeof(T))));
+    return reinterpret_cast<T*>(buffers.at(slot).get(n * sizeof(T), scratch_offset(slot, sizeof(T), Family)));
   }
 };
 
