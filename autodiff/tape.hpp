@@ -54,7 +54,8 @@ struct Node {
   std::vector<int32_t> inputs;   // value ids, in the op's order; -1 = an absent optional input
   int32_t output = -1;           // value id of the result
   Attrs attrs;                   // the op's attribute struct, named by attrs.type
-  Tensor<T> saved;                   // extra tensor saved for backward (softmax probabilities)
+  Tensor<T> saved;                   // extra tensor saved for backward (softmax probabilities), or for the
+                                     // next op (conv2d_relu_max_pool2d: its output pixel-major)
   std::vector<int32_t> saved_index;  // integer data saved for backward (max-pool switches, labels)
   std::string label;                 // optional, e.g. "conv1.pool"
   SourceLoc where;                   // call site of the op

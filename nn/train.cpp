@@ -177,7 +177,8 @@ std::size_t step_bytes_per_example(Module<T>& model, const ad::Shape& example_sh
     if (s.param) continue;
     bytes += s.data.size() * sizeof(T) * (s.requires_grad ? 2 : 1);  // the value and its gradient
   }
-  // What VJPs need saved (max-pool's argmax); an unused `saved` is a 0-d xarray of size 1.
+  // What VJPs need saved (max-pool's argmax) and the fused op's pixel-major copy of its
+  // output; an unused `saved` is a 0-d xarray of size 1.
   for (const ad::Node<T>& n : probe.nodes()) {
     bytes += (n.saved.dimension() ? n.saved.size() * sizeof(T) : 0) + n.saved_index.size() * sizeof(int32_t);
     if (n.op == ad::OpKind::Conv2dReluMaxPool2d) {  // its VJP's dJ/dz, the convolution's output shape
@@ -193,7 +194,8 @@ CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes) {
   // The model make_cnn builds, layer by layer, with the ops' own shape rules; per
   // example, what step_bytes_per_example counts on its tape: the input (no gradient),
   // every op's output and its gradient, and max pooling's switches (int32 indices, or
-  // the fused op's one-byte codes: ops/conv2d_relu_pool.hpp).
+  // the fused op's one-byte codes: ops/conv2d_relu_pool.hpp) and, in float, the fused
+  // op's pixel-major copy of its output.
   const ad::Conv2dOptions conv{.padding = {cfg.padding, cfg.padding}, .stride = {cfg.stride, cfg.stride}};
   const ad::Pool2dOptions pool{.window = {cfg.pool_window, cfg.pool_window}, .stride = {cfg.pool_stride, cfg.pool_stride}};
   const bool max_pool = cfg.pool == PoolKind::Max;
@@ -218,6 +220,10 @@ CnnFootprint cnn_footprint(const CnnConfig& cfg, std::size_t element_bytes) {
       const std::size_t b = fused ? ad::conv2d_relu_max_pool2d_switch_bytes({c_out, c_in, k, k}, conv, pool) : 4;
       f.step_bytes_per_example += (size(s) * b + 3) / 4 * 4;
     }
+    if (fused)  // the fused op's pixel-major copy of its output (float)
+      f.step_bytes_per_example +=
+          ad::conv2d_relu_max_pool2d_pixel_copy_elements(s, {c_out, c_in, k, k}, conv, pool, element_bytes) *
+          element_bytes;
     f.parameters += c_out * c_in * k * k + c_out;
     c_in = c_out;
   }

@@ -58,6 +58,13 @@ namespace ad {
 
 namespace {
 
+// Asks for p[0, n) in the core's L2 cache (prefetcht1), a cache line at a time.
+template <class T>
+void prefetch_l2(const T* p, std::size_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (std::size_t b = 0; b < n * sizeof(T); b += 64) __builtin_prefetch(c + b, 0, 2);
+}
+
 // Geometry of one conv2d call, in plain integers.
 struct ConvGeom {
   std::size_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
@@ -425,7 +432,8 @@ bool conv2d_pixels_path(const Shape& k, const Conv2dOptions& a) {
 template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                            const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
-                                                    std::size_t ob)>& out) {
+                                                    std::size_t ob)>& out,
+                           const PixelCopy<T>& xpx) {
   if (!conv2d_pixels_path(Shape(k.shape().begin(), k.shape().end()), a)) return false;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p();
@@ -438,8 +446,10 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
       winograd_forward_items(g, x.data(), kp, [&](const WinogradPlan& pl, const float* U, const float* in,
                                                    std::size_t n, std::size_t oa, std::size_t ob) {
         float* yt = scratch<float>(P * pl.Opad, 1);
-        kn.wino_pixels(pl, in, U, scratch<float>(pl.grid_size(), 0), scratch<float>(pl.block_scratch(), 5), yt,
-                       oa, ob);
+        const float* px = xpx.data ? xpx.data + n * g.H * g.W * xpx.stride : nullptr;
+        if (px && n + 1 < g.N) prefetch_l2(px + g.H * g.W * xpx.stride, g.H * g.W * xpx.stride);  // the next image's
+        kn.wino_pixels(pl, px ? px : in, px ? xpx.stride : 0, U, scratch<float>(pl.grid_size(), 0),
+                       scratch<float>(pl.block_scratch(), 5), yt, oa, ob);
         out(n, yt, pl.Opad, oa, ob);
       });
       return true;
@@ -502,7 +512,7 @@ template <class T>
 void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn)>* grad_image,
                       const GradPixels<T>* grad_pixels, const Tensor<T>& x, const Tensor<T>& k,
                       const Conv2dOptions& a, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
-                      bool overwrite_x = false) {
+                      bool overwrite_x = false, const detail::PixelCopy<T>& xpx = {}) {
   if (!grad_x && !grad_k && !grad_b) return;
   const ConvGeom g = geom(x, k, a);
   const std::size_t CKK = g.ckk(), P = g.p(), HW = g.H * g.W;
@@ -593,6 +603,10 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
       bool want_x = grad_x && (one || !dx_direct || ca < cb);
       if (!want_k && !want_x) continue;
       const T* xn = x.data() + n * g.C * HW;
+      // ... or pixel-major, for Winograd's dJ/dK (S = 0: planar)
+      const T* xw = xpx.data ? xpx.data + n * HW * xpx.stride : xn;
+      const std::size_t S = xpx.data ? xpx.stride : 0;
+      if (S && n + 1 < g.N) prefetch_l2(xw + HW * S, HW * S);  // the next image's, while this one runs
       const T* gn = nullptr;  // image n's dJ/dy, planar (C_out, OH*OW), where a path reads it so
       T* gt = nullptr;        // ... and pixel-major (OH*OW, Opad)
       if (grad_pixels) {
@@ -625,14 +639,14 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         if (grad_b && want_k) kn.bias_sum(gt, P, pl.Opad, gb, oa, ob);
         if (dx_in_dk && want_x) {
           if constexpr (std::is_same_v<T, float>)
-            kn.wino_dk_dx_image(*plk, xn, gt, wflip, plw->chan, scratch<float>(plk->grid_size(), 0),
+            kn.wino_dk_dx_image(*plk, xw, S, gt, wflip, plw->chan, scratch<float>(plk->grid_size(), 0),
                                 scratch<float>(plk->dk_scratch(), 5), scratch<float>(plk->dx_scratch(plw->Opad), 1),
                                 gm, oa, ob, ca, cb, !overwrite_x,
                                 grad_x->data() + n * g.C * HW);
           want_x = false;  // done
         } else if (plk) {
           if constexpr (std::is_same_v<T, float>)
-            kn.wino_dk_image(*plk, xn, gt, scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5),
+            kn.wino_dk_image(*plk, xw, S, gt, scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5),
                              gm, oa, ob);
         } else if (grad_k) {
           T* xp = scratch<T>(pl.padded_size(), 0);
@@ -733,9 +747,9 @@ bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptio
 template <class T>
 bool conv2d_vjp_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                        const GradPixels<T>& grad_pixels, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
-                       bool overwrite_x) {
+                       bool overwrite_x, const PixelCopy<T>& xpx) {
   if (!is_plain(a)) return false;
-  conv2d_vjp_plain<T>(nullptr, nullptr, &grad_pixels, x, k, a, grad_x, grad_k, grad_b, overwrite_x);
+  conv2d_vjp_plain<T>(nullptr, nullptr, &grad_pixels, x, k, a, grad_x, grad_k, grad_b, overwrite_x, xpx);
   return true;
 }
 
@@ -902,7 +916,8 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
   template Value conv2d<T>(Tape<T>&, Value, Value, Value, const Conv2dOptions&, std::source_location);    \
   template bool detail::conv2d_forward_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,   \
                                                  const std::function<void(std::size_t, const T*, std::size_t,      \
-                                                                          std::size_t, std::size_t)>&);            \
+                                                                          std::size_t, std::size_t)>&,             \
+                                                 const detail::PixelCopy<T>&);                             \
   template bool detail::conv2d_relu_pool_pixels<T>(                                                         \
       const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&, const T*,                                   \
       const std::function<void(std::size_t, const T*, std::size_t, std::size_t, std::size_t)>&);            \
@@ -911,7 +926,8 @@ AD_REGISTER_OP(conv2d_backward_kernel_op);
                                              Tensor<T>*);                                                   \
   template bool detail::conv2d_vjp_pixels<T>(const Tensor<T>&, const Tensor<T>&, const Conv2dOptions&,       \
                                              const std::function<void(std::size_t, T*, std::size_t)>&,      \
-                                             Tensor<T>*, Tensor<T>*, Tensor<T>*, bool);                     \
+                                             Tensor<T>*, Tensor<T>*, Tensor<T>*, bool,                      \
+                                             const detail::PixelCopy<T>&);                                  \
   template Value conv2d_backward_kernel<T>(Tape<T>&, Value, Value, std::size_t, std::size_t, const Conv2dOptions&, \
                                            std::source_location);                                          \
   template Value conv2d_backward_input<T>(Tape<T>&, Value, Value, const Shape&, const Conv2dOptions&,     \

@@ -82,6 +82,16 @@ namespace detail {
 // (C_out, C_in, KH, KW) with these options: the plain path, not a 1x1 GEMM.
 bool conv2d_pixels_path(const Shape& k, const Conv2dOptions& a);
 
+// x pixel-major as well, where the op that made it had it so (conv2d_relu_max_pool2d's
+// pooled output, ops/conv2d_relu_pool.cpp): image n at data + n*H*W*stride, its pixel
+// (h, w)'s C_in channels at + (h*W + w) * stride (stride >= C_in). The paths below that
+// read x pixel-major (Winograd's) read it from here instead of transposing x again.
+template <class T>
+struct PixelCopy {
+  const T* data = nullptr;  // null: none
+  std::size_t stride = 0;
+};
+
 // conv2d's plain path (is_plain, not a 1x1 GEMM) image by image, without its output
 // pass: calls out(n, yt, Opad, oa, ob) in parallel for every image n and every range
 // [oa, ob) of its output channels (all of [0, Opad) in one call, or, where the batch
@@ -90,11 +100,12 @@ bool conv2d_pixels_path(const Shape& k, const Conv2dOptions& a);
 // a buffer of the calling thread, valid in the columns [oa, ob) (Opad: C_out rounded up
 // to the kernels' channel block, those extra channels zero). The fused ops' output
 // passes use it (ops/conv2d_relu_pool.cpp). Returns false, calling nothing, where the
-// path does not apply.
+// path does not apply. xpx: x pixel-major too, or none.
 template <class T>
 bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                            const std::function<void(std::size_t n, const T* yt, std::size_t Opad, std::size_t oa,
-                                                    std::size_t ob)>& out);
+                                                    std::size_t ob)>& out,
+                           const PixelCopy<T>& xpx = {});
 
 // The same with ReLU and 2x2/2 max pooling as the output pass, for inference (no
 // switches), where conv2d runs as Winograd (float; false, calling nothing, elsewhere):
@@ -122,11 +133,13 @@ bool conv2d_vjp_images(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptio
 // as gt[(i*OW + j) * Opad + o] (OH*OW rows of Opad >= C_out entries, zero for o >=
 // C_out), the layout the VJP's kernels read it in; a planar copy is made only where a
 // path needs one (a 1x1 kernel, dJ/dx not by Winograd). Same results as conv2d_vjp;
-// overwrite_x: grad_x is written, not added to (Tape::grad_buffer_for_overwrite).
+// overwrite_x: grad_x is written, not added to (Tape::grad_buffer_for_overwrite); xpx:
+// x pixel-major too, or none.
 template <class T>
 bool conv2d_vjp_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dOptions& a,
                        const std::function<void(std::size_t n, T* gt, std::size_t Opad)>& grad_pixels,
-                       Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x = false);
+                       Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b, bool overwrite_x = false,
+                       const PixelCopy<T>& xpx = {});
 }  // namespace detail
 
 // ---- conv2d's VJPs as ops, for higher-order gradients (autodiff/higher_order.hpp) ----

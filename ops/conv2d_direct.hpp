@@ -208,20 +208,22 @@ struct Kernels {
   // then the transpose).
   void (*conv_pixels)(const DirectPlan& pl, const T* in, const T* w, T* xp, T* yt, std::size_t oa,
                       std::size_t ob) = nullptr;
-  void (*wino_pixels)(const WinogradPlan& pl, const T* in, const T* U, T* grid, T* blk, T* yt, std::size_t oa,
-                      std::size_t ob) = nullptr;  // float
+  // (in: planar (C, H, W) where S = 0, else pixel-major with S >= C elements a pixel;
+  // so for wino_dk_image and wino_dk_dx_image)
+  void (*wino_pixels)(const WinogradPlan& pl, const T* in, std::size_t S, const T* U, T* grid, T* blk, T* yt,
+                      std::size_t oa, std::size_t ob) = nullptr;  // float
   // dJ/dK by Winograd (float): M (36, C, Opad) += sum over in's tiles of (A U A^T) (.)
   // (B^T D B), U from gt (OH*OW, Opad) = dJ/dy pixel-major; dK = G^T M G (conv2d.cpp).
   // M in double. grid: grid_size() scratch, blk: dk_scratch() scratch.
   // For the output channels [oa, ob) (multiples of chan).
-  void (*wino_dk_image)(const WinogradPlan& pl, const T* in, const T* gt, T* grid, T* blk, double* M, std::size_t oa,
+  void (*wino_dk_image)(const WinogradPlan& pl, const T* in, std::size_t S, const T* gt, T* grid, T* blk, double* M, std::size_t oa,
                         std::size_t ob) = nullptr;
   // wino_dk_image for the output channels [oa, ob) (may be empty), and with it, from the
   // same transformed gradients, gx[c] (H, W) = [accumulate ? gx[c] : 0] + dJ/dx[c] for
   // the channels [ca, cb) (multiples of chan, dJ/dx's channels per register tile). UT
   // (36, O, Cx): the kernel's U with its channels' roles swapped, Cx = C rounded up to
   // chan; dxs: dx_scratch(Cx) scratch. (float)
-  void (*wino_dk_dx_image)(const WinogradPlan& pl, const T* in, const T* gt, const T* UT, std::size_t chan,
+  void (*wino_dk_dx_image)(const WinogradPlan& pl, const T* in, std::size_t S, const T* gt, const T* UT, std::size_t chan,
                            T* grid, T* blk, T* dxs, double* M, std::size_t oa, std::size_t ob, std::size_t ca,
                            std::size_t cb, bool accumulate, T* gx) = nullptr;
   // ReLU and 2x2/2 max pooling as the output pass (ops/conv2d_relu_pool.cpp):

@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 #include <string>
@@ -155,11 +156,46 @@ std::vector<int32_t> switch_indices(const std::vector<int32_t>& saved, const Sha
   return idx;
 }
 
-// The forward, with the switches as codes where `codes` (switch_codes says where: then
-// argmax holds their bytes, codes_of).
+// The op's output pixel-major, as its forward leaves it in the node's `saved` for a next
+// convolution (px below; pixel_copy): (N, PH, PW, S) with S = C_out rounded up to whole
+// vectors, in a flat tensor of kPixelPad more elements, from its first 64-byte boundary
+// (a tensor's data is 16 bytes into a page where malloc maps it: each row of S would
+// straddle two cache lines).
+constexpr std::size_t kPixelPad = 64;
 template <class T>
-void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& conv,
-             const Pool2dOptions& pool, Tensor<T>& y, int32_t* argmax, bool codes) {
+std::size_t pixel_stride(std::size_t channels) {
+  const std::size_t L = conv::kernels<T>().lanes;
+  return (channels + L - 1) / L * L;
+}
+template <class T>
+T* pixel_rows(T* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  return p + ((64 - a % 64) % 64) / sizeof(T);
+}
+
+// x pixel-major, where x is the output of a conv2d_relu_max_pool2d node whose forward
+// made it so; none otherwise. The tape's values do not change after their op, so the
+// copy is x's values for as long as the node is on the tape.
+template <class T>
+detail::PixelCopy<T> pixel_copy(const Tape<T>& tape, Value x) {
+  const int32_t p = tape.slot(x).producer;
+  if (p < 0) return {};
+  const Node<T>& n = tape.nodes()[static_cast<std::size_t>(p)];
+  const auto& xs = tape.value(x).shape();
+  if (n.op != OpKind::Conv2dReluMaxPool2d || xs.size() != 4 || n.saved.dimension() != 1) return {};
+  const std::size_t S = pixel_stride<T>(xs[1]);
+  if (n.saved.size() != xs[0] * xs[2] * xs[3] * S + kPixelPad) return {};
+  return {pixel_rows(const_cast<T*>(n.saved.data())), S};
+}
+
+// The forward, with the switches as codes where `codes` (switch_codes says where: then
+// argmax holds their bytes, codes_of). xpx: x pixel-major too, or none. With `px`, y
+// pixel-major as well (kPixelPad above; zero past C_out) where T is float and `codes`,
+// for the next convolution to read (pixel_copy); returns whether it wrote px.
+template <class T>
+bool forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const Conv2dOptions& conv,
+             const Pool2dOptions& pool, Tensor<T>& y, int32_t* argmax, bool codes,
+             const detail::PixelCopy<T>& xpx = {}, Tensor<T>* px = nullptr) {
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
   const std::size_t O = zs[1], OH = zs[2], OW = zs[3], PP = (OH / 2) * (OW / 2);
@@ -178,21 +214,39 @@ void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const C
                          kn.pooled_to_planes(pt + oa, nullptr, PP, Opad, std::min(ob, O) - std::min(oa, O),
                                              yp + off, nullptr);
                        }))
-      return;
+      return false;
+    const std::size_t S = pixel_stride<T>(O);
+    T* pxp = nullptr;
+    if (px && codes && std::is_same_v<T, float>) {
+      px->resize({zs[0] * PP * S + kPixelPad});  // no reallocation at last step's shape
+      pxp = pixel_rows(px->data());
+    }
     const bool done = detail::conv2d_forward_pixels<T>(
-        x, k, conv, [&](std::size_t n, const T* yt, std::size_t Opad, std::size_t oa, std::size_t ob) {
+        x, k, conv,
+        [&](std::size_t n, const T* yt, std::size_t Opad, std::size_t oa, std::size_t ob) {
           // the output channels [oa, min(ob, O)) of image n
           const std::size_t off = (n * O + std::min(oa, O)) * PP;
-          if (codes)
+          if (codes) {
+            // the pooled result straight into px where its rows are S long (the next
+            // image's px asked for meanwhile: written with stores that miss, this pass took
+            // 25% longer); copied there otherwise (Opad >= S: the channels [oa, min(ob, S)))
+            const bool in_place = pxp && Opad == S;
+            T* pt = in_place ? pxp + n * PP * S + oa : grow<T>(0, PP * Opad);
+            if (in_place && n + 1 < zs[0])
+              for (std::size_t e = 0; e < PP * S; e += 64 / sizeof(T)) __builtin_prefetch(pt + PP * S + e, 1, 2);
             kn.relu_pool_codes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
-                               yp + off, reinterpret_cast<int8_t*>(argmax) + n * PP * O + std::min(oa, O), O,
-                               grow<T>(0, PP * Opad), grow<T>(1, PP * Opad));
-          else
+                               yp + off, reinterpret_cast<int8_t*>(argmax) + n * PP * O + std::min(oa, O), O, pt,
+                               grow<T>(1, PP * Opad));
+            if (pxp && !in_place && oa < S)
+              for (std::size_t s = 0; s < PP; ++s)
+                std::copy(pt + s * Opad, pt + s * Opad + (std::min(ob, S) - oa), pxp + (n * PP + s) * S + oa);
+          } else
             kn.relu_pool_planes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O),
                                 bias.data() + oa, yp + off, argmax ? argmax + off : nullptr, grow<T>(0, PP * Opad),
                                 grow<T>(1, PP * Opad));
-        });
-    if (done) return;
+        },
+        xpx);
+    if (done) return pxp != nullptr;
   }
   if (codes) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
   // The three ops one after the other.
@@ -200,13 +254,14 @@ void forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const C
   conv2d_forward(x, k, b, conv, z);
   relu_forward(z, r);
   max_pool2d_forward(r, pool, y, argmax);
+  return false;
 }
 
-// The VJP, with the switches as codes where `codes`.
+// The VJP, with the switches as codes where `codes`; xpx: x pixel-major too, or none.
 template <class T>
 void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_t>& argmax, const Tensor<T>& x,
          const Tensor<T>& k, const Conv2dOptions& conv, Tensor<T>* grad_x, Tensor<T>* grad_k, Tensor<T>* grad_b,
-         bool overwrite_x, bool codes) {
+         bool overwrite_x, bool codes, const detail::PixelCopy<T>& xpx = {}) {
   if (!grad_x && !grad_k && !grad_b) return;
   const Shape xs(x.shape().begin(), x.shape().end()), ks(k.shape().begin(), k.shape().end());
   const Shape zs = conv2d_output_shape(xs, ks, nullptr, conv);
@@ -239,7 +294,7 @@ void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_
           kn.unpool_codes(gp + n * C * out_plane, codes_of(argmax) + n * C * out_plane, C, zs[2], zs[3], Opad, gt,
                           grow<T>(0, 2 * out_plane * Opad));
         },
-        grad_x, grad_k, grad_b, overwrite_x);
+        grad_x, grad_k, grad_b, overwrite_x, xpx);
     if (!done) throw std::logic_error(fmt::format("{}: switch codes off the pixel path", kOp));
     return;
   }
@@ -251,7 +306,7 @@ void vjp(const Tensor<T>& grad_out, const Tensor<T>& y, const std::vector<int32_
               kn.unpool_pixels(gp + off, yp + off, argmax.data() + off, C, zs[2], zs[3], PH, PW, Opad, gt,
                                grow<T>(0, 2 * out_plane * (C + Opad + 1)));
             },
-            grad_x, grad_k, grad_b, overwrite_x))
+            grad_x, grad_k, grad_b, overwrite_x, xpx))
       return;
   }
   if (overwrite_x && grad_x) zero_fill(*grad_x);  // the other paths add
@@ -290,6 +345,12 @@ std::size_t conv2d_relu_max_pool2d_switch_bytes(const Shape& k, const Conv2dOpti
   return switch_codes(k, conv, pool) ? 1 : sizeof(int32_t);
 }
 
+std::size_t conv2d_relu_max_pool2d_pixel_copy_elements(const Shape& y, const Shape& k, const Conv2dOptions& conv,
+                                                       const Pool2dOptions& pool, std::size_t element_bytes) {
+  if (element_bytes != sizeof(float) || !switch_codes(k, conv, pool) || y[0] == 0) return 0;
+  return y[0] * y[2] * y[3] * pixel_stride<float>(y[1]) + kPixelPad;
+}
+
 template <class T>
 Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Conv2dOptions& conv,
                              const Pool2dOptions& pool, std::source_location loc) {
@@ -307,8 +368,11 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
     switches = tape.saved_index_for_overwrite(*node, codes ? codes_elements(n) : n);
     if (codes && n % 4) switches[n / 4] = 0;  // the last element's unused bytes: zero, not stale
   }
-  forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, conv, pool, tape.mutable_value(y),
-          switches, codes);
+  // y pixel-major as well, in the node's `saved`, for a next convolution (pixel_copy);
+  // emptied where not made, so that no step's copy outlives it
+  const bool px = forward(tape.value(x), tape.value(k), b.valid() ? &tape.value(b) : nullptr, conv, pool,
+                          tape.mutable_value(y), switches, codes, pixel_copy(tape, x), node ? &node->saved : nullptr);
+  if (node && !px && node->saved.size()) node->saved = Tensor<T>();
   return y;
 }
 
@@ -324,7 +388,8 @@ void conv2d_relu_max_pool2d_node_vjp(Tape<T>* tape, const Node<T>& node) {
   const Tensor<T>& k = tape->input_value(node, 1);
   vjp(tape->grad_out(node), tape->value(Value{node.output}), node.saved_index, tape->input_value(node, 0), k, a.conv,
       gx, tape->input_grad(node, 1), tape->input_grad(node, 2), overwrite,
-      switch_codes(Shape(k.shape().begin(), k.shape().end()), a.conv, a.pool));
+      switch_codes(Shape(k.shape().begin(), k.shape().end()), a.conv, a.pool),
+      pixel_copy(*tape, Value{node.inputs[0]}));
 }
 
 // Recorded VJP (derivation at the top).

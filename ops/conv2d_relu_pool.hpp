@@ -44,6 +44,13 @@ Value conv2d_relu_max_pool2d(Tape<T>& tape, Value x, Value k, Value b, const Con
 // else 4 (max_pool2d's indices).
 std::size_t conv2d_relu_max_pool2d_switch_bytes(const Shape& k, const Conv2dOptions& conv, const Pool2dOptions& pool);
 
+// The elements of the output's pixel-major copy that a recording (float) keeps in the
+// node's `saved`, for the next conv2d_relu_max_pool2d to read instead of transposing it
+// again (its forward's and dJ/dK's Winograd input): 0 for T = double and where the
+// switches are not codes. y: the output shape (N, C_out, PH, PW).
+std::size_t conv2d_relu_max_pool2d_pixel_copy_elements(const Shape& y, const Shape& k, const Conv2dOptions& conv,
+                                                       const Pool2dOptions& pool, std::size_t element_bytes);
+
 // The output shape (N, C_out, PH, PW); throws ShapeError naming conv2d_relu_max_pool2d.
 Shape conv2d_relu_max_pool2d_output_shape(const Shape& x, const Shape& k, const Shape* b, const Conv2dOptions& conv,
                                           const Pool2dOptions& pool);

@@ -455,9 +455,11 @@ TEST(StepMemory, RefCnnValuesGradientsAndSavedIndicesPerImage) {
   // Fused (Sequential's default): the input (no gradient); the two conv layers' pooled
   // outputs 16x14x14 and 32x7x7, flatten 1568 and the logits 10, each with its
   // gradient; each layer's switches (a one-byte code per pooled output) and its VJP's
-  // dJ/dz (16x28x28 and 32x14x14).
-  const std::size_t fused = 3136 + 1568 + 1568 + 10;
-  EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), (784 + 2 * fused + 12544 + 6272) * sizeof(float) + 3136 + 1568);
+  // dJ/dz (16x28x28 and 32x14x14); and each layer's pooled output pixel-major, with
+  // 64 elements of room for its alignment (conv2d_relu_max_pool2d_pixel_copy_elements).
+  const std::size_t fused = 3136 + 1568 + 1568 + 10, pixel_copies = 3136 + 64 + 1568 + 64;
+  EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}),
+            (784 + 2 * fused + 12544 + 6272 + pixel_copies) * sizeof(float) + 3136 + 1568);
   EXPECT_EQ(step_bytes_per_example(m, {1, 28, 28}), cnn_footprint(CnnConfig{}, sizeof(float)).step_bytes_per_example);
   // The three ops apart: also conv1 and its ReLU 16x28x28, conv2 and its ReLU 32x14x14
   // with their gradients, and no dJ/dz buffers.

@@ -226,8 +226,9 @@ TEST(Conv2dReluMaxPool2d, FloatAgreesWithDouble) {
   }
 }
 
-// One node on the tape, with both ops' attributes, and switches only when a gradient is needed.
-TEST(Conv2dReluMaxPool2d, IsOneNodeThatKeepsOnlyItsOutputAndSwitches) {
+// One node on the tape, with both ops' attributes, and switches (and in float the output's
+// pixel-major copy) only when a gradient is needed.
+TEST(Conv2dReluMaxPool2d, IsOneNodeThatKeepsOnlyItsOutputSwitchesAndPixelCopy) {
   Tape<float> t;
   Parameter<float> k("k", xt::cast<float>(uniform({4, 1, 3, 3}, 1)));
   const Value y = conv2d_relu_max_pool2d(t, t.input(xt::cast<float>(uniform({2, 1, 8, 8}, 2))), t.param(k), Value{},
@@ -236,11 +237,18 @@ TEST(Conv2dReluMaxPool2d, IsOneNodeThatKeepsOnlyItsOutputAndSwitches) {
   const Node<float>& n = t.nodes().back();
   EXPECT_EQ(op_name(n.op), "conv2d_relu_max_pool2d");
   EXPECT_EQ(n.saved_index.size(), 2u * 4 * 4 * 4 / 4);  // one byte a switch (codes), four to an element
+  // (N, PH, PW, C_out rounded up to whole vectors) and 64 for its alignment
+  ASSERT_EQ(n.saved.dimension(), 1u);
+  EXPECT_EQ((n.saved.size() - 64) % (2 * 4 * 4), 0u);
+  EXPECT_GE((n.saved.size() - 64) / (2 * 4 * 4), 4u);
+  EXPECT_EQ(conv2d_relu_max_pool2d_pixel_copy_elements({2, 4, 4, 4}, {4, 1, 3, 3}, {.padding = {1, 1}}, {}, 4),
+            n.saved.size());
   EXPECT_NE(format_node(t, t.nodes().size() - 1).find("stride=1x1 pad=1x1 pool=2x2/2x2 pool_pad=0x0"), std::string::npos)
       << format_node(t, t.nodes().size() - 1);
   Tape<float> t2;
   conv2d_relu_max_pool2d(t2, t2.input(xt::cast<float>(uniform({2, 1, 8, 8}, 2))), t2.input(k.value), Value{});
   EXPECT_TRUE(t2.nodes().back().saved_index.empty());  // no gradient: no switches
+  EXPECT_EQ(t2.nodes().back().saved.dimension(), 0u);  // nor a copy
   // 27 codes after a reset: seven elements in the buffer the first node had (32 of them,
   // recycled with their contents), the last one's fourth byte zero, not left over
   const int8_t stale = reinterpret_cast<const int8_t*>(n.saved_index.data())[27];
@@ -252,6 +260,88 @@ TEST(Conv2dReluMaxPool2d, IsOneNodeThatKeepsOnlyItsOutputAndSwitches) {
   const std::vector<int32_t>& codes = t.nodes().back().saved_index;
   ASSERT_EQ(codes.size(), 7u);
   EXPECT_EQ(reinterpret_cast<const int8_t*>(codes.data())[27], 0);
+}
+
+// Two layers, as in a CNN: the second reads its input from the pixel-major copy the
+// first left in its node (ops/conv2d_relu_pool.cpp, pixel_copy), in its forward and its
+// dJ/dK, instead of transposing the tape's value. The same bits as with the first
+// layer's output copied to a value of its own (reshape: the second then reads it
+// planar), on every kernel variant, Winograd on and off, 1 and 2 threads, one image
+// (split across the threads by channel ranges) and three; with C_out filling whole
+// vectors (read in place), not filling them (16 < 20 < 32: copied with zeros), and 24
+// (on AVX2 the kernels' rows are 32 and the copy's 24: written apart).
+TEST(Conv2dReluMaxPool2d, ASecondLayerReadsTheFirstsPixelCopyWithTheSameBits) {
+  IsaGuard guard;
+  const int threads_before = num_threads();
+  struct Chain {
+    const char* name;
+    Shape x, k1, k2;
+  };
+  const Chain chains[] = {{"16 -> 32", {3, 3, 16, 16}, {16, 3, 5, 5}, {32, 16, 5, 5}},
+                          {"20 -> 8", {3, 2, 12, 12}, {20, 2, 3, 3}, {8, 20, 5, 5}},
+                          {"24 -> 12", {3, 2, 12, 10}, {24, 2, 5, 5}, {12, 24, 5, 5}}};
+  const Conv2dOptions conv{.padding = {2, 2}};
+  auto run_chain = [&](const Chain& c, std::size_t batch, bool apart) {
+    Shape xs = c.x;
+    xs[0] = batch;
+    Parameter<float> px("x", xt::cast<float>(uniform(xs, 1))), k1("k1", xt::cast<float>(uniform(c.k1, 2, -0.5, 0.5))),
+        b1("b1", xt::cast<float>(uniform({c.k1[0]}, 3))), k2("k2", xt::cast<float>(uniform(c.k2, 4, -0.5, 0.5))),
+        b2("b2", xt::cast<float>(uniform({c.k2[0]}, 5)));
+    Tape<float> t;
+    const int p1 = static_cast<int>(c.k1[2] / 2);  // "same" padding: 3x3 or 5x5
+    Value y1 = conv2d_relu_max_pool2d(t, t.param(px), t.param(k1), t.param(b1), {.padding = {p1, p1}});
+    if (apart) {
+      const Shape s = t.shape(y1);
+      y1 = reshape(t, y1, {int64_t(s[0]), int64_t(s[1]), int64_t(s[2]), int64_t(s[3])});
+    }
+    const Value y2 = conv2d_relu_max_pool2d(t, y1, t.param(k2), t.param(b2), conv);
+    t.backward(y2, Tensor<float>(xt::cast<float>(uniform(to_shape(t.value(y2).shape()), 6))));
+    return std::vector<Tensor<float>>{t.value(y2), px.grad, k1.grad, b1.grad, k2.grad, b2.grad};
+  };
+  const char* what[] = {"output", "dJ/dx", "dJ/dk1", "dJ/db1", "dJ/dk2", "dJ/db2"};
+  for (Isa isa : kernel_variants()) {
+    set_isa(isa);
+    for (WinogradMode wino : {WinogradMode::Auto, WinogradMode::Off})
+      for (int threads : {1, 2})
+        for (std::size_t batch : {std::size_t(1), std::size_t(3)})
+          for (const Chain& c : chains) {
+            set_conv2d_winograd(wino);
+            set_num_threads(threads);
+            const std::vector<Tensor<float>> copied = run_chain(c, batch, false), apart = run_chain(c, batch, true);
+            for (std::size_t i = 0; i < copied.size(); ++i)
+              EXPECT_TRUE(same_bits(copied[i], apart[i]))
+                  << c.name << " on " << isa_name(isa) << ", Winograd " << static_cast<int>(wino) << ", " << threads
+                  << " threads, batch " << batch << ": " << what[i];
+          }
+  }
+  set_num_threads(threads_before);
+}
+
+// A step whose first layer needs no gradient keeps no copy (nor switches): the second
+// layer must not read the copy that the node in that place on the tape had the step
+// before (its buffer is recycled, with last step's values).
+TEST(Conv2dReluMaxPool2d, NoLayerReadsAnEarlierStepsPixelCopy) {
+  const Conv2dOptions conv{.padding = {2, 2}};
+  Parameter<float> k1("k1", xt::cast<float>(uniform({16, 3, 5, 5}, 1, -0.5, 0.5))),
+      k2("k2", xt::cast<float>(uniform({8, 16, 5, 5}, 2, -0.5, 0.5)));
+  const Tensor<float> x1 = xt::cast<float>(uniform({2, 3, 12, 12}, 3)), x2 = xt::cast<float>(uniform({2, 3, 12, 12}, 4));
+  auto second_step = [&](Tape<float>& t) {  // layer 1 from inputs only, layer 2 trained
+    k2.zero_grad();
+    const Value y1 = conv2d_relu_max_pool2d(t, t.input(x2), t.input(k1.value), Value{}, conv);
+    const Value y2 = conv2d_relu_max_pool2d(t, y1, t.param(k2), Value{}, conv);
+    t.backward(sum(t, y2));
+    return std::vector<Tensor<float>>{t.value(y2), k2.grad};
+  };
+  Tape<float> t;
+  const Value y1 = conv2d_relu_max_pool2d(t, t.input(x1), t.param(k1), Value{}, conv);
+  t.backward(sum(t, conv2d_relu_max_pool2d(t, y1, t.param(k2), Value{}, conv)));
+  ASSERT_GT(t.nodes()[2].saved.size(), 1u) << "the first step should leave a copy to recycle";
+  t.reset();
+  const std::vector<Tensor<float>> reused = second_step(t);
+  Tape<float> fresh;
+  const std::vector<Tensor<float>> expected = second_step(fresh);
+  EXPECT_TRUE(same_bits(reused[0], expected[0])) << "output";
+  EXPECT_TRUE(same_bits(reused[1], expected[1])) << "dJ/dk2";
 }
 
 TEST(Conv2dReluMaxPool2d, ShapeErrorsNameTheOpAndThePart) {
