@@ -137,6 +137,7 @@ WorkItems work_items(const conv::Kernels<T>& kn, const ConvGeom& g, std::size_t 
 
 using conv::DirectPlan;
 using conv::WinogradPlan;
+using conv::WinoRowPlan;
 
 // Winograd F(2x2, 5x5) (ops/conv2d_direct.hpp) replaces the direct convolution for a 5x5
 // kernel at stride 1 with kWinogradMinC..kWinogradMaxC input channels (the channels its
@@ -157,6 +158,12 @@ constexpr std::size_t kWinogradMinC = 4, kWinogradMaxC = 32;
 // batch 256; the direct sum used 0.04-0.17. So it is used up to 64 images of 7x7 tiles
 // (or as many tiles in fewer, larger images) per call; a larger batch stays direct.
 constexpr std::size_t kWinogradDkMaxTiles = 64 * 49;
+// The same for dJ/dK by Winograd along the rows (WinoRowPlan), whose tiles are 4 outputs
+// of a row: on inputs and gradients uniform in [-1, 1] at 5x5, 1 -> 16 channels, 28x28,
+// its worst element used 0.25 of the tolerance at batch 64 (the direct sum 0.09), 0.42
+// at 256 (0.15), 0.60 at 1024 (0.28), 0.90 at 2048 and 1.40 at 4096 (0.49, 0.41); at 3
+// input channels 0.26-0.28 (0.13-0.20). So it is used up to 1024 such images a call.
+constexpr std::size_t kWinogradRowDkMaxTiles = 1024 * 28 * 7;
 std::atomic<int> g_winograd{-1};  // a WinogradMode; -1: not read yet from AD_WINOGRAD
 
 bool winograd_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW, std::size_t sh,
@@ -169,6 +176,15 @@ bool winograd_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH,
 template <class T>
 bool winograd_for(const conv::Kernels<T>&, std::size_t, std::size_t, std::size_t, std::size_t, std::size_t) {
   return false;
+}
+
+// dJ/dK by Winograd along the rows (WinoRowPlan): 5x5 kernels at stride 1 with fewer
+// input channels than F(2x2, 5x5) takes (conv1 of a CNN), in the same modes.
+bool winograd_rows_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW,
+                       std::size_t sh, std::size_t sw) {
+  const WinogradMode m = conv2d_winograd();
+  const bool wanted = m == WinogradMode::On || (m == WinogradMode::Auto && kn.wino_preferred);
+  return wanted && kn.wino_row_dk_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C < kWinogradMinC;
 }
 
 // chan: output channels per register block (0: the kernels' choice for O).
@@ -236,6 +252,30 @@ void direct_flipped_weights_in_team(const T* k, std::size_t O, std::size_t C, st
 // winograd_g), applied in double, kDkOut output channels side by side in a vector
 // (M's rows hold them next to each other). dk is dK (O, C, 5, 5).
 constexpr std::size_t kDkOut = 8;
+
+// dK[o, c, p, q] += sum_xi A^T[q][xi] s[xi] M[c][p][xi][o] for every input channel c and
+// the output channels o0 <= o < min(o0 + kDkOut, O), M (C, 5, 8, Opad) the team's sum
+// of the row Winograd's partials (WinoRowPlan; A^T is F(5, 4)'s, s the factors of its G
+// that the float transform leaves out: ops/conv2d_simd.inc), in double. dk is dK (O, C,
+// 5, 5).
+template <class T>
+void wino_row_dk_output(const double* M, std::size_t C, std::size_t O, std::size_t Opad, std::size_t o0, T* dk) {
+  static constexpr double kAT[5][8] = {{1, 1, 1, 1, 1, 1, 1, 0},
+                                       {0, 1, -1, 2, -2, 0.5, -0.5, 0},
+                                       {0, 1, 1, 4, 4, 0.25, 0.25, 0},
+                                       {0, 1, -1, 8, -8, 0.125, -0.125, 0},
+                                       {0, 1, 1, 16, 16, 0.0625, 0.0625, 1}};
+  static constexpr double kRowGScale[8] = {1, -2.0 / 9, -2.0 / 9, 1.0 / 90, 1.0 / 90, 32.0 / 45, 32.0 / 45, 1};
+  for (std::size_t o = o0; o < std::min(o0 + kDkOut, O); ++o)
+    for (std::size_t c = 0; c < C; ++c)
+      for (std::size_t p = 0; p < 5; ++p)
+        for (std::size_t q = 0; q < 5; ++q) {
+          double v = 0;
+          for (std::size_t xi = 0; xi < 8; ++xi) v += kAT[q][xi] * kRowGScale[xi] * M[((c * 5 + p) * 8 + xi) * Opad + o];
+          dk[((o * C + c) * 5 + p) * 5 + q] += static_cast<T>(v);
+        }
+}
+
 template <class T>
 void wino_dk_output(const double* M, std::size_t C, std::size_t O, std::size_t Opad, std::size_t o0, T* dk) {
   typedef double D __attribute__((vector_size(kDkOut * sizeof(double))));
@@ -559,6 +599,15 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
           g.N * p.tiles() <= kWinogradDkMaxTiles)
         plk.emplace(p);
 
+  // ... or by Winograd along the rows where that does not apply for want of channels
+  // (WinoRowPlan, float: the M partials below are then (C_in, 5, 8, Opad))
+  std::optional<WinoRowPlan> plr;
+  if constexpr (std::is_same_v<T, float>)
+    if (grad_k && !one && !plk && winograd_rows_for(kn, g.C, g.KH, g.KW, g.sh, g.sw))
+      if (const WinoRowPlan p(g.C, g.H, g.W, g.O, g.ph, g.pw, kn.lanes, pl.Opad);
+          g.N * p.OH * p.T <= kWinogradRowDkMaxTiles)
+        plr.emplace(p);
+
   // dJ/dx from dJ/dK's blocks (wino_dk_dx_image) where both are by Winograd: the
   // forward's VJP tile by tile, on dJ/dK's transformed dJ/dy, instead of the convolution
   // of dJ/dy with the flipped kernel (whose 6x6 transform of dJ/dy's C_out channels it
@@ -572,13 +621,14 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
   // result does not depend on timing. dJ/dK partials are (C*KH*KW, Opad) on the direct
   // path, (36, C_in, Opad) by Winograd, (C_out, C_in) for a 1x1 kernel; dJ/db partials
   // have Opad entries.
-  const std::size_t kpart = one ? g.O * CKK : plk ? 0 : CKK * pl.Opad;
+  const std::size_t kpart = one ? g.O * CKK : plk || plr ? 0 : CKK * pl.Opad;
   const std::size_t part = kpart + pl.Opad;
   const int nt = omp_get_max_threads();
   T* partial = scratch<T>(static_cast<std::size_t>(nt) * part, 3);
-  // Winograd's dJ/dK partials M, (36, C_in, Opad) each, in double (ops/conv2d_simd.inc)
-  const std::size_t mpart = plk ? 36 * g.C * pl.Opad : 0;
-  double* mpartial = plk ? scratch<double>(static_cast<std::size_t>(nt) * mpart, 0) : nullptr;
+  // Winograd's dJ/dK partials M, (36, C_in, Opad) each, in double (ops/conv2d_simd.inc),
+  // or the row Winograd's
+  const std::size_t mpart = plk ? 36 * g.C * pl.Opad : plr ? plr->m_elems() : 0;
+  double* mpartial = mpart ? scratch<double>(static_cast<std::size_t>(nt) * mpart, 0) : nullptr;
 #pragma omp parallel num_threads(nt) if (it.parallel)
   {
     const std::size_t team = static_cast<std::size_t>(omp_get_num_threads());
@@ -648,6 +698,9 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
           if constexpr (std::is_same_v<T, float>)
             kn.wino_dk_image(*plk, xw, S, gt, scratch<float>(plk->grid_size(), 0), scratch<float>(plk->dk_scratch(), 5),
                              gm, oa, ob);
+        } else if (plr) {
+          if constexpr (std::is_same_v<T, float>)
+            kn.wino_row_dk_image(*plr, xn, gt, scratch<float>(plr->scratch(), 5), gm, oa, ob);
         } else if (grad_k) {
           T* xp = scratch<T>(pl.padded_size(), 0);
           kn.pad_columns(xn, pl, xp);
@@ -687,7 +740,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
     // channels, which lie across the lines: at 16 threads 16 times conv2's 0.8 MB of
     // direct partials, or its 2.4 MB of Winograd's.) dK is (C_out, C_in, KH, KW); the
     // direct path's partials are (C*KH*KW, Opad), Winograd's (36, C_in, Opad).
-    if (plk && team > 1) {
+    if ((plk || plr) && team > 1) {
       // M = M_0 + M_1 + ... in thread order, into M_0; then dK = G^T M G below
 #pragma omp for schedule(static)
       for (std::size_t e = 0; e < mpart; ++e) {
@@ -696,7 +749,7 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
         mpartial[e] = m;
       }
     }
-    if (grad_k && !plk && !one) {
+    if (grad_k && !plk && !plr && !one) {
 #pragma omp for schedule(static)
       for (std::size_t e = 0; e < CKK * pl.Opad; ++e) {
         const std::size_t tap = e / pl.Opad, o = e % pl.Opad;
@@ -709,6 +762,10 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
 #pragma omp for schedule(static) nowait
       for (std::size_t ob = 0; ob < (g.O + kDkOut - 1) / kDkOut; ++ob)
         wino_dk_output(mpartial, g.C, g.O, pl.Opad, ob * kDkOut, grad_k->data());
+    } else if (plr) {
+#pragma omp for schedule(static) nowait
+      for (std::size_t ob = 0; ob < (g.O + kDkOut - 1) / kDkOut; ++ob)
+        wino_row_dk_output(mpartial, g.C, g.O, pl.Opad, ob * kDkOut, grad_k->data());
     }
 #pragma omp for schedule(static)
     for (std::size_t o = 0; o < g.O; ++o) {

@@ -166,6 +166,29 @@ struct WinogradPlan {
   std::size_t dx_scratch(std::size_t Cx) const { return (36 * kDxTiles + GW * 6 + H * W) * Cx; }
 };
 
+// dJ/dK of a 5x5 convolution at stride 1 with few input channels (conv1 of a CNN, where
+// F(2x2, 5x5) does not apply) by Winograd F(5, 4) along the rows (float only; see
+// ops/conv2d_simd.inc): for each output row i, kernel row p and tile of 4 output columns,
+// the 5 taps' sums over the tile, sum_j g[i, 4t+j] x[i+p, 4t+j+q] (q < 5), are
+//   A^T [ (G g_tile) (.) (B^T x_segment) ]        (8 products for 20 multiply-adds),
+// and M = sum of the products over rows, tiles and images; dK[., ., p, .] = A^T M once a
+// batch. Tiles: T = ceil(OW / 4); the input is read through a copy transposed and
+// zero-padded, (4T + 4 columns, Rp rows), Rp = OH + 4 rounded up to whole vectors.
+struct WinoRowPlan {
+  std::size_t C, H, W, O, ph, pw, OH, OW, T, Rp, Opad;
+  WinoRowPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t ph_, std::size_t pw_,
+              std::size_t lanes, std::size_t Opad_)
+      : C(C_), H(H_), W(W_), O(O_), ph(ph_), pw(pw_), Opad(Opad_) {
+    OH = H + 2 * ph - 4, OW = W + 2 * pw - 4;
+    T = (OW + 3) / 4;
+    Rp = round_up(OH + 4, lanes);
+  }
+  // M's elements: (C, 5, 8, Opad), in double
+  std::size_t m_elems() const { return C * 40 * Opad; }
+  // one image's: the transposed input of one channel, B^T x for every channel (C, T, 8, Rp)
+  std::size_t scratch() const { return (4 * T + 4) * Rp + C * T * 8 * Rp; }
+};
+
 // The per-image kernels of one instruction set (ops/conv2d_simd.inc). The caller owns
 // the threads: every function works on one image and its own scratch buffers.
 template <class T>
@@ -262,6 +285,11 @@ struct Kernels {
   // out (O, P) = [accumulate ? out : bias or 0] + yt transposed; yt is (P, Opad).
   void (*pixels_to_planes)(const T* yt, std::size_t P, std::size_t Opad, std::size_t O, const T* bias,
                            bool accumulate, T* out) = nullptr;
+  // dJ/dK by Winograd along the rows (WinoRowPlan, float): M (C, 5, 8, Opad) += image
+  // in's products with gt (OH*OW, Opad) = dJ/dy pixel-major, for the output channels
+  // [oa, ob) (multiples of the lanes). scratch: pl.scratch().
+  void (*wino_row_dk_image)(const WinoRowPlan& pl, const T* in, const T* gt, T* scratch, double* M, std::size_t oa,
+                            std::size_t ob) = nullptr;
   // wino_image of a pixel-major input, in[(h*W + w) * S + c], S >= C (float).
   void (*wino_image_px)(const WinogradPlan& pl, const T* in, std::size_t S, const T* U, const T* bias,
                         bool accumulate, T* out, T* grid, T* blk, T* yt, std::size_t oa, std::size_t ob) = nullptr;

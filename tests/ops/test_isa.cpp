@@ -53,6 +53,11 @@ const Geometry kGeometries[] = {
     {"winograd_20_in", {2, 20, 9, 10}, {6, 20, 5, 5}, {2, 2}, {1, 1}},
     // 90 tiles an image: dJ/dK by Winograd in two blocks (WinogradPlan::kDkBlock)
     {"winograd_two_blocks", {2, 4, 20, 18}, {5, 4, 5, 5}, {2, 2}, {1, 1}},
+    // dJ/dK by Winograd along the rows (fewer than 4 input channels): rows in three
+    // float blocks (16 tiles a row: 16 rows a block), and an image narrower than the
+    // 8x8 transposes with one partial tile a row
+    {"row_winograd_blocks", {1, 2, 40, 64}, {5, 2, 5, 5}, {2, 2}, {1, 1}},
+    {"row_winograd_small", {2, 3, 6, 7}, {4, 3, 5, 5}, {1, 0}, {1, 1}},
 };
 
 // y, dJ/dx, dJ/dk, dJ/db by the definitions (design document, section 3.1.5), for the
@@ -236,6 +241,40 @@ TEST(Isa, WinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
             << "dJ/dK by Winograd was not used at batch 64";
       else
         EXPECT_TRUE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0)) << "batch 65 is direct";
+    }
+  }
+}
+
+// The same for dJ/dK by Winograd along the rows (fewer than 4 input channels: ref-CNN's
+// conv1), whose float sums grow with the batch too (kWinogradRowDkMaxTiles): within the
+// tolerance at the largest batch of 28x28 images it is used for, and the direct sum's
+// one image later.
+TEST(Isa, RowWinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
+  const IsaGuard guard;
+  struct ModeGuard {
+    ~ModeGuard() { set_conv2d_winograd(WinogradMode::Auto); }
+  } mode_guard;
+  const Conv2dOptions opt{.padding = {2, 2}};
+  for (const std::size_t n : {std::size_t{1024}, std::size_t{1025}}) {
+    SCOPED_TRACE(fmt::format("batch {}", n));
+    const T64 x = uniform({n, 1, 28, 28}, 700 + n), k = uniform({4, 1, 5, 5}, 701), g = uniform({n, 4, 28, 28}, 702);
+    T64 want = xt::zeros<double>(k.shape());
+    conv2d_vjp<double>(g, x, k, opt, nullptr, &want, nullptr);
+    const Tensor<float> xf = xt::cast<float>(x), kf = xt::cast<float>(k), gf = xt::cast<float>(g);
+    for (Isa isa : kernel_variants()) {
+      set_isa(isa);
+      SCOPED_TRACE(isa_name(isa));
+      Tensor<float> wino = xt::zeros<float>(k.shape()), direct = xt::zeros<float>(k.shape());
+      set_conv2d_winograd(WinogradMode::On);
+      conv2d_vjp<float>(gf, xf, kf, opt, nullptr, &wino, nullptr);
+      set_conv2d_winograd(WinogradMode::Off);
+      conv2d_vjp<float>(gf, xf, kf, opt, nullptr, &direct, nullptr);
+      EXPECT_TRUE(all_close(xt::cast<double>(wino), want, 1e-4, 1e-3));
+      if (n == 1024)
+        EXPECT_FALSE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0))
+            << "dJ/dK by Winograd along the rows was not used at batch 1024";
+      else
+        EXPECT_TRUE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0)) << "batch 1025 is direct";
     }
   }
 }
