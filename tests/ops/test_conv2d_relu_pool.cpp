@@ -344,6 +344,31 @@ TEST(Conv2dReluMaxPool2d, NoLayerReadsAnEarlierStepsPixelCopy) {
   EXPECT_TRUE(same_bits(reused[1], expected[1])) << "dJ/dk2";
 }
 
+// An input that is zero around a patch (a digit on its background) with a zero bias:
+// outputs whose 5x5 neighbourhood is all zeros are exactly 0 and stay dead, whatever the
+// kernels, so the float path's bias gradient counts the same live windows as the direct
+// sum's (a Winograd forward along the rows, tried for conv1, turned those zeros into
+// rounding noise, half of it alive: dJ/db1 was 7.7% off oneDNN's in bench's check).
+TEST(Conv2dReluMaxPool2d, AZeroBackgroundStaysDeadOnEveryKernelVariant) {
+  IsaGuard guard;
+  T64 x = xt::zeros<double>({2, 1, 28, 28});
+  const T64 patch = uniform({2, 1, 12, 10}, 31, 0, 1);
+  xt::view(x, xt::all(), xt::all(), xt::range(8, 20), xt::range(9, 19)) = patch;
+  const T64 k = uniform({16, 1, 5, 5}, 32, -0.5, 0.5), b = xt::zeros<double>({16});
+  const FusedCase c{"background", {2, 1, 28, 28}, {16, 1, 5, 5}, true, {.padding = {2, 2}}, {}};
+  set_conv2d_winograd(WinogradMode::Off);
+  const std::vector<Tensor<float>> direct = run<float>(true, c, x, k, b);
+  for (Isa isa : kernel_variants()) {
+    set_isa(isa);
+    for (WinogradMode wino : {WinogradMode::Auto, WinogradMode::On}) {
+      set_conv2d_winograd(wino);
+      const std::vector<Tensor<float>> got = run<float>(true, c, x, k, b);
+      EXPECT_TRUE(same_bits(got[0], direct[0])) << isa_name(isa) << ": output";
+      EXPECT_TRUE(same_bits(got[3], direct[3])) << isa_name(isa) << ": dJ/db";
+    }
+  }
+}
+
 TEST(Conv2dReluMaxPool2d, ShapeErrorsNameTheOpAndThePart) {
   Tape<double> t;
   const Value x = t.input(uniform({1, 3, 6, 6}, 1));
