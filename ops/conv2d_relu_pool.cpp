@@ -167,10 +167,10 @@ std::size_t pixel_stride(std::size_t channels) {
   const std::size_t L = conv::kernels<T>().lanes;
   return (channels + L - 1) / L * L;
 }
-template <class T>
-T* pixel_rows(T* p) {
+template <class P>  // P: T or const T
+P* pixel_rows(P* p) {
   const auto a = reinterpret_cast<std::uintptr_t>(p);
-  return p + ((64 - a % 64) % 64) / sizeof(T);
+  return p + ((64 - a % 64) % 64) / sizeof(P);
 }
 
 // x pixel-major, where x is the output of a conv2d_relu_max_pool2d node whose forward
@@ -185,7 +185,7 @@ detail::PixelCopy<T> pixel_copy(const Tape<T>& tape, Value x) {
   if (n.op != OpKind::Conv2dReluMaxPool2d || xs.size() != 4 || n.saved.dimension() != 1) return {};
   const std::size_t S = pixel_stride<T>(xs[1]);
   if (n.saved.size() != xs[0] * xs[2] * xs[3] * S + kPixelPad) return {};
-  return {pixel_rows(const_cast<T*>(n.saved.data())), S};
+  return {pixel_rows(n.saved.data()), S};
 }
 
 // The forward, with the switches as codes where `codes` (switch_codes says where: then
