@@ -233,7 +233,8 @@ bool forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, const C
             const bool in_place = pxp && Opad == S;
             T* pt = in_place ? pxp + n * PP * S + oa : grow<T>(0, PP * Opad);
             if (in_place && n + 1 < zs[0])
-              for (std::size_t e = 0; e < PP * S; e += 64 / sizeof(T)) __builtin_prefetch(pt + PP * S + e, 1, 2);
+              for (std::size_t e = 0; e < PP * S; e += 64 / sizeof(T))
+                __builtin_prefetch(pxp + (n + 1) * PP * S + e, 1, 2);
             kn.relu_pool_codes(yt + oa, OH, OW, Opad, ob - oa, std::min(ob, O) - std::min(oa, O), bias.data() + oa,
                                yp + off, reinterpret_cast<int8_t*>(argmax) + n * PP * O + std::min(oa, O), O, pt,
                                grow<T>(1, PP * Opad));
