@@ -166,11 +166,15 @@ constexpr std::size_t kWinogradDkMaxTiles = 64 * 49;
 constexpr std::size_t kWinogradRowDkMaxTiles = 1024 * 28 * 7;
 std::atomic<int> g_winograd{-1};  // a WinogradMode; -1: not read yet from AD_WINOGRAD
 
+// Winograd wanted at all: AD_WINOGRAD / set_conv2d_winograd, or the kernels' preference.
+bool winograd_wanted(const conv::Kernels<float>& kn) {
+  const WinogradMode m = conv2d_winograd();
+  return m == WinogradMode::On || (m == WinogradMode::Auto && kn.wino_preferred);
+}
+
 bool winograd_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW, std::size_t sh,
                   std::size_t sw) {
-  const WinogradMode m = conv2d_winograd();
-  const bool wanted = m == WinogradMode::On || (m == WinogradMode::Auto && kn.wino_preferred);
-  return wanted && kn.wino_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C >= kWinogradMinC &&
+  return winograd_wanted(kn) && kn.wino_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C >= kWinogradMinC &&
          C <= kWinogradMaxC;
 }
 template <class T>
@@ -182,9 +186,7 @@ bool winograd_for(const conv::Kernels<T>&, std::size_t, std::size_t, std::size_t
 // input channels than F(2x2, 5x5) takes (conv1 of a CNN), in the same modes.
 bool winograd_rows_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW,
                        std::size_t sh, std::size_t sw) {
-  const WinogradMode m = conv2d_winograd();
-  const bool wanted = m == WinogradMode::On || (m == WinogradMode::Auto && kn.wino_preferred);
-  return wanted && kn.wino_row_dk_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C < kWinogradMinC;
+  return winograd_wanted(kn) && kn.wino_row_dk_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C < kWinogradMinC;
 }
 
 // chan: output channels per register block (0: the kernels' choice for O).
@@ -486,8 +488,8 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
       winograd_forward_items(g, x.data(), kp, [&](const WinogradPlan& pl, const float* U, const float* in,
                                                    std::size_t n, std::size_t oa, std::size_t ob) {
         float* yt = scratch<float>(P * pl.Opad, 1);
-        const float* px = xpx.data ? xpx.data + n * g.H * g.W * xpx.stride : nullptr;
-        if (px && n + 1 < g.N) prefetch_l2(px + g.H * g.W * xpx.stride, g.H * g.W * xpx.stride);  // the next image's
+        const float* px = xpx.image(n, g.H * g.W);
+        if (px && n + 1 < g.N) prefetch_l2(xpx.image(n + 1, g.H * g.W), g.H * g.W * xpx.stride);  // the next image's
         kn.wino_pixels(pl, px ? px : in, px ? xpx.stride : 0, U, scratch<float>(pl.grid_size(), 0),
                        scratch<float>(pl.block_scratch(), 5), yt, oa, ob);
         out(n, yt, pl.Opad, oa, ob);
@@ -654,9 +656,9 @@ void conv2d_vjp_plain(const T* gp, const std::function<void(std::size_t n, T* gn
       if (!want_k && !want_x) continue;
       const T* xn = x.data() + n * g.C * HW;
       // ... or pixel-major, for Winograd's dJ/dK (S = 0: planar)
-      const T* xw = xpx.data ? xpx.data + n * HW * xpx.stride : xn;
+      const T* xw = xpx.data ? xpx.image(n, HW) : xn;
       const std::size_t S = xpx.data ? xpx.stride : 0;
-      if (S && n + 1 < g.N) prefetch_l2(xw + HW * S, HW * S);  // the next image's, while this one runs
+      if (S && n + 1 < g.N) prefetch_l2(xpx.image(n + 1, HW), HW * S);  // the next image's, while this one runs
       const T* gn = nullptr;  // image n's dJ/dy, planar (C_out, OH*OW), where a path reads it so
       T* gt = nullptr;        // ... and pixel-major (OH*OW, Opad)
       if (grad_pixels) {

@@ -90,6 +90,8 @@ template <class T>
 struct PixelCopy {
   const T* data = nullptr;  // null: none
   std::size_t stride = 0;
+  // image n of `pixels` (H*W) pixels; null where there is no copy
+  const T* image(std::size_t n, std::size_t pixels) const { return data ? data + n * pixels * stride : nullptr; }
 };
 
 // conv2d's plain path (is_plain, not a 1x1 GEMM) image by image, without its output

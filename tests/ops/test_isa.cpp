@@ -210,20 +210,21 @@ TEST(Isa, SetIsaRefusesWhatThisProcessorCannotRun) {
   EXPECT_TRUE(isa_supported(Isa::Baseline));
 }
 
-// dJ/dK by Winograd sums the products of every tile of every image in its transformed
-// space, where they are about 100 times the result: its float error grows with the
-// batch (ops/conv2d.cpp, kWinogradDkMaxTiles). At ref-CNN's conv2 and training batch,
-// the largest batch it is used for, it stays within the float path's tolerance; one
-// image more and dJ/dK is the direct sum's, bit for bit.
-TEST(Isa, WinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
+// dJ/dK at the largest batch a Winograd path is used for (`largest` images of `image`'s
+// (C, H, W), `k` the kernel's shape, seeds from `seed`): within the float path's
+// tolerance against double on every variant, and not the direct sum's; one image more
+// and it is the direct sum's, bit for bit.
+void expect_winograd_dk_up_to(std::size_t largest, const Shape& image, const Shape& ks, uint64_t seed,
+                              const char* path) {
   const IsaGuard guard;
   struct ModeGuard {
     ~ModeGuard() { set_conv2d_winograd(WinogradMode::Auto); }
   } mode_guard;
   const Conv2dOptions opt{.padding = {2, 2}};
-  for (const std::size_t n : {std::size_t{64}, std::size_t{65}}) {
+  for (const std::size_t n : {largest, largest + 1}) {
     SCOPED_TRACE(fmt::format("batch {}", n));
-    const T64 x = uniform({n, 16, 14, 14}, 900 + n), k = uniform({32, 16, 5, 5}, 901), g = uniform({n, 32, 14, 14}, 902);
+    const T64 x = uniform({n, image[0], image[1], image[2]}, seed + n), k = uniform(ks, seed + 1),
+              g = uniform({n, ks[0], image[1], image[2]}, seed + 2);
     T64 want = xt::zeros<double>(k.shape());
     conv2d_vjp<double>(g, x, k, opt, nullptr, &want, nullptr);
     const Tensor<float> xf = xt::cast<float>(x), kf = xt::cast<float>(k), gf = xt::cast<float>(g);
@@ -236,47 +237,28 @@ TEST(Isa, WinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
       set_conv2d_winograd(WinogradMode::Off);
       conv2d_vjp<float>(gf, xf, kf, opt, nullptr, &direct, nullptr);
       EXPECT_TRUE(all_close(xt::cast<double>(wino), want, 1e-4, 1e-3));
-      if (n == 64)
+      if (n == largest)
         EXPECT_FALSE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0))
-            << "dJ/dK by Winograd was not used at batch 64";
+            << "dJ/dK by " << path << " was not used at batch " << n;
       else
-        EXPECT_TRUE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0)) << "batch 65 is direct";
+        EXPECT_TRUE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0)) << "batch " << n << " is direct";
     }
   }
 }
 
+// dJ/dK by Winograd sums the products of every tile of every image in its transformed
+// space, where they are about 100 times the result: its float error grows with the
+// batch (ops/conv2d.cpp, kWinogradDkMaxTiles). At ref-CNN's conv2 and training batch,
+// the largest batch it is used for, it stays within the float path's tolerance.
+TEST(Isa, WinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
+  expect_winograd_dk_up_to(64, {16, 14, 14}, {32, 16, 5, 5}, 900, "Winograd");
+}
+
 // The same for dJ/dK by Winograd along the rows (fewer than 4 input channels: ref-CNN's
-// conv1), whose float sums grow with the batch too (kWinogradRowDkMaxTiles): within the
-// tolerance at the largest batch of 28x28 images it is used for, and the direct sum's
-// one image later.
+// conv1), whose float sums grow with the batch too (kWinogradRowDkMaxTiles), at the
+// largest batch of 28x28 images it is used for.
 TEST(Isa, RowWinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
-  const IsaGuard guard;
-  struct ModeGuard {
-    ~ModeGuard() { set_conv2d_winograd(WinogradMode::Auto); }
-  } mode_guard;
-  const Conv2dOptions opt{.padding = {2, 2}};
-  for (const std::size_t n : {std::size_t{1024}, std::size_t{1025}}) {
-    SCOPED_TRACE(fmt::format("batch {}", n));
-    const T64 x = uniform({n, 1, 28, 28}, 700 + n), k = uniform({4, 1, 5, 5}, 701), g = uniform({n, 4, 28, 28}, 702);
-    T64 want = xt::zeros<double>(k.shape());
-    conv2d_vjp<double>(g, x, k, opt, nullptr, &want, nullptr);
-    const Tensor<float> xf = xt::cast<float>(x), kf = xt::cast<float>(k), gf = xt::cast<float>(g);
-    for (Isa isa : kernel_variants()) {
-      set_isa(isa);
-      SCOPED_TRACE(isa_name(isa));
-      Tensor<float> wino = xt::zeros<float>(k.shape()), direct = xt::zeros<float>(k.shape());
-      set_conv2d_winograd(WinogradMode::On);
-      conv2d_vjp<float>(gf, xf, kf, opt, nullptr, &wino, nullptr);
-      set_conv2d_winograd(WinogradMode::Off);
-      conv2d_vjp<float>(gf, xf, kf, opt, nullptr, &direct, nullptr);
-      EXPECT_TRUE(all_close(xt::cast<double>(wino), want, 1e-4, 1e-3));
-      if (n == 1024)
-        EXPECT_FALSE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0))
-            << "dJ/dK by Winograd along the rows was not used at batch 1024";
-      else
-        EXPECT_TRUE(all_close(xt::cast<double>(wino), xt::cast<double>(direct), 0, 0)) << "batch 1025 is direct";
-    }
-  }
+  expect_winograd_dk_up_to(1024, {1, 28, 28}, {4, 1, 5, 5}, 700, "Winograd along the rows");
 }
 
 // Which variants this run checked. A variant this processor cannot run is shipped
