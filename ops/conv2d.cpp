@@ -182,11 +182,41 @@ bool winograd_for(const conv::Kernels<T>&, std::size_t, std::size_t, std::size_t
   return false;
 }
 
-// dJ/dK by Winograd along the rows (WinoRowPlan): 5x5 kernels at stride 1 with fewer
-// input channels than F(2x2, 5x5) takes (conv1 of a CNN), in the same modes.
+// The forward and dJ/dK by Winograd along the rows (WinoRowPlan): 5x5 kernels at stride
+// 1 with fewer input channels than F(2x2, 5x5) takes (conv1 of a CNN), in the same modes.
 bool winograd_rows_for(const conv::Kernels<float>& kn, std::size_t C, std::size_t KH, std::size_t KW,
                        std::size_t sh, std::size_t sw) {
-  return winograd_wanted(kn) && kn.wino_row_dk_image && KH == 5 && KW == 5 && sh == 1 && sw == 1 && C < kWinogradMinC;
+  return winograd_wanted(kn) && kn.wino_row_dk_image && kn.wino_row_pixels && KH == 5 && KW == 5 && sh == 1 && sw == 1 &&
+         C < kWinogradMinC;
+}
+
+// U (C, 5, Opad / L, 8, L) of the forward by Winograd along the rows (ops/conv2d_simd.inc,
+// wino_row_pixels): U[c][p][o / L][xi][o % L] = (G k[o, c, p, .])[xi] with F(4, 5)'s G,
+// whose row xi < 7 is s_xi (1, a, a^2, a^3, a^4) at its point a and whose row 7 picks
+// k[., ., ., 4] (row 0's sign moved to B^T); in double, rounded once. Zero for o >= O.
+// Call from every thread of a team.
+void wino_row_kernels_in_team(const float* k, std::size_t O, std::size_t C, std::size_t Opad, std::size_t L,
+                              float* U) {
+  static constexpr double a[7] = {0, 1, -1, 2, -2, 0.5, -0.5};
+  static constexpr double s[7] = {1, -2.0 / 9, -2.0 / 9, 1.0 / 90, 1.0 / 90, 32.0 / 45, 32.0 / 45};
+#pragma omp for schedule(static)
+  for (std::size_t o = 0; o < Opad; ++o)
+    for (std::size_t c = 0; c < C; ++c)
+      for (std::size_t p = 0; p < 5; ++p) {
+        float* u = U + ((c * 5 + p) * Opad + o / L * L) * 8 + o % L;
+        const float* kr = o < O ? k + ((o * C + c) * 5 + p) * 5 : nullptr;
+        for (std::size_t xi = 0; xi < 8; ++xi) {
+          double v = 0;
+          if (kr && xi == 7) {
+            v = kr[4];
+          } else if (kr) {
+            double aq = 1;  // a^q
+            for (std::size_t q = 0; q < 5; ++q, aq *= a[xi]) v += aq * kr[q];
+            v *= s[xi];
+          }
+          u[xi * L] = static_cast<float>(v);
+        }
+      }
 }
 
 // chan: output channels per register block (0: the kernels' choice for O).
@@ -449,17 +479,30 @@ void conv2d_forward(const Tensor<T>& x, const Tensor<T>& k, const Tensor<T>* b, 
   }
   const std::shared_ptr<const DirectPlan> plan = direct_plan(g, it.chan(kn, g.O));
   const DirectPlan& pl = *plan;
-  T* w = scratch<T>(CKK * pl.Opad, 4);
+  // by Winograd along the rows where it applies (w then holds its U)
+  std::optional<WinoRowPlan> plr;
+  if constexpr (std::is_same_v<T, float>)
+    if (winograd_rows_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) plr.emplace(g.C, g.H, g.W, g.O, g.ph, g.pw, kn.lanes, pl.Opad);
+  T* w = scratch<T>(plr ? g.C * 40 * pl.Opad : CKK * pl.Opad, 4);
 #pragma omp parallel if (it.parallel)
   {
-    direct_weights_in_team(kp, CKK, g.O, pl.Opad, w);
+    if constexpr (std::is_same_v<T, float>)
+      if (plr) wino_row_kernels_in_team(kp, g.O, g.C, pl.Opad, kn.lanes, w);
+    if (!plr) direct_weights_in_team(kp, CKK, g.O, pl.Opad, w);
 #pragma omp for schedule(static)
     for (std::size_t i = 0; i < items; ++i) {
       const std::size_t n = i / it.parts;
       const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
-      T* xp = scratch<T>(pl.padded_size(), 0);
       T* yt = scratch<T>(P * pl.Opad, 1);
-      kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt, oa, ob);
+      if (plr) {
+        kn.wino_row_pixels(*plr, x.data() + n * g.C * g.H * g.W, w,
+                           scratch<T>(plr->scratch() + plr->live_scratch(), 5), yt, oa, ob);
+        kn.pixels_to_planes(yt + oa, P, pl.Opad, std::min(ob, g.O) - std::min(oa, g.O), bp ? bp + oa : bp, false,
+                            y.data() + n * g.O * P + oa * P);
+      } else {
+        T* xp = scratch<T>(pl.padded_size(), 0);
+        kn.conv_image(pl, x.data() + n * g.C * g.H * g.W, w, bp, false, y.data() + n * g.O * P, xp, yt, oa, ob);
+      }
     }
   }
 }
@@ -499,15 +542,22 @@ bool conv2d_forward_pixels(const Tensor<T>& x, const Tensor<T>& k, const Conv2dO
   }
   const std::shared_ptr<const DirectPlan> plan = direct_plan(g, it.chan(kn, g.O));
   const DirectPlan& pl = *plan;
-  T* w = scratch<T>(CKK * pl.Opad, 4);  // as conv2d_forward
+  std::optional<WinoRowPlan> plr;  // as conv2d_forward
+  if constexpr (std::is_same_v<T, float>)
+    if (winograd_rows_for(kn, g.C, g.KH, g.KW, g.sh, g.sw)) plr.emplace(g.C, g.H, g.W, g.O, g.ph, g.pw, kn.lanes, pl.Opad);
+  T* w = scratch<T>(plr ? g.C * 40 * pl.Opad : CKK * pl.Opad, 4);
 #pragma omp parallel if (it.parallel)
   {
-    direct_weights_in_team(kp, CKK, g.O, pl.Opad, w);
+    if constexpr (std::is_same_v<T, float>)
+      if (plr) wino_row_kernels_in_team(kp, g.O, g.C, pl.Opad, kn.lanes, w);
+    if (!plr) direct_weights_in_team(kp, CKK, g.O, pl.Opad, w);
 #pragma omp for schedule(static)
     for (std::size_t i = 0; i < items; ++i) {
       const auto [oa, ob] = it.channels(i, pl.Opad, pl.chan);
+      const T* xn = x.data() + i / it.parts * g.C * g.H * g.W;
       T* yt = scratch<T>(P * pl.Opad, 1);
-      kn.conv_pixels(pl, x.data() + i / it.parts * g.C * g.H * g.W, w, scratch<T>(pl.padded_size(), 0), yt, oa, ob);
+      if (plr) kn.wino_row_pixels(*plr, xn, w, scratch<T>(plr->scratch() + plr->live_scratch(), 5), yt, oa, ob);
+      else kn.conv_pixels(pl, xn, w, scratch<T>(pl.padded_size(), 0), yt, oa, ob);
       out(i / it.parts, yt, pl.Opad, oa, ob);
     }
   }

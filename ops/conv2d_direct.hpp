@@ -166,14 +166,15 @@ struct WinogradPlan {
   std::size_t dx_scratch(std::size_t Cx) const { return (36 * kDxTiles + GW * 6 + H * W) * Cx; }
 };
 
-// dJ/dK of a 5x5 convolution at stride 1 with few input channels (conv1 of a CNN, where
-// F(2x2, 5x5) does not apply) by Winograd F(5, 4) along the rows (float only; see
-// ops/conv2d_simd.inc): for each output row i, kernel row p and tile of 4 output columns,
+// A 5x5 convolution at stride 1 with few input channels (conv1 of a CNN, where F(2x2,
+// 5x5) does not apply) by Winograd along the rows (float only; see ops/conv2d_simd.inc):
+// its forward by F(4, 5), 40 products per 4 outputs and input channel instead of 100, and
+// dJ/dK by F(5, 4): for each output row i, kernel row p and tile of 4 output columns,
 // the 5 taps' sums over the tile, sum_j g[i, 4t+j] x[i+p, 4t+j+q] (q < 5), are
 //   A^T [ (G g_tile) (.) (B^T x_segment) ]        (8 products for 20 multiply-adds),
 // and M = sum of the products over rows, tiles and images; dK[., ., p, .] = A^T M once a
-// batch. Tiles: T = ceil(OW / 4); the input is read through a copy transposed and
-// zero-padded, (4T + 4 columns, Rp rows), Rp = OH + 4 rounded up to whole vectors.
+// batch. Tiles: T = ceil(OW / 4) a row; Rp = OH + 4 rows of transformed input (the
+// zero-padded input's), rounded up to whole vectors.
 struct WinoRowPlan {
   std::size_t C, H, W, O, ph, pw, OH, OW, T, Rp, Opad;
   WinoRowPlan(std::size_t C_, std::size_t H_, std::size_t W_, std::size_t O_, std::size_t ph_, std::size_t pw_,
@@ -185,8 +186,14 @@ struct WinoRowPlan {
   }
   // M's elements: (C, 5, 8, Opad), in double
   std::size_t m_elems() const { return C * 40 * Opad; }
-  // one image's: the transposed input of one channel, B^T x for every channel (C, T, 8, Rp)
-  std::size_t scratch() const { return (4 * T + 4) * Rp + C * T * 8 * Rp; }
+  // one image's: a zero-padded row of the input, B^T x for every channel (C, T, Rp, 8)
+  std::size_t scratch() const { return 4 * T + 4 + C * T * Rp * 8; }
+  // the forward's map of the outputs whose window is all zeros (wino_row_live), after
+  // that: its rows are 4T in whole vectors (of up to 16 lanes)
+  std::size_t live_scratch() const {
+    const std::size_t BW = round_up(4 * T, 16);
+    return BW + 16 + (2 * OH + 4) * BW;
+  }
 };
 
 // The per-image kernels of one instruction set (ops/conv2d_simd.inc). The caller owns
@@ -290,6 +297,13 @@ struct Kernels {
   // [oa, ob) (multiples of the lanes). scratch: pl.scratch().
   void (*wino_row_dk_image)(const WinoRowPlan& pl, const T* in, const T* gt, T* scratch, double* M, std::size_t oa,
                             std::size_t ob) = nullptr;
+  // The forward by Winograd along the rows (WinoRowPlan, float): yt (OH*OW, Opad) =
+  // conv(in, k) pixel-major, no bias, in the columns [oa, ob) (multiples of the lanes);
+  // U (C, 5, Opad / L, 8, L) the kernel's rows transformed (conv2d.cpp); an output whose
+  // 5x5 window is all zeros is +0, as the direct sum gives it. scratch: pl.scratch() +
+  // pl.live_scratch().
+  void (*wino_row_pixels)(const WinoRowPlan& pl, const T* in, const T* U, T* scratch, T* yt, std::size_t oa,
+                          std::size_t ob) = nullptr;
   // wino_image of a pixel-major input, in[(h*W + w) * S + c], S >= C (float).
   void (*wino_image_px)(const WinogradPlan& pl, const T* in, std::size_t S, const T* U, const T* bias,
                         bool accumulate, T* out, T* grid, T* blk, T* yt, std::size_t oa, std::size_t ob) = nullptr;
