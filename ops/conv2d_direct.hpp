@@ -196,6 +196,21 @@ struct WinoRowPlan {
   }
 };
 
+// The GEMMs of a dense layer whose right operand b (K, N) has few columns (ops/dense_simd.inc,
+// used by ops/matmul.cpp), one entry per N = 1..kDenseMaxN (index N - 1); bt = b^T (N, K).
+//   rows:      y[m, n] = (accumulate ? y : 0) + sum_k a[m, k] bt[n, k],   m < M (y: rows N apart)
+//   grad_rows: ga[m, k] = (accumulate ? ga : 0) + sum_n g[m, n] bt[n, k], m < M (ga: rows K apart)
+//   grad_cols: gb[k, n] += sum_m a[m, k] g[m, n],                         k0 <= k < k1
+constexpr std::size_t kDenseMaxN = 16;
+template <class T>
+struct DenseKernels {
+  void (*rows[kDenseMaxN])(const T* a, std::size_t lda, std::size_t M, std::size_t K, const T* bt, T* y,
+                           bool accumulate);
+  void (*grad_rows[kDenseMaxN])(const T* g, std::size_t M, std::size_t K, const T* bt, T* ga, bool accumulate);
+  void (*grad_cols[kDenseMaxN])(const T* a, std::size_t lda, std::size_t M, const T* g, std::size_t k0,
+                                std::size_t k1, T* gb);
+};
+
 // The per-image kernels of one instruction set (ops/conv2d_simd.inc). The caller owns
 // the threads: every function works on one image and its own scratch buffers.
 template <class T>
@@ -307,6 +322,8 @@ struct Kernels {
   // wino_image of a pixel-major input, in[(h*W + w) * S + c], S >= C (float).
   void (*wino_image_px)(const WinogradPlan& pl, const T* in, std::size_t S, const T* U, const T* bias,
                         bool accumulate, T* out, T* grid, T* blk, T* yt, std::size_t oa, std::size_t ob) = nullptr;
+  // A dense layer with few outputs (DenseKernels above; float).
+  const DenseKernels<T>* dense = nullptr;
 };
 
 // The kernels of the instruction set in use (ad::active_isa()).

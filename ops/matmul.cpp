@@ -10,10 +10,12 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "autodiff/higher_order.hpp"
 #include "ops/blas.hpp"
+#include "ops/conv2d_direct.hpp"
 #include "ops/elementwise.hpp"
 #include "ops/shape.hpp"
 #include "ops/shape_check.hpp"
@@ -94,6 +96,59 @@ void add_at_b(std::size_t M, std::size_t K, std::size_t N, const T* a, const T* 
   }
 }
 
+// The dense kernels for a right operand (K, N) of N <= kDenseMaxN columns in float
+// (ops/dense_simd.inc: ~2x OpenBLAS on ref-CNN's classifier, and split among threads
+// without partial sums); none otherwise (OpenBLAS).
+template <class T>
+const conv::DenseKernels<T>* dense_for(std::size_t N) {
+  if constexpr (std::is_same_v<T, float>)
+    if (N >= 1 && N <= conv::kDenseMaxN) return conv::kernels<T>().dense;
+  return nullptr;
+}
+
+// by_row_blocks for the dense kernels: f(r0, r1, bt) with bt = b (K, N) transposed, (N,
+// K), in a buffer of the calling thread's; on a team each thread transposes a share of
+// bt's rows first (one thread took 10 us of a 2-thread step for ref-CNN's 1568 x 10).
+template <class T, class F>
+void dense_row_blocks(std::size_t rows, std::size_t work, const T* b, std::size_t K, std::size_t N, F f) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < K * N) buf.resize(K * N);
+  T* bt = buf.data();
+  auto transpose = [=](std::size_t n0, std::size_t n1) {
+    for (std::size_t n = n0; n < n1; ++n)  // bt's rows written in order, b's lines read in order
+      for (std::size_t k = 0; k < K; ++k) bt[n * K + k] = b[k * N + n];
+  };
+  if (rows < 2 || work < (1u << 19)) {
+    transpose(0, N);
+    return f(std::size_t{0}, rows, static_cast<const T*>(bt));
+  }
+#pragma omp parallel
+  {
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+    const std::size_t nt = static_cast<std::size_t>(omp_get_num_threads());
+    transpose(N * t / nt, N * (t + 1) / nt);
+#pragma omp barrier
+    const std::size_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    if (r1 > r0) f(r0, r1, static_cast<const T*>(bt));
+  }
+}
+
+// Calls f(k0, k1) for column blocks [k0, k1) of `cols`, one per OpenMP thread in
+// multiples of 64 columns when worth a parallel region (as by_row_blocks), else once.
+template <class F>
+void by_column_blocks(std::size_t cols, std::size_t work, F f) {
+  constexpr std::size_t kUnit = 64;  // whole vectors of columns for every block but the last
+  const std::size_t units = (cols + kUnit - 1) / kUnit;
+  if (units < 2 || work < (1u << 19)) return f(std::size_t{0}, cols);
+#pragma omp parallel
+  {
+    const std::size_t t = static_cast<std::size_t>(omp_get_thread_num());
+    const std::size_t nt = static_cast<std::size_t>(omp_get_num_threads());
+    const std::size_t k0 = std::min(cols, units * t / nt * kUnit), k1 = std::min(cols, units * (t + 1) / nt * kUnit);
+    if (k1 > k0) f(k0, k1);
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -103,6 +158,12 @@ void linear_forward(const Tensor<T>& x, const Tensor<T>& w, const Tensor<T>* b, 
   // y (N, D_out) = x (N, D_in) W (D_in, D_out) [+ 1 b^T]
   if (b)
     for (std::size_t n = 0; n < N; ++n) std::copy(b->data(), b->data() + Dout, yp + n * Dout);
+  if (const conv::DenseKernels<T>* d = dense_for<T>(Dout)) {
+    dense_row_blocks(N, N * Din * Dout, w.data(), Din, Dout, [&](std::size_t n0, std::size_t n1, const T* wt) {
+      d->rows[Dout - 1](x.data() + n0 * Din, Din, n1 - n0, Din, wt, yp + n0 * Dout, b != nullptr);
+    });
+    return;
+  }
   by_row_blocks(N, N * Din * Dout, [&](std::size_t n0, std::size_t n1) {
     gemm<T>(false, false, n1 - n0, Dout, Din, T(1), x.data() + n0 * Din, w.data(), b ? T(1) : T(0), yp + n0 * Dout);
   });
@@ -115,6 +176,19 @@ void matmul_vjp(const Tensor<T>& grad_out, const Tensor<T>& a, const Tensor<T>& 
   // grad_a (M, K) += g (M, N) b^T (N, K), rows in parallel (beta 0 when overwriting: BLAS
   // then does not read grad_a)
   const T beta = overwrite_a ? T(0) : T(1);
+  if (const conv::DenseKernels<T>* d = dense_for<T>(N)) {
+    if (grad_a) {
+      dense_row_blocks(M, M * K * N, b.data(), K, N, [&](std::size_t m0, std::size_t m1, const T* bt) {
+        d->grad_rows[N - 1](grad_out.data() + m0 * N, m1 - m0, K, bt, grad_a->data() + m0 * K, !overwrite_a);
+      });
+    }
+    // each column of grad_b summed over all rows in order: the same bits on any team
+    if (grad_b)
+      by_column_blocks(K, M * K * N, [&](std::size_t k0, std::size_t k1) {
+        d->grad_cols[N - 1](a.data(), K, M, grad_out.data(), k0, k1, grad_b->data());
+      });
+    return;
+  }
   if (grad_a)
     by_row_blocks(M, M * K * N, [&](std::size_t m0, std::size_t m1) {
       gemm<T>(false, true, m1 - m0, K, N, T(1), grad_out.data() + m0 * N, b.data(), beta, grad_a->data() + m0 * K);

@@ -261,6 +261,54 @@ TEST(Isa, RowWinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
   expect_winograd_dk_up_to(1024, {1, 28, 28}, {4, 1, 5, 5}, 700, "Winograd along the rows");
 }
 
+// linear with few outputs (D_out <= 16) runs on the dense kernels (ops/dense_simd.inc) in
+// float: every D_out from 1 to 16 (and 17, OpenBLAS's), batches with a row left over
+// from the kernels' row pairs, D_in below one vector, with a partial vector, and over two
+// of dJ/dx's column blocks; x feeds three layers and W2 two, so later VJPs add to the
+// first's dJ/dx and dJ/dW2. Against the definitions in double (design document, section
+// 3.1.1).
+TEST(Isa, DenseKernelsMatchTheDefinitionForEveryNarrowLayer) {
+  const IsaGuard guard;
+  uint64_t seed = 1200;
+  for (Isa isa : kernel_variants()) {
+    set_isa(isa);
+    for (const std::size_t M : {std::size_t{1}, std::size_t{5}})
+      for (const std::size_t K : {std::size_t{3}, std::size_t{37}, std::size_t{600}})
+        for (std::size_t N = 1; N <= 17; ++N) {
+          SCOPED_TRACE(fmt::format("{}, x ({}, {}), W ({}, {})", isa_name(isa), M, K, K, N));
+          const T64 x = uniform({M, K}, seed++), w1 = uniform({K, N}, seed++), w2 = uniform({K, N}, seed++);
+          const T64 b = uniform({N}, seed++), g1 = uniform({M, N}, seed++), g2 = uniform({M, N}, seed++);
+          // y1 = x W1 + b, y2 = y3 = x W2, cotangents g1, g2, g2: dJ/dx = g1 W1^T + 2 g2 W2^T,
+          // dJ/dW1 = x^T g1, dJ/dW2 = 2 x^T g2, dJ/db = sum_m g1
+          T64 y1 = xt::zeros<double>({M, N}), y2 = xt::zeros<double>({M, N}), dx = xt::zeros<double>({M, K});
+          T64 dw1 = xt::zeros<double>({K, N}), dw2 = xt::zeros<double>({K, N}), db = xt::zeros<double>({N});
+          for (std::size_t m = 0; m < M; ++m)
+            for (std::size_t n = 0; n < N; ++n) {
+              y1(m, n) = b(n);
+              db(n) += g1(m, n);
+              for (std::size_t k = 0; k < K; ++k) {
+                y1(m, n) += x(m, k) * w1(k, n), y2(m, n) += x(m, k) * w2(k, n);
+                dx(m, k) += g1(m, n) * w1(k, n) + 2 * g2(m, n) * w2(k, n);
+                dw1(k, n) += x(m, k) * g1(m, n), dw2(k, n) += 2 * x(m, k) * g2(m, n);
+              }
+            }
+          Parameter<float> px("x", xt::cast<float>(x)), pw1("w1", xt::cast<float>(w1)), pw2("w2", xt::cast<float>(w2));
+          Parameter<float> pb("b", xt::cast<float>(b));
+          Tape<float> t;
+          const Value xv = t.param(px), w2v = t.param(pw2), g2v = t.input(xt::cast<float>(g2));
+          const Value v1 = linear(t, xv, t.param(pw1), t.param(pb)), v2 = matmul(t, xv, w2v), v3 = matmul(t, xv, w2v);
+          EXPECT_TRUE(all_close(xt::cast<double>(t.value(v1)), y1, 1e-4, 1e-4)) << "y1";
+          EXPECT_TRUE(all_close(xt::cast<double>(t.value(v2)), y2, 1e-4, 1e-4)) << "y2";
+          const Value j1 = mul(t, v1, t.input(xt::cast<float>(g1)));
+          t.backward(sum(t, add(t, j1, add(t, mul(t, v2, g2v), mul(t, v3, g2v)))));
+          EXPECT_TRUE(all_close(xt::cast<double>(px.grad), dx, 1e-4, 1e-4)) << "dJ/dx";
+          EXPECT_TRUE(all_close(xt::cast<double>(pw1.grad), dw1, 1e-4, 1e-4)) << "dJ/dW1";
+          EXPECT_TRUE(all_close(xt::cast<double>(pw2.grad), dw2, 1e-4, 1e-4)) << "dJ/dW2";
+          EXPECT_TRUE(all_close(xt::cast<double>(pb.grad), db, 1e-4, 1e-4)) << "dJ/db";
+        }
+  }
+}
+
 // Which variants this run checked. A variant this processor cannot run is shipped
 // untested by this run: say so, and fail where AD_TEST_REQUIRE_ISAS (e.g. "avx2,avx512")
 // says this machine must check it.

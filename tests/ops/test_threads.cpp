@@ -285,6 +285,33 @@ TEST(Threads, LinearAgreesWithOneThread) {
   EXPECT_TRUE(all_close(gw, want, 1e-12, 1e-12));
 }
 
+// In float, ref-CNN's last layer runs on the dense kernels (ops/dense_simd.inc): rows of
+// the output and of dJ/dx, and columns of dJ/dW each summed whole by one thread, so
+// every team gives the same bits (no partial sums over row blocks).
+TEST(Threads, FloatLinearHasTheSameBitsOnEveryTeam) {
+  const Tensor<float> x = xt::cast<float>(uniform({64, 1568}, 11)), w = xt::cast<float>(uniform({1568, 10}, 12));
+  const Tensor<float> b = xt::cast<float>(uniform({10}, 13)), g = xt::cast<float>(uniform({64, 10}, 14));
+  auto run = [&](int threads) {
+    const int before = num_threads();
+    set_num_threads(threads);
+    Tensor<float> y = xt::zeros<float>({64, 10}), gx = xt::zeros<float>({64, 1568}), gw = xt::ones<float>({1568, 10});
+    Tensor<float> gb = xt::zeros<float>({10});
+    linear_forward(x, w, &b, y);
+    linear_vjp(g, x, w, &gx, &gw, &gb, true);
+    set_num_threads(before);
+    return std::vector<Tensor<float>>{y, gx, gw};
+  };
+  const std::vector<Tensor<float>> one = run(1);
+  for (int threads : {2, 3}) {
+    const std::vector<Tensor<float>> many = run(threads);
+    for (std::size_t i = 0; i < one.size(); ++i)
+      EXPECT_TRUE(one[i] == many[i]) << threads << " threads, " << (i == 0 ? "y" : i == 1 ? "dJ/dx" : "dJ/dW");
+  }
+  Tensor<float> y = xt::zeros<float>({64, 10}), gw = xt::zeros<float>({1568, 10});
+  EXPECT_GE(team_size_during([&] { linear_forward(x, w, &b, y); }), 2);
+  EXPECT_GE(team_size_during([&] { linear_vjp(g, x, w, static_cast<Tensor<float>*>(nullptr), &gw, static_cast<Tensor<float>*>(nullptr)); }), 2);
+}
+
 TEST(Threads, PoolingAgreesWithOneThread) {
   const std::vector<T64> in = {distinct({8, 8, 64, 64}, 1)};
   const Pool2dOptions two{}, three{.window = {3, 3}, .stride = {1, 1}, .padding = {1, 1}},
