@@ -197,7 +197,8 @@ struct WinoRowPlan {
 };
 
 // The GEMMs of a dense layer whose right operand b (K, N) has few columns (ops/dense_simd.inc,
-// used by ops/matmul.cpp), one entry per N = 1..kDenseMaxN (index N - 1); bt = b^T (N, K).
+// used by ops/matmul.cpp), one entry per N = 1..kDenseMaxN (index N - 1; null where an
+// instruction set has too few registers for N); bt = b^T (N, K).
 //   rows:      y[m, n] = (accumulate ? y : 0) + sum_k a[m, k] bt[n, k],   m < M (y: rows N apart)
 //   grad_rows: ga[m, k] = (accumulate ? ga : 0) + sum_n g[m, n] bt[n, k], m < M (ga: rows K apart)
 //   grad_cols: gb[k, n] += sum_m a[m, k] g[m, n],                         k0 <= k < k1

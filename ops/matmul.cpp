@@ -102,7 +102,8 @@ void add_at_b(std::size_t M, std::size_t K, std::size_t N, const T* a, const T* 
 template <class T>
 const conv::DenseKernels<T>* dense_for(std::size_t N) {
   if constexpr (std::is_same_v<T, float>)
-    if (N >= 1 && N <= conv::kDenseMaxN) return conv::kernels<T>().dense;
+    if (N >= 1 && N <= conv::kDenseMaxN)
+      if (const conv::DenseKernels<T>* d = conv::kernels<T>().dense; d && d->rows[N - 1]) return d;
   return nullptr;
 }
 

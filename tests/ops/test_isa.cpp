@@ -262,11 +262,11 @@ TEST(Isa, RowWinogradKernelGradientAtTheLargestBatchItIsUsedFor) {
 }
 
 // linear with few outputs (D_out <= 16) runs on the dense kernels (ops/dense_simd.inc) in
-// float: every D_out from 1 to 16 (and 17, OpenBLAS's), batches with a row left over
-// from the kernels' row pairs, D_in below one vector, with a partial vector, and over two
-// of dJ/dx's column blocks; x feeds three layers and W2 two, so later VJPs add to the
-// first's dJ/dx and dJ/dW2. Against the definitions in double (design document, section
-// 3.1.1).
+// float: every D_out from 1 to 16 (OpenBLAS past 12 with AVX2 and the baseline, and at
+// 17), batches with a row left over from the kernels' row pairs, D_in below one vector,
+// with a partial vector, and over two of dJ/dx's column blocks; x feeds three layers and
+// W2 two, so later VJPs add to the first's dJ/dx and dJ/dW2. Against the definitions in
+// double (design document, section 3.1.1).
 TEST(Isa, DenseKernelsMatchTheDefinitionForEveryNarrowLayer) {
   const IsaGuard guard;
   uint64_t seed = 1200;
