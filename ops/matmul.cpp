@@ -97,8 +97,8 @@ void add_at_b(std::size_t M, std::size_t K, std::size_t N, const T* a, const T* 
 }
 
 // The dense kernels for a right operand (K, N) of N <= kDenseMaxN columns in float
-// (ops/dense_simd.inc: on ref-CNN's classifier 1.3x OpenBLAS's speed at 1 thread, 2.6x at
-// 2, split among threads without partial sums); none otherwise (OpenBLAS).
+// (ops/dense_simd.inc: on ref-CNN's classifier 1.2-1.3x OpenBLAS's speed at 1 thread,
+// 2-2.6x at 2, split among threads without partial sums); none otherwise (OpenBLAS).
 template <class T>
 const conv::DenseKernels<T>* dense_for(std::size_t N) {
   if constexpr (std::is_same_v<T, float>)
